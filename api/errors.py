@@ -1,0 +1,112 @@
+"""Typed errors -> HTTP status and `{"error": {"code", "message"}}`, in this one place.
+
+`field`, where an error is about one input field, names it ("input.question", "model", "limit").
+"""
+
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from blip2.errors import (
+    Blip2Error,
+    ImageTooLarge,
+    InvalidArgument,
+    InvalidImage,
+    ModelNotFound,
+    UnsupportedImageFormat,
+)
+from jobs.errors import (
+    BatchTooLarge,
+    IdempotencyKeyReused,
+    ImageNotFound,
+    InvalidCursor,
+    JobNotCancelable,
+    JobNotFound,
+    JobsError,
+    NotReady,
+    UploadTooLarge,
+)
+from jobs.schemas import JOB_KINDS
+
+# Looked up along the exception's MRO, so the most specific entry wins.
+STATUS_BY_ERROR: dict[type[Exception], int] = {
+    JobNotFound: 404,
+    JobNotCancelable: 409,
+    IdempotencyKeyReused: 422,
+    ImageNotFound: 422,
+    InvalidCursor: 422,
+    BatchTooLarge: 422,
+    UploadTooLarge: 413,
+    NotReady: 503,
+    JobsError: 400,
+    ModelNotFound: 422,
+    ImageTooLarge: 413,
+    UnsupportedImageFormat: 415,
+    InvalidImage: 422,
+    InvalidArgument: 422,
+    Blip2Error: 400,
+}
+_MODEL_FIELD_ERRORS = (ModelNotFound,)
+
+
+def error_body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
+    """The one error shape every response uses."""
+    error: dict[str, Any] = {"code": code, "message": message}
+    if field is not None:
+        error["field"] = field
+    return {"error": error}
+
+
+def status_for(exc: Exception) -> int:
+    return next(STATUS_BY_ERROR[c] for c in type(exc).__mro__ if c in STATUS_BY_ERROR)
+
+
+def _field_of(exc: JobsError | Blip2Error) -> str | None:
+    if isinstance(exc, _MODEL_FIELD_ERRORS):
+        return "model"
+    return getattr(exc, "field", None)
+
+
+async def _typed_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, JobsError | Blip2Error)
+    return JSONResponse(error_body(exc.code, str(exc), _field_of(exc)), status_code=status_for(exc))
+
+
+def field_path(error: Mapping[str, Any]) -> str:
+    """A pydantic error's location as a dotted field name, without "body" and the job-kind tag."""
+    parts = list(error["loc"])
+    if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        parts.append(str(error["ctx"]["discriminator"]).strip("'"))
+    if parts and parts[0] in ("body", "query", "path", "header"):
+        parts = parts[1:]
+    if parts and parts[0] in JOB_KINDS:
+        parts = parts[1:]
+    return ".".join(str(p) for p in parts) or "body"
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    fields = [field_path(e) for e in errors]
+    message = "; ".join(f"{field}: {e['msg']}" for field, e in zip(fields, errors, strict=True))
+    return JSONResponse(
+        error_body("invalid_request", message, fields[0] if fields else None), status_code=422
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    code = "not_found" if exc.status_code == 404 else f"http_{exc.status_code}"
+    return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map every error the API raises on purpose to its status and the one error shape."""
+    app.add_exception_handler(JobsError, _typed_error)
+    app.add_exception_handler(Blip2Error, _typed_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)

@@ -1,0 +1,77 @@
+"""The FastAPI app: `create_app(settings)` builds the services once and collects the routers.
+
+blip2-jobs api --port 8000      # or: uvicorn --factory api.main:app_from_environment
+"""
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import ApiContext
+from api.errors import install_error_handlers
+from api.routes import health, images, jobs
+from blip2.registry import Registry
+from jobs.broker import Dispatcher, create_celery
+from jobs.db import create_db_engine, create_session_factory
+from jobs.settings import Settings
+from jobs.sweeper import sweep_once
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The API for these settings; connections open lazily, so building it touches no server."""
+    context = build_context(settings)
+    app = FastAPI(title="blip2-jobs", version="0.1.0", lifespan=_lifespan)
+    app.state.context = context
+    install_error_handlers(app)
+    for router in (images.router, jobs.router, health.router):
+        app.include_router(router)
+    return app
+
+
+def app_from_environment() -> FastAPI:
+    """The app with Settings read from the environment (for `uvicorn --factory`)."""
+    return create_app(Settings())
+
+
+def build_context(settings: Settings) -> ApiContext:
+    engine = create_db_engine(settings)
+    celery = create_celery(settings)
+    return ApiContext(
+        settings=settings,
+        engine=engine,
+        sessions=create_session_factory(engine),
+        celery=celery,
+        dispatcher=Dispatcher(celery),
+        registry=Registry.load(settings.BLIP2_MODELS_FILE),
+    )
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    context: ApiContext = app.state.context
+    sweeper = asyncio.create_task(_sweep_forever(context)) if context.settings.SWEEP_INTERVAL_S > 0 else None
+    try:
+        yield
+    finally:
+        if sweeper is not None:
+            sweeper.cancel()
+            with suppress(asyncio.CancelledError):
+                await sweeper
+        context.celery.close()
+        context.engine.dispose()
+
+
+async def _sweep_forever(context: ApiContext) -> None:
+    """Run the outbox sweep every SWEEP_INTERVAL_S; a failed sweep is logged and tried again."""
+    while True:
+        await asyncio.sleep(context.settings.SWEEP_INTERVAL_S)
+        try:
+            await run_in_threadpool(sweep_once, context.sessions, context.dispatcher, context.settings)
+        except Exception:
+            log.exception("outbox sweep failed; trying again in %s s", context.settings.SWEEP_INTERVAL_S)

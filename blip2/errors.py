@@ -1,0 +1,65 @@
+"""Errors raised by the blip2 library: one base class, one small subclass per failure.
+
+Callers (the CLI, the job worker, the HTTP edge) map these to exit codes, job error
+codes and HTTP statuses in one place each; every error carries a stable `code`.
+"""
+
+
+class Blip2Error(Exception):
+    """Base class for every error this library raises on purpose."""
+
+    code = "blip2_error"
+
+
+class InvalidImage(Blip2Error):
+    """The bytes are not a decodable image of an allowed format."""
+
+    code = "invalid_image"
+
+
+class UnsupportedImageFormat(InvalidImage):
+    """The image decodes, but its format is not on the allow-list."""
+
+    code = "unsupported_image_format"
+
+
+class ImageTooLarge(InvalidImage):
+    """The image has more pixels than the configured limit (a decompression bomb guard)."""
+
+    code = "image_too_large"
+
+
+class ModelNotFound(Blip2Error):
+    """The name is neither a registry entry, a local checkpoint directory nor a hub id."""
+
+    code = "model_not_found"
+
+
+class CheckpointUnavailable(Blip2Error):
+    """The model is known but its weights cannot be had here (not downloaded, hub unreachable)."""
+
+    code = "checkpoint_unavailable"
+
+
+class InvalidCheckpoint(Blip2Error):
+    """The checkpoint loaded but is inconsistent (e.g. processor and model disagree)."""
+
+    code = "invalid_checkpoint"
+
+
+class UnsupportedOperation(Blip2Error):
+    """The operation is not offered by this model family (e.g. text features from an OPT model)."""
+
+    code = "unsupported_operation"
+
+
+class InvalidArgument(Blip2Error):
+    """An argument is out of range or inconsistent with another (e.g. 3 images, 2 prompts)."""
+
+    code = "invalid_argument"
+
+
+class QuantizationUnavailable(Blip2Error):
+    """The requested quantization cannot run here (bitsandbytes missing or no supported device)."""
+
+    code = "quantization_unavailable"

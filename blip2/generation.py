@@ -1,0 +1,99 @@
+"""Text generation shared by caption, vqa and instruct: prompts + images in, texts out.
+
+The one subtle part is padding. A decoder-only language model (OPT, Vicuna) continues the
+last position of every row, so a batch of prompts of different lengths must be padded on the
+left; an encoder-decoder model (Flan-T5) reads its prompt with an attention mask and is padded
+on the right. With the right side, a prompt answered in a batch gets the same greedy answer
+as alone.
+"""
+
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from PIL.Image import Image
+
+from blip2.decoding import DecodingOptions
+from blip2.errors import InvalidArgument, UnsupportedOperation
+from blip2.loading import LoadedModel
+
+__all__ = ["DecodingOptions", "generate_texts", "require_same_length"]
+
+
+def generate_texts(
+    lm: LoadedModel,
+    images: Sequence[Image],
+    prompts: Sequence[str],
+    decoding: DecodingOptions,
+) -> list[list[str]]:
+    """For each (image, prompt), `decoding.num_captions` generated continuations of the prompt."""
+    if not lm.family.generates:
+        raise UnsupportedOperation(f"model {lm.name!r} is a retrieval model and cannot generate text")
+    require_same_length(images, prompts, "prompts")
+    if not images:
+        return []
+    inputs = _encode(lm, images, prompts)
+    with torch.inference_mode(), _seeded(decoding.seed), _quiet():
+        output_ids = lm.model.generate(**inputs, **_generate_kwargs(decoding))
+    if _decoder_only(lm):
+        output_ids = output_ids[:, inputs["input_ids"].shape[1] :]  # decoder-only output repeats the prompt
+    texts = lm.tokenizer.batch_decode(output_ids, skip_special_tokens=True)
+    n = decoding.num_captions
+    return [[t.strip() for t in texts[i * n : (i + 1) * n]] for i in range(len(images))]
+
+
+def require_same_length(images: Sequence[object], others: Sequence[object], what: str) -> None:
+    if len(images) != len(others):
+        raise InvalidArgument(f"got {len(images)} images but {len(others)} {what}; give one per image")
+
+
+def _decoder_only(lm: LoadedModel) -> bool:
+    return not lm.model.config.text_config.is_encoder_decoder
+
+
+def _encode(lm: LoadedModel, images: Sequence[Image], prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Pixel values and token ids; InstructBLIP's processor also tokenizes the prompt for the Q-Former."""
+    lm.tokenizer.padding_side = "left" if _decoder_only(lm) else "right"
+    encoded = lm.processor(images=list(images), text=list(prompts), return_tensors="pt", padding=True)
+    encoded = encoded.to(lm.device)
+    encoded["pixel_values"] = encoded["pixel_values"].to(lm.dtype)
+    return dict(encoded)
+
+
+def _generate_kwargs(d: DecodingOptions) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": d.max_new_tokens,
+        "min_new_tokens": d.min_new_tokens,
+        "repetition_penalty": d.repetition_penalty,
+        "num_return_sequences": d.num_captions,
+    }
+    if d.use_nucleus_sampling:
+        # Nucleus sampling draws each caption independently; beams would only narrow it.
+        kwargs.update(do_sample=True, top_p=d.top_p, temperature=d.temperature, num_beams=1)
+    else:
+        kwargs.update(do_sample=False, num_beams=d.num_beams)
+        if d.num_beams > 1:
+            kwargs["length_penalty"] = d.length_penalty
+    return kwargs
+
+
+@contextmanager
+def _seeded(seed: int | None) -> Iterator[None]:
+    """Seed sampling without disturbing the caller's global random state."""
+    if seed is None:
+        yield
+        return
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    # bitsandbytes warns on every int8 matmul that fp32 inputs are cast to fp16; once is plenty.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="MatMul8bitLt")
+        yield

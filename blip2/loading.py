@@ -1,0 +1,235 @@
+"""Loading a BLIP-2 checkpoint: name -> weights on a device, at a dtype and quantization.
+
+    model = load_model("blip2-opt-2.7b", data_dir=Path("data"), options=LoadOptions(quantize="int8"))
+
+A name is a registry entry, a local checkpoint directory or a hub id; tiny checkpoints are
+built into `data_dir` on first use and then load through the same `from_pretrained` path as
+the real ones. A checkpoint that cannot be had fails at once with what to do about it.
+"""
+
+import socket
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoProcessor,
+    Blip2ForConditionalGeneration,
+    Blip2ForImageTextRetrieval,
+    InstructBlipForConditionalGeneration,
+    PreTrainedModel,
+    ProcessorMixin,
+)
+
+from blip2.errors import CheckpointUnavailable, InvalidArgument, InvalidCheckpoint, ModelNotFound
+from blip2.quantization import QuantizationPlan, bnb_config, quantize_remaining
+from blip2.registry import Family, ModelSpec, Registry, Templates, family_of_checkpoint_dir, is_checkpoint_dir
+from blip2.tiny import ensure_tiny_checkpoint
+
+MODEL_CLASSES: dict[Family, type[PreTrainedModel]] = {
+    Family.OPT: Blip2ForConditionalGeneration,
+    Family.T5: Blip2ForConditionalGeneration,
+    Family.INSTRUCT: InstructBlipForConditionalGeneration,
+    Family.ITM: Blip2ForImageTextRetrieval,
+}
+_DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32,
+    "float16": torch.float16, "fp16": torch.float16,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """Where and how to load: device `auto|cpu|cuda|cuda:N`, dtype `auto|fp32|fp16|bf16`, a quantization plan."""
+
+    device: str = "auto"
+    dtype: str = "auto"
+    quantize: str = "none"  # see blip2.quantization.QuantizationPlan.parse
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for the operations: weights, processor, and what it was loaded as."""
+
+    spec: ModelSpec
+    family: Family
+    # Typed Any: mypy sees nn.Module attributes (vision_model, qformer ...) as `Tensor | Module`.
+    model: Any
+    processor: Any
+    device: torch.device
+    dtype: torch.dtype
+    quantization: QuantizationPlan
+    source: str  # the directory or hub id the weights came from
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def templates(self) -> Templates:
+        return self.spec.templates_for(self.family)
+
+    @property
+    def memory_footprint_bytes(self) -> int:
+        return int(self.model.get_memory_footprint())
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.processor.tokenizer  # type: ignore[attr-defined]
+
+    def describe(self) -> dict[str, object]:
+        """What a log line or `--json` output says about this model."""
+        return {
+            "name": self.name,
+            "family": self.family.value,
+            "source": self.source,
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "quantization": str(self.quantization),
+            "memory_footprint_bytes": self.memory_footprint_bytes,
+        }
+
+
+def load_model(
+    name: str, *, data_dir: Path, options: LoadOptions | None = None, registry: Registry | None = None
+) -> LoadedModel:
+    """Resolve `name`, find or build its checkpoint, and load model and processor."""
+    options = options or LoadOptions()
+    spec = (registry or Registry.load()).resolve(name)
+    source = locate_checkpoint(spec, data_dir)
+    family = spec.family or _family_of(source)
+    device = resolve_device(options.device)
+    dtype = resolve_dtype(options.dtype, device)
+    plan = QuantizationPlan.parse(options.quantize)
+    model = _load_weights(MODEL_CLASSES[family], source, device, dtype, plan)
+    processor = _load_processor(source)
+    check_processor_matches(model, processor, source)
+    return LoadedModel(spec, family, model, processor, device, dtype, plan, source)
+
+
+def locate_checkpoint(spec: ModelSpec, data_dir: Path) -> str:
+    """A local directory holding the checkpoint, or a hub id that is cached or reachable."""
+    if spec.tiny:
+        return str(ensure_tiny_checkpoint(spec.checkpoint, data_dir))
+    path = Path(spec.checkpoint).expanduser()
+    if is_checkpoint_dir(path):
+        return str(path)
+    if path.is_absolute() or spec.checkpoint.startswith((".", "~")):
+        raise ModelNotFound(f"model {spec.name!r}: no checkpoint at {path} (expected a directory with config.json)")
+    _require_hub_access(spec)
+    return spec.checkpoint
+
+
+def _require_hub_access(spec: ModelSpec) -> None:
+    """Fail at once, with advice, when a hub checkpoint is neither cached nor downloadable."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(spec.checkpoint, "config.json"), str):
+        return
+    if constants.HF_HUB_OFFLINE or not _reachable(constants.ENDPOINT):
+        why = "offline mode is on (HF_HUB_OFFLINE=1)" if constants.HF_HUB_OFFLINE else "the hub is unreachable"
+        raise CheckpointUnavailable(
+            f"model {spec.name!r} ({spec.checkpoint}) is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) "
+            f"and {why}: download it where there is network (`hf download {spec.checkpoint}`) and copy the "
+            "cache here (set HF_HOME), or pass a local checkpoint directory as the model"
+        )
+
+
+def _reachable(endpoint: str, timeout_s: float = 3.0) -> bool:
+    # One quick TCP connect instead of transformers' five retries with back-off (about 30 s).
+    url = urllib.parse.urlparse(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "", port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def _family_of(source: str) -> Family:
+    path = Path(source)
+    if is_checkpoint_dir(path):
+        return family_of_checkpoint_dir(path)
+    from transformers import AutoConfig
+
+    return _family_from_config_object(AutoConfig.from_pretrained(source))
+
+
+def _family_from_config_object(config: Any) -> Family:
+    from blip2.registry import family_of_config
+
+    return family_of_config(config.to_dict())
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` is the first CUDA device when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise InvalidArgument(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidArgument(f"device {name!r} requested but CUDA is not available here; use --device cpu")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """`auto` is fp32 on CPU, bf16 on GPUs that support it, fp16 on older GPUs."""
+    if name == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if name not in _DTYPES:
+        raise InvalidArgument(f"unknown dtype {name!r}; use auto, fp32, fp16 or bf16")
+    return _DTYPES[name]
+
+
+def _load_weights(
+    model_class: type[PreTrainedModel],
+    source: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    plan: QuantizationPlan,
+) -> PreTrainedModel:
+    kwargs: dict[str, Any] = {"dtype": dtype, "device_map": {"": str(device)}}
+    quantization_config = bnb_config(plan, compute_dtype=dtype)
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
+    try:
+        model = model_class.from_pretrained(source, **kwargs)
+    except OSError as exc:
+        raise CheckpointUnavailable(f"could not load weights from {source}: {exc}") from exc
+    quantize_remaining(model, plan, compute_dtype=dtype)
+    model.eval()
+    return model
+
+
+def _load_processor(source: str) -> ProcessorMixin:
+    try:
+        return AutoProcessor.from_pretrained(source)
+    except OSError as exc:
+        raise CheckpointUnavailable(f"could not load the processor from {source}: {exc}") from exc
+
+
+def check_processor_matches(model: PreTrainedModel, processor: ProcessorMixin, source: str) -> None:
+    """Fail loudly where transformers would fail silently: the processor must insert exactly
+    `num_query_tokens` image tokens, with the id the model replaces by Q-Former outputs."""
+    config = model.config
+    expected = config.num_query_tokens
+    got = getattr(processor, "num_query_tokens", None)
+    if got != expected:
+        raise InvalidCheckpoint(
+            f"{source}: the processor inserts {got} image tokens but the model has {expected} query tokens; "
+            "set num_query_tokens in processor_config.json"
+        )
+    image_token = getattr(processor, "image_token", None)
+    token_id = processor.tokenizer.convert_tokens_to_ids(str(image_token))  # type: ignore[attr-defined]
+    if config.image_token_index is not None and token_id != config.image_token_index:
+        raise InvalidCheckpoint(
+            f"{source}: the tokenizer's image token {image_token} has id {token_id} "
+            f"but the model expects {config.image_token_index}"
+        )

@@ -1,0 +1,18 @@
+"""The `blip2-jobs` command line: model commands (run BLIP-2 directly) and service commands.
+
+blip2-jobs caption photo.jpg --model tiny-opt
+blip2-jobs api --port 8000
+"""
+
+import typer
+
+from cli import model_commands, service_commands
+
+app = typer.Typer(
+    name="blip2-jobs",
+    help="BLIP-2 as a service: run the model directly, or the API, workers and dashboard.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+model_commands.register(app)
+service_commands.register(app)

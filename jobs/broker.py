@@ -1,0 +1,72 @@
+"""The Celery app both sides share, the queue routing, and sending a job's message.
+
+Routing: inference jobs go to one queue per model, `infer.<model>`, so a worker holding a model
+only receives that model's jobs (later issues add `train` and `download`). A message carries only
+the job id; the job itself (input, state, result) lives in Postgres.
+"""
+
+import logging
+import re
+from uuid import UUID
+
+from celery import Celery
+
+from jobs.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RUN_JOB_TASK = "blip2.run_job"
+INFERENCE_QUEUE_PREFIX = "infer."
+_UNSAFE_QUEUE_CHARS = re.compile(r"[^A-Za-z0-9._-]")
+# Sending gives up quickly: the job row is already committed, and the sweeper re-sends it later.
+_PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+
+
+def queue_for_model(model: str) -> str:
+    """The inference queue of a model name (a hub id or a path is made queue-name safe)."""
+    return INFERENCE_QUEUE_PREFIX + _UNSAFE_QUEUE_CHARS.sub("_", model)
+
+
+def create_celery(settings: Settings) -> Celery:
+    """A Celery app on REDIS_URL, with no result backend: Postgres is the source of truth for jobs."""
+    app = Celery("blip2-jobs", broker=settings.broker_url, set_as_current=False)
+    app.conf.update(
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        broker_connection_retry_on_startup=True,
+        broker_transport_options=_transport_options(settings),
+        worker_hijack_root_logger=False,
+    )
+    return app
+
+
+def _transport_options(settings: Settings) -> dict[str, object]:
+    options: dict[str, object] = {"visibility_timeout": settings.broker_visibility_timeout_s}
+    if settings.REDIS_KEY_PREFIX:
+        options["global_keyprefix"] = settings.REDIS_KEY_PREFIX
+    return options
+
+
+class Dispatcher:
+    """Sends `run_job(job_id)` messages to a job's queue."""
+
+    def __init__(self, celery: Celery) -> None:
+        self._celery = celery
+
+    def send(self, job_id: UUID, queue: str) -> None:
+        """Publish the job's message; raises if the broker cannot be reached."""
+        self._celery.send_task(
+            RUN_JOB_TASK, args=[str(job_id)], queue=queue, retry=True, retry_policy=_PUBLISH_RETRY
+        )
+
+    def try_send(self, job_id: UUID, queue: str) -> bool:
+        """Publish, logging instead of raising on a broker failure (the sweeper will re-send)."""
+        try:
+            self.send(job_id, queue)
+        except Exception:
+            log.warning(
+                "could not send job %s to %s; the sweeper will re-send it", job_id, queue, exc_info=True
+            )
+            return False
+        return True

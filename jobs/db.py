@@ -1,0 +1,38 @@
+"""The engine and session factory, built from Settings by whoever starts a process (never at import)."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from jobs.settings import Settings
+
+SessionFactory = sessionmaker[Session]
+
+
+def create_db_engine(settings: Settings) -> Engine:
+    """An engine for DATABASE_URL; `pool_pre_ping` so a restarted Postgres does not fail the next request."""
+    return create_engine(settings.sqlalchemy_url, pool_pre_ping=True)
+
+
+def create_session_factory(engine: Engine) -> SessionFactory:
+    """Sessions that keep loaded rows readable after commit (routes return them)."""
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def session_scope(factory: SessionFactory) -> Iterator[Session]:
+    """A session that commits on success and rolls back on any error."""
+    with factory() as session, session.begin():
+        yield session
+
+
+def database_reachable(engine: Engine) -> bool:
+    """True when a trivial query succeeds (the readiness check)."""
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception:
+        return False
+    return True

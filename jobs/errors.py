@@ -1,0 +1,62 @@
+"""Errors the job system raises on purpose: one base class, one small subclass per failure.
+
+The HTTP edge (`api/errors.py`) maps each to a status code once; every error carries a stable `code`.
+"""
+
+
+class JobsError(Exception):
+    """Base class for the job system's own errors; `field` names the input at fault, where one is."""
+
+    code = "jobs_error"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class JobNotFound(JobsError):
+    """No job has this id."""
+
+    code = "job_not_found"
+
+
+class ImageNotFound(JobsError):
+    """A job names an image id that was never uploaded."""
+
+    code = "image_not_found"
+
+
+class JobNotCancelable(JobsError):
+    """The job already finished; canceling it would change nothing."""
+
+    code = "job_not_cancelable"
+
+
+class IdempotencyKeyReused(JobsError):
+    """The Idempotency-Key was first used for a different request."""
+
+    code = "idempotency_key_reused"
+
+
+class UploadTooLarge(JobsError):
+    """The uploaded file has more bytes than MAX_UPLOAD_BYTES."""
+
+    code = "upload_too_large"
+
+
+class InvalidCursor(JobsError):
+    """The pagination cursor is not one this API handed out."""
+
+    code = "invalid_cursor"
+
+
+class BatchTooLarge(JobsError):
+    """A job carries more images or texts than MAX_BATCH_SIZE."""
+
+    code = "batch_too_large"
+
+
+class NotReady(JobsError):
+    """Postgres or Redis does not answer (the readiness check)."""
+
+    code = "not_ready"

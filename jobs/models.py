@@ -1,0 +1,84 @@
+"""The tables, as SQLAlchemy 2 typed ORM classes: jobs, uploaded images, idempotency keys.
+
+The schema itself is created only by the Alembic migrations in `migrations/`; these classes must
+match them (tests/jobs/test_migrations.py checks that they do).
+"""
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID, uuid4
+
+from sqlalchemy import DateTime, Enum, ForeignKey, Index, LargeBinary, String, func
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from jobs.status import JobStatus
+
+
+class Base(DeclarativeBase):
+    """The declarative base all tables share (and Alembic's target metadata)."""
+
+
+def _now_column(nullable: bool = False) -> Mapped[Any]:
+    return mapped_column(DateTime(timezone=True), server_default=None if nullable else func.now())
+
+
+class Image(Base):
+    """An uploaded image, stored once by content hash in Postgres so every worker can read it."""
+
+    __tablename__ = "images"
+
+    id: Mapped[UUID] = mapped_column(primary_key=True, default=uuid4)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    # Deferred: listing or deduplicating images never reads the bytes.
+    data: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
+    width: Mapped[int]
+    height: Mapped[int]
+    format: Mapped[str] = mapped_column(String(16))
+    size_bytes: Mapped[int]
+    created_at: Mapped[datetime] = _now_column()
+
+
+class Job(Base):
+    """One unit of work: its typed input, where it is in its lifecycle, and its result or error.
+
+    `dispatched_at` / `dispatch_count` are the outbox: a queued job whose last send is too old is
+    sent again by the sweeper, so a lost message never strands a job.
+    """
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        Index("ix_jobs_created_at_id", "created_at", "id"),
+        Index("ix_jobs_status_created_at", "status", "created_at"),
+    )
+
+    id: Mapped[UUID] = mapped_column(primary_key=True, default=uuid4)
+    kind: Mapped[str] = mapped_column(String(32))
+    model: Mapped[str] = mapped_column(String(500))
+    queue: Mapped[str] = mapped_column(String(600))
+    status: Mapped[JobStatus] = mapped_column(
+        Enum(JobStatus, native_enum=False, length=16, values_callable=lambda e: [m.value for m in e]),
+        default=JobStatus.QUEUED,
+    )
+    input: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None]
+    attempts: Mapped[int] = mapped_column(default=0)
+    progress: Mapped[float | None]
+    created_at: Mapped[datetime] = _now_column()
+    started_at: Mapped[datetime | None] = _now_column(nullable=True)
+    finished_at: Mapped[datetime | None] = _now_column(nullable=True)
+    dispatched_at: Mapped[datetime | None] = _now_column(nullable=True)
+    dispatch_count: Mapped[int] = mapped_column(default=0)
+
+
+class IdempotencyKey(Base):
+    """An Idempotency-Key header seen on POST /v1/jobs, the request it came with, and its job."""
+
+    __tablename__ = "idempotency_keys"
+
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    job_id: Mapped[UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = _now_column()

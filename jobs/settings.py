@@ -1,0 +1,95 @@
+"""The one typed settings object for the API, the workers, Flower and `blip2-jobs up`.
+
+Read from the environment (or a `.env` file) once, by whoever starts a process, and passed in:
+
+    settings = Settings()
+    app = create_app(settings)
+"""
+
+from pathlib import Path
+from typing import Literal, Self
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Refused as the Flower password anywhere but development (the full-stack-fastapi-template rule).
+DEFAULT_SECRET = "changethis"
+_PSYCOPG_SCHEMES = ("postgresql://", "postgres://")
+
+
+class MissingSetting(ValueError):
+    """A setting this process needs was not given (e.g. DATABASE_URL for the API)."""
+
+
+class Settings(BaseSettings):
+    """Everything configurable about the service; field names are the environment variables."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    ENVIRONMENT: Literal["development", "staging", "production"] = "development"
+    # postgresql://user@host:port/db; unset means `blip2-jobs up` starts an embedded server.
+    DATABASE_URL: str | None = None
+    # redis://host:port/db; unset means `blip2-jobs up` starts an embedded server.
+    REDIS_URL: str | None = None
+    # Prepended to every broker key, so several deployments (or test runs) can share one Redis db.
+    REDIS_KEY_PREFIX: str = ""
+
+    BLIP2_DEFAULT_MODEL: str = "tiny-opt"
+    BLIP2_DATA_DIR: Path = Path("./data")
+    # A user registry file adding model names to the built-in ones.
+    BLIP2_MODELS_FILE: Path | None = None
+
+    MAX_UPLOAD_BYTES: int = Field(default=20 * 1024 * 1024, gt=0)
+    # A decompression-bomb guard, applied before any pixel is decoded.
+    MAX_IMAGE_PIXELS: int = Field(default=40_000_000, gt=0)
+    # The most images or texts one job may carry (match), and the largest batch a worker runs.
+    MAX_BATCH_SIZE: int = Field(default=32, gt=0)
+    LONG_POLL_MAX_S: float = Field(default=30.0, ge=0, le=30)
+
+    # A job still queued this long after its last send is sent again (the outbox sweep).
+    QUEUED_TOO_LONG_S: float = Field(default=60.0, gt=0)
+    # How often the API runs that sweep; 0 turns it off (another process sweeps).
+    SWEEP_INTERVAL_S: float = Field(default=15.0, ge=0)
+    # Runs of a job (first try included) before a job whose worker keeps dying is failed.
+    MAX_ATTEMPTS: int = Field(default=3, ge=1)
+    TASK_SOFT_TIME_LIMIT_S: int = Field(default=600, gt=0)
+    TASK_HARD_TIME_LIMIT_S: int = Field(default=660, gt=0)
+    # Loading a model in the worker's child process may take this long before Celery gives up on it.
+    MODEL_LOAD_TIMEOUT_S: int = Field(default=900, gt=0)
+
+    FLOWER_USER: str = "admin"
+    FLOWER_PASSWORD: str = DEFAULT_SECRET
+
+    @model_validator(mode="after")
+    def _check_limits_and_secrets(self) -> Self:
+        if self.TASK_HARD_TIME_LIMIT_S <= self.TASK_SOFT_TIME_LIMIT_S:
+            raise ValueError("TASK_HARD_TIME_LIMIT_S must be greater than TASK_SOFT_TIME_LIMIT_S")
+        if self.ENVIRONMENT != "development" and self.FLOWER_PASSWORD == DEFAULT_SECRET:
+            raise ValueError(f"FLOWER_PASSWORD is {DEFAULT_SECRET!r}; set it outside development")
+        return self
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """DATABASE_URL with the psycopg 3 driver named, as SQLAlchemy wants it."""
+        url = self.require("DATABASE_URL")
+        for scheme in _PSYCOPG_SCHEMES:
+            if url.startswith(scheme):
+                return "postgresql+psycopg://" + url.removeprefix(scheme)
+        raise MissingSetting(f"DATABASE_URL must start with postgresql://, got {url.split(':', 1)[0]}:")
+
+    @property
+    def broker_url(self) -> str:
+        """REDIS_URL, which must be set by the time a process talks to the broker."""
+        return self.require("REDIS_URL")
+
+    @property
+    def broker_visibility_timeout_s(self) -> int:
+        """Longer than the hard time limit, so Redis never re-delivers a job that is still running."""
+        return self.TASK_HARD_TIME_LIMIT_S + 300
+
+    def require(self, name: Literal["DATABASE_URL", "REDIS_URL"]) -> str:
+        """The value of a URL setting, or a clear error naming it."""
+        value = getattr(self, name)
+        if not value:
+            raise MissingSetting(f"{name} is not set")
+        return str(value)

@@ -1,0 +1,156 @@
+"""Accepting a job: validate it, store its inline images, commit its row, then send its message.
+
+The order is the outbox's guarantee: the row (with any Idempotency-Key) is committed before the
+message is sent, so a worker never receives an id it cannot find; a send that fails, or a process
+that dies before sending, leaves the job queued and unsent, and the sweeper sends it later.
+"""
+
+import hashlib
+import json
+from dataclasses import dataclass
+from uuid import UUID
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from blip2.errors import InvalidImage, ModelNotFound
+from blip2.registry import Registry
+from jobs.broker import Dispatcher, queue_for_model
+from jobs.db import SessionFactory, session_scope
+from jobs.errors import BatchTooLarge, IdempotencyKeyReused, ImageNotFound
+from jobs.image_store import missing_image_ids, store_image
+from jobs.models import IdempotencyKey, Job
+from jobs.repository import add_job, get_job, mark_dispatched
+from jobs.schemas import ImageFields, JobCreateBase, JobInput, MatchInput
+from jobs.settings import Settings
+
+
+@dataclass(frozen=True)
+class Submission:
+    """The services a submission needs, built once per process."""
+
+    sessions: SessionFactory
+    dispatcher: Dispatcher
+    registry: Registry
+    settings: Settings
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """The accepted job, and whether this request created it (False: an Idempotency-Key replay)."""
+
+    job: Job
+    created: bool
+
+
+class _KeyTakenMeanwhile(Exception):
+    """A concurrent request committed the same Idempotency-Key first."""
+
+
+def submit_job(ctx: Submission, request: JobCreateBase, idempotency_key: str | None = None) -> Submitted:
+    """Validate and record a job, then send its message; returns the existing job for a replayed key."""
+    model = request.model or ctx.settings.BLIP2_DEFAULT_MODEL
+    _check_model(ctx.registry, model)
+    _check_batch_size(request.input, ctx.settings)
+    fingerprint = _fingerprint(request, model)
+    try:
+        submitted = _record(ctx, request, model, idempotency_key, fingerprint)
+    except _KeyTakenMeanwhile:
+        with session_scope(ctx.sessions) as session:
+            return Submitted(_replay(session, str(idempotency_key), fingerprint), created=False)
+    if submitted.created:
+        _dispatch(ctx, submitted.job)
+    return submitted
+
+
+def _record(
+    ctx: Submission, request: JobCreateBase, model: str, key: str | None, fingerprint: str
+) -> Submitted:
+    with session_scope(ctx.sessions) as session:
+        if key is not None and _find_key(session, key) is not None:
+            return Submitted(_replay(session, key, fingerprint), created=False)
+        job_input = _store_inline_images(session, request.input, ctx.settings)
+        _check_images_exist(session, job_input)
+        data = job_input.model_dump(mode="json", exclude_none=True)
+        job = add_job(session, kind=request.kind, model=model, queue=queue_for_model(model), input=data)
+        if key is not None and not _claim_key(session, key, fingerprint, job.id):
+            raise _KeyTakenMeanwhile
+        return Submitted(job, created=True)
+
+
+def _dispatch(ctx: Submission, job: Job) -> None:
+    if ctx.dispatcher.try_send(job.id, job.queue):
+        with session_scope(ctx.sessions) as session:
+            mark_dispatched(session, job.id)
+
+
+def _check_model(registry: Registry, model: str) -> None:
+    if not registry.is_known(model):
+        names = ", ".join(sorted(spec.name for spec in registry.specs()))
+        raise ModelNotFound(
+            f"model: unknown model {model!r} (known: {names}; or a checkpoint directory, or a hub id)"
+        )
+
+
+def _check_batch_size(job_input: JobInput, settings: Settings) -> None:
+    if isinstance(job_input, MatchInput) and job_input.candidate_count > settings.MAX_BATCH_SIZE:
+        field = "input.texts" if job_input.texts is not None else "input.image_ids"
+        raise BatchTooLarge(
+            f"{job_input.candidate_count} candidates, over the limit of {settings.MAX_BATCH_SIZE}",
+            field=field,
+        )
+
+
+def _fingerprint(request: JobCreateBase, model: str) -> str:
+    body = request.model_dump(mode="json") | {"model": model}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _store_inline_images(session: Session, job_input: JobInput, settings: Settings) -> JobInput:
+    """The input with an inline base64 `image` replaced by the `image_id` it is stored under."""
+    if not isinstance(job_input, ImageFields) or job_input.image is None:
+        return job_input
+    try:
+        stored = store_image(session, job_input.image, settings)
+    except InvalidImage as exc:
+        raise type(exc)(f"input.image: {exc}") from exc
+    return job_input.model_copy(update={"image": None, "image_id": stored.id})
+
+
+def _check_images_exist(session: Session, job_input: JobInput) -> None:
+    if not isinstance(job_input, ImageFields):
+        return
+    missing = missing_image_ids(session, job_input.referenced_image_ids())
+    if missing:
+        field = (
+            "input.image_ids"
+            if isinstance(job_input, MatchInput) and job_input.image_ids
+            else "input.image_id"
+        )
+        raise ImageNotFound(f"no uploaded image with id {', '.join(sorted(map(str, missing)))}", field=field)
+
+
+def _find_key(session: Session, key: str) -> IdempotencyKey | None:
+    return session.scalars(select(IdempotencyKey).where(IdempotencyKey.key == key)).one_or_none()
+
+
+def _replay(session: Session, key: str, fingerprint: str) -> Job:
+    """The job first created with this key, if the request is the same one."""
+    record = _find_key(session, key)
+    if record is None:
+        raise _KeyTakenMeanwhile
+    if record.request_hash != fingerprint:
+        raise IdempotencyKeyReused(f"Idempotency-Key {key!r} was used for a different request")
+    return get_job(session, record.job_id)
+
+
+def _claim_key(session: Session, key: str, fingerprint: str, job_id: UUID) -> bool:
+    """Record the key for this job; False if another request holds it (its insert committed first)."""
+    statement = (
+        insert(IdempotencyKey)
+        .values(key=key, request_hash=fingerprint, job_id=job_id)
+        .on_conflict_do_nothing(index_elements=["key"])
+        .returning(IdempotencyKey.key)
+    )
+    return session.execute(statement).first() is not None

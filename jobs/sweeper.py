@@ -1,0 +1,68 @@
+"""The outbox sweep: re-send jobs left queued too long, and recover jobs whose worker died.
+
+Runs every SWEEP_INTERVAL_S inside the API process (api/main.py); several API processes may sweep
+at once, since rows are locked with SKIP LOCKED. A re-sent message that turns out to be a duplicate
+is harmless: the worker's claim is a conditional UPDATE, so only one delivery runs the job.
+"""
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy.orm import Session
+
+from jobs.broker import Dispatcher
+from jobs.db import SessionFactory, session_scope
+from jobs.models import Job
+from jobs.repository import mark_dispatched, overdue_queued_jobs, requeue_lost_jobs
+from jobs.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# How much longer than the hard time limit a job may be "running" before its worker counts as lost.
+_LOST_WORKER_GRACE = timedelta(seconds=60)
+_BATCH = 100
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    """What one sweep did."""
+
+    recovered: int  # running jobs whose worker died: queued again or failed
+    resent: int  # queued jobs whose message was sent again
+
+
+def sweep_once(sessions: SessionFactory, dispatcher: Dispatcher, settings: Settings) -> SweepReport:
+    """One pass: recover lost running jobs, then re-send overdue queued ones."""
+    recovered = _recover_lost(sessions, settings)
+    resent = _send(sessions, dispatcher, recovered)
+    with session_scope(sessions) as session:
+        overdue = overdue_queued_jobs(
+            session, after=timedelta(seconds=settings.QUEUED_TOO_LONG_S), limit=_BATCH
+        )
+        # Sent while the rows are locked, so no other sweeper sends them too; they were committed long ago.
+        resent += _send_locked(session, dispatcher, overdue)
+    if recovered or resent:
+        log.info("sweep: %d lost jobs recovered, %d messages re-sent", len(recovered), resent)
+    return SweepReport(recovered=len(recovered), resent=resent)
+
+
+def _recover_lost(sessions: SessionFactory, settings: Settings) -> list[Job]:
+    limit = timedelta(seconds=settings.TASK_HARD_TIME_LIMIT_S) + _LOST_WORKER_GRACE
+    with session_scope(sessions) as session:
+        return requeue_lost_jobs(session, running_longer_than=limit, max_attempts=settings.MAX_ATTEMPTS)
+
+
+def _send(sessions: SessionFactory, dispatcher: Dispatcher, jobs: list[Job]) -> int:
+    """Send messages for jobs whose new state is committed."""
+    with session_scope(sessions) as session:
+        return _send_locked(session, dispatcher, jobs)
+
+
+def _send_locked(session: Session, dispatcher: Dispatcher, jobs: list[Job]) -> int:
+    sent = 0
+    for job in jobs:
+        if dispatcher.try_send(job.id, job.queue):
+            mark_dispatched(session, job.id)
+            sent += 1
+    return sent

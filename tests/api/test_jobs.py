@@ -1,0 +1,162 @@
+"""/v1/jobs over HTTP: submit, idempotency, validation, read, long-poll, list, cancel."""
+
+import threading
+import time
+from typing import Any
+from uuid import UUID
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from jobs.db import SessionFactory, session_scope
+from jobs.models import Image, Job
+from jobs.repository import claim_job, succeed_job
+from tests.support.broker import drain, waiting_job_ids
+from tests.support.images import png_base64, png_bytes
+
+QUEUE = "infer.tiny-opt"
+
+
+@pytest.fixture
+def image_id(client: TestClient) -> str:
+    response = client.post("/v1/images", files={"file": ("a.png", png_bytes())})
+    return str(response.json()["id"])
+
+
+@pytest.fixture(autouse=True)
+def empty_queue(key_prefix: str) -> None:
+    drain(key_prefix, QUEUE)
+
+
+def submit(client: TestClient, body: dict[str, Any], **headers: str) -> Any:
+    return client.post("/v1/jobs", json=body, headers=headers)
+
+
+def count(sessions: SessionFactory, table: type[Job] | type[Image]) -> int:
+    with session_scope(sessions) as session:
+        return session.scalar(select(func.count()).select_from(table)) or 0
+
+
+def test_submit_returns_202_location_and_the_job(client: TestClient, image_id: str, key_prefix: str) -> None:
+    response = submit(client, {"kind": "caption", "input": {"image_id": image_id, "prompt": "a photo of"}})
+    assert response.status_code == 202
+    job = response.json()
+    assert response.headers["Location"] == f"/v1/jobs/{job['id']}"
+    assert (job["status"], job["model"], job["kind"], job["attempts"]) == ("queued", "tiny-opt", "caption", 0)
+    assert job["input"]["prompt"] == "a photo of"
+    assert (job["result"], job["error"], job["started_at"]) == (None, None, None)
+    assert waiting_job_ids(key_prefix, QUEUE) == [job["id"]]
+    assert client.get(response.headers["Location"]).json() == job
+
+
+def test_inline_image_is_stored_and_referenced(client: TestClient, image_id: str) -> None:
+    job = submit(client, {"kind": "vqa", "input": {"image": png_base64(), "question": "what?"}}).json()
+    assert job["input"]["image_id"] == image_id  # the same bytes as the upload
+    assert job["input"]["image"] is None
+
+
+def test_idempotency_key(client: TestClient, image_id: str, sessions: SessionFactory) -> None:
+    body = {"kind": "instruct", "model": "tiny-instruct", "input": {"image_id": image_id, "instruction": "x"}}
+    first = submit(client, body, **{"Idempotency-Key": "abc"})
+    second = submit(client, body, **{"Idempotency-Key": "abc"})
+    assert first.json()["id"] == second.json()["id"]
+    other = submit(client, body | {"model": "tiny-opt"}, **{"Idempotency-Key": "abc"})
+    assert (other.status_code, other.json()["error"]["code"]) == (422, "idempotency_key_reused")
+    assert count(sessions, Job) == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "field"),
+    [
+        ({"kind": "vqa", "input": {"image": png_base64()}}, "invalid_request", "input.question"),
+        ({"kind": "paint", "input": {}}, "invalid_request", "kind"),
+        ({"kind": "caption", "input": {"image": png_base64(), "decoding": {"num_beams": 99}}},
+         "invalid_request", "input.decoding"),
+        ({"kind": "caption", "input": {"image": "not base64!"}}, "invalid_request", "input.image"),
+        ({"kind": "caption", "input": {"image": "aGVsbG8="}}, "invalid_image", None),
+        ({"kind": "caption", "model": "no-such-model", "input": {"image": png_base64()}}, "model_not_found", "model"),
+        ({"kind": "caption", "input": {"image_id": "6f1e0a31-3b0b-4f4e-9a2c-0c7e0e9b2a11"}},
+         "image_not_found", "input.image_id"),
+        ({"kind": "match", "model": "tiny-itm", "input": {"image": png_base64(), "texts": ["t"] * 500}},
+         "batch_too_large", "input.texts"),
+    ],
+)
+def test_rejected_request_creates_no_row(
+    client: TestClient, sessions: SessionFactory, body: dict[str, Any], code: str, field: str | None
+) -> None:
+    response = submit(client, body)
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == code
+    assert error.get("field") == field
+    assert count(sessions, Job) == count(sessions, Image) == 0
+
+
+def test_unknown_job(client: TestClient) -> None:
+    response = client.get("/v1/jobs/6f1e0a31-3b0b-4f4e-9a2c-0c7e0e9b2a11")
+    assert (response.status_code, response.json()["error"]["code"]) == (404, "job_not_found")
+    assert client.get("/v1/jobs/not-a-uuid").json()["error"]["field"] == "job_id"
+
+
+def test_list_newest_first_paginated_and_filtered(client: TestClient, image_id: str) -> None:
+    kinds = ["caption", "vqa", "caption", "vqa", "caption"]
+    made = []
+    for kind in kinds:
+        extra = {"question": "q"} if kind == "vqa" else {}
+        made.append(submit(client, {"kind": kind, "input": {"image_id": image_id} | extra}).json()["id"])
+    seen, cursor = [], None
+    while True:
+        page = client.get("/v1/jobs", params={"limit": 2} | ({"cursor": cursor} if cursor else {})).json()
+        seen += [job["id"] for job in page["data"]]
+        if (cursor := page["next_cursor"]) is None:
+            break
+    assert seen == list(reversed(made))
+    vqa = client.get("/v1/jobs", params={"kind": "vqa", "status": "queued"}).json()["data"]
+    assert [job["id"] for job in vqa] == [made[3], made[1]]
+    assert client.get("/v1/jobs", params={"status": "succeeded"}).json()["data"] == []
+    assert client.get("/v1/jobs", params={"cursor": "garbage"}).json()["error"]["code"] == "invalid_cursor"
+    assert client.get("/v1/jobs", params={"limit": 0}).json()["error"]["field"] == "limit"
+
+
+def test_cancel_queued_then_409(client: TestClient, image_id: str) -> None:
+    job = submit(client, {"kind": "caption", "input": {"image_id": image_id}}).json()
+    canceled = client.post(f"/v1/jobs/{job['id']}/cancel")
+    assert canceled.status_code == 200
+    assert canceled.json()["status"] == "canceled" and canceled.json()["finished_at"]
+    again = client.post(f"/v1/jobs/{job['id']}/cancel")
+    assert (again.status_code, again.json()["error"]["code"]) == (409, "job_not_cancelable")
+
+
+def finish_later(sessions: SessionFactory, job_id: str, delay_s: float) -> threading.Thread:
+    """Play the worker: claim and finish the job after a delay."""
+
+    def finish() -> None:
+        time.sleep(delay_s)
+        with session_scope(sessions) as session:
+            claim_job(session, UUID(job_id))
+            succeed_job(session, UUID(job_id), {"captions": ["done"]})
+
+    thread = threading.Thread(target=finish)
+    thread.start()
+    return thread
+
+
+def test_long_poll_returns_when_the_job_finishes(client: TestClient, image_id: str, sessions: SessionFactory) -> None:
+    job = submit(client, {"kind": "caption", "input": {"image_id": image_id}}).json()
+    worker = finish_later(sessions, job["id"], delay_s=0.6)
+    started = time.monotonic()
+    done = client.get(f"/v1/jobs/{job['id']}", params={"wait": 20}).json()
+    elapsed = time.monotonic() - started
+    worker.join()
+    assert done["status"] == "succeeded" and done["result"] == {"captions": ["done"]}
+    assert 0.5 < elapsed < 5
+
+
+def test_long_poll_gives_up_after_wait(client: TestClient, image_id: str) -> None:
+    job = submit(client, {"kind": "caption", "input": {"image_id": image_id}}).json()
+    started = time.monotonic()
+    still = client.get(f"/v1/jobs/{job['id']}", params={"wait": 0.5}).json()
+    assert still["status"] == "queued"
+    assert 0.4 < time.monotonic() - started < 3
+    assert client.get(f"/v1/jobs/{job['id']}", params={"wait": -1}).status_code == 422

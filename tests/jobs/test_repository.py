@@ -1,0 +1,119 @@
+"""Job state transitions and listing, against a real Postgres."""
+
+from datetime import timedelta
+from uuid import uuid4
+
+import pytest
+from sqlalchemy import update
+
+from jobs.db import SessionFactory, session_scope
+from jobs.errors import InvalidCursor, JobNotCancelable, JobNotFound
+from jobs.models import Job
+from jobs.repository import (
+    add_job,
+    cancel_job,
+    claim_job,
+    fail_job,
+    get_job,
+    list_jobs,
+    mark_dispatched,
+    overdue_queued_jobs,
+    requeue_lost_jobs,
+    succeed_job,
+)
+from jobs.status import JobStatus
+
+pytestmark = pytest.mark.usefixtures("empty_tables")
+
+
+def new_job(sessions: SessionFactory, kind: str = "caption") -> Job:
+    with session_scope(sessions) as session:
+        return add_job(session, kind=kind, model="tiny-opt", queue="infer.tiny-opt", input={"image_id": "x"})
+
+
+def test_a_job_is_claimed_once(sessions: SessionFactory) -> None:
+    job = new_job(sessions)
+    with session_scope(sessions) as session:
+        claimed = claim_job(session, job.id)
+        assert claimed is not None and claimed.status is JobStatus.RUNNING and claimed.attempts == 1
+    with session_scope(sessions) as session:
+        assert claim_job(session, job.id) is None  # a second delivery finds it running
+
+
+def test_a_finished_job_is_never_run_or_overwritten(sessions: SessionFactory) -> None:
+    job = new_job(sessions)
+    with session_scope(sessions) as session:
+        claim_job(session, job.id)
+        assert succeed_job(session, job.id, {"captions": ["first"]}) is not None
+    with session_scope(sessions) as session:
+        assert claim_job(session, job.id) is None
+        assert succeed_job(session, job.id, {"captions": ["second"]}) is None
+        assert fail_job(session, job.id, "boom", "late failure") is None
+        assert get_job(session, job.id).result == {"captions": ["first"]}
+
+
+def test_cancel_queued_then_not_again(sessions: SessionFactory) -> None:
+    job = new_job(sessions)
+    with session_scope(sessions) as session:
+        assert cancel_job(session, job.id).status is JobStatus.CANCELED
+    with session_scope(sessions) as session:
+        assert claim_job(session, job.id) is None
+        with pytest.raises(JobNotCancelable):
+            cancel_job(session, job.id)
+        with pytest.raises(JobNotFound):
+            cancel_job(session, uuid4())
+
+
+def test_a_canceled_running_job_keeps_no_result(sessions: SessionFactory) -> None:
+    job = new_job(sessions)
+    with session_scope(sessions) as session:
+        claim_job(session, job.id)
+        cancel_job(session, job.id)
+        assert succeed_job(session, job.id, {"captions": ["late"]}) is None
+
+
+def test_list_newest_first_with_cursor_and_filters(sessions: SessionFactory) -> None:
+    made = [new_job(sessions, kind="vqa" if i % 2 else "caption") for i in range(5)]
+    with session_scope(sessions) as session:
+        first = list_jobs(session, limit=2)
+        second = list_jobs(session, limit=2, cursor=first.next_cursor)
+        third = list_jobs(session, limit=2, cursor=second.next_cursor)
+        vqa = list_jobs(session, limit=10, kind="vqa")
+        queued = list_jobs(session, limit=10, status=JobStatus.SUCCEEDED)
+    seen = [j.id for page in (first, second, third) for j in page.jobs]
+    assert seen == [j.id for j in reversed(made)]
+    assert third.next_cursor is None
+    assert {j.id for j in vqa.jobs} == {made[1].id, made[3].id}
+    assert queued.jobs == []
+
+
+def test_bad_cursor(sessions: SessionFactory) -> None:
+    with session_scope(sessions) as session, pytest.raises(InvalidCursor):
+        list_jobs(session, limit=2, cursor="not-a-cursor")
+
+
+def test_overdue_queued_jobs_back_off(sessions: SessionFactory) -> None:
+    job = new_job(sessions)
+    with session_scope(sessions) as session:
+        session.execute(
+            update(Job).where(Job.id == job.id).values(created_at=Job.created_at - timedelta(minutes=5))
+        )
+        assert [j.id for j in overdue_queued_jobs(session, after=timedelta(minutes=1), limit=10)] == [job.id]
+        mark_dispatched(session, job.id)
+    with session_scope(sessions) as session:
+        assert overdue_queued_jobs(session, after=timedelta(minutes=1), limit=10) == []
+
+
+def test_lost_running_jobs_are_queued_again_then_failed(sessions: SessionFactory) -> None:
+    job = new_job(sessions)
+    for attempt in (1, 2):
+        with session_scope(sessions) as session:
+            claim_job(session, job.id)
+            session.execute(
+                update(Job).where(Job.id == job.id).values(started_at=Job.started_at - timedelta(hours=1))
+            )
+            requeued = requeue_lost_jobs(session, running_longer_than=timedelta(minutes=10), max_attempts=2)
+            assert len(requeued) == (1 if attempt == 1 else 0)
+            assert get_job(session, job.id).status is (JobStatus.QUEUED if attempt == 1 else JobStatus.FAILED)
+    with session_scope(sessions) as session:
+        assert get_job(session, job.id).error_code == "worker_lost"

@@ -1,0 +1,99 @@
+"""Job request schemas: one discriminated union over kinds, with field-named errors."""
+
+import uuid
+
+import pytest
+from pydantic import ValidationError
+
+from jobs.schemas import (
+    JOB_CREATE_ADAPTER,
+    CaptionJobCreate,
+    EmbedInput,
+    MatchInput,
+    VqaJobCreate,
+    parse_input,
+)
+from tests.support.images import png_base64, png_bytes
+
+IMAGE_ID = str(uuid.uuid4())
+
+
+def error_locs(body: dict[str, object]) -> list[tuple[object, ...]]:
+    with pytest.raises(ValidationError) as caught:
+        JOB_CREATE_ADAPTER.validate_python(body)
+    return [e["loc"] for e in caught.value.errors()]
+
+
+def test_kind_picks_the_input_schema() -> None:
+    job = JOB_CREATE_ADAPTER.validate_python(
+        {"kind": "vqa", "input": {"image_id": IMAGE_ID, "question": "why?"}}
+    )
+    assert isinstance(job, VqaJobCreate)
+    assert job.input.question == "why?"
+
+
+def test_inline_image_is_base64() -> None:
+    job = JOB_CREATE_ADAPTER.validate_python({"kind": "caption", "input": {"image": png_base64()}})
+    assert isinstance(job, CaptionJobCreate)
+    assert job.input.image == png_bytes()
+
+
+def test_missing_field_is_named() -> None:
+    assert error_locs({"kind": "vqa", "input": {"image_id": IMAGE_ID}}) == [("vqa", "input", "question")]
+
+
+def test_unknown_kind_and_unknown_field_are_errors() -> None:
+    assert error_locs({"kind": "paint", "input": {}})
+    assert ("caption", "input", "colour") in error_locs(
+        {"kind": "caption", "input": {"image_id": IMAGE_ID, "colour": "red"}}
+    )
+
+
+def test_exactly_one_image() -> None:
+    assert error_locs({"kind": "caption", "input": {}}) == [("caption", "input")]
+    both = {"image_id": IMAGE_ID, "image": png_base64()}
+    assert error_locs({"kind": "instruct", "input": both | {"instruction": "describe"}})
+
+
+def test_decoding_options_use_the_library_bounds() -> None:
+    assert error_locs(
+        {"kind": "caption", "input": {"image_id": IMAGE_ID, "decoding": {"num_beams": 99}}}
+    ) == [("caption", "input", "decoding")]
+    ok = {"image_id": IMAGE_ID, "decoding": {"num_beams": 3, "num_captions": 3}}
+    job = JOB_CREATE_ADAPTER.validate_python({"kind": "caption", "input": ok})
+    assert isinstance(job, CaptionJobCreate)
+    assert job.input.decoding.overrides() == {"num_beams": 3, "num_captions": 3}
+
+
+def test_embed_modes() -> None:
+    assert EmbedInput(mode="text", text="a cat").image_needed() is False
+    with pytest.raises(ValidationError):
+        EmbedInput.model_validate({"mode": "text"})
+    with pytest.raises(ValidationError):
+        EmbedInput.model_validate({"mode": "image", "image_id": IMAGE_ID, "text": "a cat"})
+    assert EmbedInput.model_validate({"mode": "multimodal", "image_id": IMAGE_ID, "text": "a cat"})
+
+
+def test_match_takes_one_direction() -> None:
+    by_texts = MatchInput.model_validate({"image_id": IMAGE_ID, "texts": ["a", "b"]})
+    assert by_texts.candidate_count == 2
+    by_images = MatchInput.model_validate({"text": "a", "image_ids": [IMAGE_ID, IMAGE_ID]})
+    assert len(by_images.referenced_image_ids()) == 2
+    for wrong in (
+        {"texts": ["a"]},
+        {"text": "a"},
+        {"image_id": IMAGE_ID, "text": "a", "image_ids": [IMAGE_ID]},
+    ):
+        with pytest.raises(ValidationError):
+            MatchInput.model_validate(wrong)
+
+
+def test_stored_input_round_trips() -> None:
+    job = JOB_CREATE_ADAPTER.validate_python(
+        {
+            "kind": "vqa",
+            "input": {"image_id": IMAGE_ID, "question": "q", "examples": [{"question": "a", "answer": "b"}]},
+        }
+    )
+    stored = job.input.model_dump(mode="json", exclude_none=True)
+    assert parse_input("vqa", stored) == job.input

@@ -1,0 +1,76 @@
+"""Submitting jobs: the row is committed, then one message carrying only its id is sent."""
+
+import base64
+
+import pytest
+from sqlalchemy import func, select
+
+from blip2.errors import InvalidImage, ModelNotFound
+from blip2.registry import Registry
+from jobs.broker import Dispatcher
+from jobs.db import SessionFactory, session_scope
+from jobs.errors import BatchTooLarge, IdempotencyKeyReused, ImageNotFound
+from jobs.models import Image, Job
+from jobs.schemas import JOB_CREATE_ADAPTER
+from jobs.settings import Settings
+from jobs.status import JobStatus
+from jobs.submission import Submission, submit_job
+from tests.support.broker import drain, waiting_job_ids
+from tests.support.images import png_base64
+
+pytestmark = pytest.mark.usefixtures("empty_tables")
+QUEUE = "infer.tiny-opt"
+
+
+@pytest.fixture
+def ctx(sessions: SessionFactory, dispatcher: Dispatcher, settings: Settings, key_prefix: str) -> Submission:
+    drain(key_prefix, QUEUE)
+    return Submission(sessions=sessions, dispatcher=dispatcher, registry=Registry.load(), settings=settings)
+
+
+def caption_request(**overrides: object):  # type: ignore[no-untyped-def]
+    return JOB_CREATE_ADAPTER.validate_python(
+        {"kind": "caption", "input": {"image": png_base64()}} | overrides
+    )
+
+
+def count(sessions: SessionFactory, table: type[Job] | type[Image]) -> int:
+    with session_scope(sessions) as session:
+        return session.scalar(select(func.count()).select_from(table)) or 0
+
+
+def test_row_committed_and_id_sent(ctx: Submission, key_prefix: str) -> None:
+    submitted = submit_job(ctx, caption_request())
+    job = submitted.job
+    assert submitted.created and job.status is JobStatus.QUEUED
+    assert (job.model, job.queue, job.dispatch_count) == ("tiny-opt", QUEUE, 0)
+    assert "image" not in job.input and job.input["image_id"]  # the inline image was stored
+    assert waiting_job_ids(key_prefix, QUEUE) == [str(job.id)]
+    with session_scope(ctx.sessions) as session:
+        assert session.get_one(Job, job.id).dispatch_count == 1
+
+
+def test_idempotency_key_returns_the_same_job(ctx: Submission, key_prefix: str) -> None:
+    first = submit_job(ctx, caption_request(), idempotency_key="k-1")
+    again = submit_job(ctx, caption_request(), idempotency_key="k-1")
+    assert (again.job.id, again.created) == (first.job.id, False)
+    assert waiting_job_ids(key_prefix, QUEUE) == [str(first.job.id)]
+    with pytest.raises(IdempotencyKeyReused):
+        submit_job(ctx, caption_request(model="tiny-t5"), idempotency_key="k-1")
+    assert count(ctx.sessions, Job) == 1
+
+
+def test_rejected_requests_leave_no_rows(ctx: Submission) -> None:
+    not_png = base64.b64encode(b"not an image").decode()
+    with pytest.raises(ModelNotFound):
+        submit_job(ctx, caption_request(model="no-such-model"))
+    with pytest.raises(InvalidImage, match=r"input\.image"):
+        submit_job(ctx, caption_request(input={"image": not_png}))
+    with pytest.raises(ImageNotFound):
+        submit_job(ctx, caption_request(input={"image_id": "00000000-0000-0000-0000-000000000000"}))
+    many = JOB_CREATE_ADAPTER.validate_python(
+        {"kind": "match", "model": "tiny-itm", "input": {"image": png_base64(), "texts": ["a"] * 1000}}
+    )
+    with pytest.raises(BatchTooLarge):
+        submit_job(ctx, many)
+    assert count(ctx.sessions, Job) == count(ctx.sessions, Image) == 0

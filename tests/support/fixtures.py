@@ -1,0 +1,63 @@
+"""Pytest fixtures for the job system: a migrated database, a broker key space, Settings, sessions.
+
+Each tests/<package>/conftest.py imports the ones it uses (tests/conftest.py belongs to the library).
+"""
+
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import Engine, text
+
+from jobs.broker import Dispatcher, create_celery
+from jobs.db import SessionFactory, create_db_engine, create_session_factory
+from jobs.schema_migrations import upgrade
+from jobs.settings import Settings
+from tests.support.services import make_settings, temporary_database, temporary_key_prefix
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """A migrated database of this test session's own."""
+    with temporary_database() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def key_prefix() -> Iterator[str]:
+    """This test session's Redis key prefix."""
+    with temporary_key_prefix() as prefix:
+        yield prefix
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, key_prefix: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Settings pointing at the session's database and key prefix, with the schema migrated to head."""
+    made = make_settings(database_url, key_prefix, tmp_path_factory.mktemp("data"))
+    upgrade(made)
+    return made
+
+
+@pytest.fixture(scope="session")
+def engine(settings: Settings) -> Iterator[Engine]:
+    made = create_db_engine(settings)
+    yield made
+    made.dispose()
+
+
+@pytest.fixture(scope="session")
+def sessions(engine: Engine) -> SessionFactory:
+    return create_session_factory(engine)
+
+
+@pytest.fixture(scope="session")
+def dispatcher(settings: Settings) -> Iterator[Dispatcher]:
+    celery = create_celery(settings)
+    yield Dispatcher(celery)
+    celery.close()
+
+
+@pytest.fixture
+def empty_tables(engine: Engine) -> None:
+    """Start the test with no jobs, images or idempotency keys."""
+    with engine.begin() as connection:
+        connection.execute(text("TRUNCATE jobs, images, idempotency_keys CASCADE"))

@@ -1,0 +1,72 @@
+"""The worker's Celery configuration, and `run_worker` behind `blip2-jobs worker`.
+
+    blip2-jobs worker --model tiny-opt            # consumes infer.tiny-opt
+
+One prefork child (concurrency 1) runs the jobs: it connects and loads the model in
+`worker_process_init`, after the fork, and holds the model across jobs. Delivery is at-least-once:
+a message is acknowledged only after its job finished (acks_late), is re-queued if the child dies
+(reject_on_worker_lost), and Redis re-delivers only after a visibility timeout longer than the hard
+time limit, so a job that is still running is never handed to a second worker.
+"""
+
+from dataclasses import dataclass, field
+
+from celery import Celery
+from celery.signals import worker_process_init
+
+from jobs.broker import create_celery, queue_for_model
+from jobs.settings import Settings
+from worker.model_holder import ModelLoadOptions
+from worker.runtime import WorkerRuntime
+from worker.tasks import register_tasks
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """What `blip2-jobs worker` was asked for."""
+
+    model: str
+    queues: list[str] = field(default_factory=list)  # empty: the model's own queue
+    load: ModelLoadOptions = field(default_factory=ModelLoadOptions)
+    loglevel: str = "INFO"
+
+    def consumed_queues(self) -> list[str]:
+        return self.queues or [queue_for_model(self.model)]
+
+
+def create_worker_app(settings: Settings, options: WorkerOptions) -> Celery:
+    """The Celery app of one worker, its task registered and its model loaded in the child on start."""
+    app = create_celery(settings)
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_soft_time_limit=settings.TASK_SOFT_TIME_LIMIT_S,
+        task_time_limit=settings.TASK_HARD_TIME_LIMIT_S,
+        # The child signals "ready" only after loading its model, which takes longer than Celery's 4 s.
+        worker_proc_alive_timeout=settings.MODEL_LOAD_TIMEOUT_S,
+        worker_pool="prefork",
+        worker_concurrency=1,
+    )
+    runtime = WorkerRuntime(settings=settings, preload=options.model, load_options=options.load)
+    register_tasks(app, runtime)
+    worker_process_init.connect(runtime.start, weak=False)
+    return app
+
+
+def worker_argv(options: WorkerOptions) -> list[str]:
+    """The `celery worker` arguments for these options."""
+    return [
+        "worker",
+        "--pool=prefork",
+        "--concurrency=1",
+        f"--queues={','.join(options.consumed_queues())}",
+        f"--hostname={queue_for_model(options.model)}@%h",
+        f"--loglevel={options.loglevel}",
+        "--without-mingle",
+    ]
+
+
+def run_worker(settings: Settings, options: WorkerOptions) -> None:
+    """Run a worker in this process until it is stopped (SIGTERM: finish the current job, then exit)."""
+    create_worker_app(settings, options).worker_main(worker_argv(options))

@@ -1,0 +1,54 @@
+"""Loads a model once per worker process and keeps it across jobs (the setup/predict split).
+
+Only ever used in the process that runs jobs (the prefork child), never in the parent that forks:
+CUDA must not be initialised in a process that forks afterwards.
+"""
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from blip2.registry import Registry
+from jobs.settings import Settings
+
+if TYPE_CHECKING:
+    from blip2.loading import LoadedModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelLoadOptions:
+    """How this worker loads its models (blip2.loading.LoadOptions, without importing torch)."""
+
+    device: str = "auto"
+    dtype: str = "auto"
+    quantize: str = "none"  # none | int8 | int4
+
+
+class ModelHolder:
+    """The models of one process by name, each loaded on first use and then held."""
+
+    def __init__(self, settings: Settings, options: ModelLoadOptions) -> None:
+        self._settings = settings
+        self._options = options
+        self._registry = Registry.load(settings.BLIP2_MODELS_FILE)
+        self._models: dict[str, LoadedModel] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> "LoadedModel":
+        """The loaded model; raises blip2's errors (ModelNotFound, CheckpointUnavailable ...) if it cannot load."""
+        with self._lock:
+            if name not in self._models:
+                self._models[name] = self._load(name)
+            return self._models[name]
+
+    def _load(self, name: str) -> "LoadedModel":
+        from blip2.loading import LoadOptions, load_model
+
+        options = LoadOptions(device=self._options.device, dtype=self._options.dtype, quantize=self._options.quantize)
+        log.info("loading model %s (%s)", name, options)
+        model = load_model(name, data_dir=self._settings.BLIP2_DATA_DIR, options=options, registry=self._registry)
+        log.info("model loaded: %s", model.describe())
+        return model

@@ -1,0 +1,48 @@
+"""What a job-running process holds: settings, a database session factory, the loaded models.
+
+Built unstarted in the worker's parent and started in each prefork child (`worker_process_init`),
+so database connections and CUDA belong to the process that uses them and never cross a fork.
+"""
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from jobs.db import SessionFactory, create_db_engine, create_session_factory
+from jobs.settings import Settings
+from worker.model_holder import ModelHolder, ModelLoadOptions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerRuntime:
+    """Settings and options from the command line; sessions and models once `start` ran in the child."""
+
+    settings: Settings
+    preload: str | None  # the model loaded at start-up (others on their first job)
+    load_options: ModelLoadOptions = field(default_factory=ModelLoadOptions)
+    _sessions: SessionFactory | None = None
+    _models: ModelHolder | None = None
+
+    def start(self, **_signal: Any) -> None:
+        """Connect and load the model, in the process that will run the jobs."""
+        self._sessions = create_session_factory(create_db_engine(self.settings))
+        self._models = ModelHolder(self.settings, self.load_options)
+        if self.preload is not None:
+            self._models.get(self.preload)
+        log.info("worker process ready (model %s)", self.preload)
+
+    @property
+    def sessions(self) -> SessionFactory:
+        if self._sessions is None:
+            self.start()  # a solo-pool or eager run, where no child process is forked
+        assert self._sessions is not None
+        return self._sessions
+
+    @property
+    def models(self) -> ModelHolder:
+        if self._models is None:
+            self.start()
+        assert self._models is not None
+        return self._models

@@ -1,0 +1,80 @@
+"""The one task, `run_job(job_id)`: claim the job, run its handler, record the result or the error.
+
+The claim is a conditional UPDATE (queued -> running): a second delivery of the same message, or a
+message for a canceled job, claims nothing and is dropped. Every error fails only its job; the
+process lives on to take the next one.
+"""
+
+import logging
+from uuid import UUID
+
+from celery import Celery
+from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy.orm import Session
+
+from blip2.errors import Blip2Error
+from blip2.images import decode_image
+from jobs.broker import RUN_JOB_TASK
+from jobs.db import session_scope
+from jobs.errors import JobsError
+from jobs.image_store import load_image_bytes
+from jobs.models import Job
+from jobs.repository import claim_job, fail_job, succeed_job
+from jobs.schemas import ImageFields, JobInput, JobKind, parse_input
+from worker.handlers import Work, run_batch
+from worker.runtime import WorkerRuntime
+
+log = logging.getLogger(__name__)
+
+
+def register_tasks(app: Celery, runtime: WorkerRuntime) -> None:
+    """Attach `run_job` to the worker's Celery app."""
+
+    @app.task(name=RUN_JOB_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+    def run_job(job_id: str) -> None:
+        execute_job(runtime, UUID(job_id))
+
+
+def execute_job(runtime: WorkerRuntime, job_id: UUID) -> None:
+    """Run one job to its result or its error, unless another delivery or a cancel got there first."""
+    with session_scope(runtime.sessions) as session:
+        job = claim_job(session, job_id)
+        if job is None:
+            log.info("job %s is not queued (already run, running, canceled or gone); message dropped", job_id)
+            return
+    try:
+        result = _run(runtime, job)
+    except (Blip2Error, JobsError) as exc:
+        _fail(runtime, job_id, exc.code, str(exc))
+    except SoftTimeLimitExceeded:
+        _fail(runtime, job_id, "time_limit_exceeded", "the job ran past the soft time limit")
+    except Exception as exc:
+        log.exception("job %s failed unexpectedly", job_id)
+        _fail(runtime, job_id, "internal_error", f"{type(exc).__name__}: {exc}")
+    else:
+        with session_scope(runtime.sessions) as session:
+            if succeed_job(session, job_id, result) is None:
+                log.info("job %s was canceled while it ran; its result is dropped", job_id)
+
+
+def _run(runtime: WorkerRuntime, job: Job) -> dict[str, object]:
+    kind: JobKind = job.kind  # type: ignore[assignment]
+    job_input = parse_input(kind, job.input)
+    with runtime.sessions() as session:
+        work = Work(input=job_input, images=_images(session, job_input, runtime.settings.MAX_IMAGE_PIXELS))
+    model = runtime.models.get(job.model)
+    [output] = run_batch(kind, model, [work])
+    return output.model_dump(mode="json")
+
+
+def _images(session: Session, job_input: JobInput, max_pixels: int) -> list:  # type: ignore[type-arg]
+    if not isinstance(job_input, ImageFields):
+        return []
+    data = load_image_bytes(session, job_input.referenced_image_ids())
+    return [decode_image(item, max_pixels=max_pixels) for item in data]
+
+
+def _fail(runtime: WorkerRuntime, job_id: UUID, code: str, message: str) -> None:
+    log.info("job %s failed: %s: %s", job_id, code, message)
+    with session_scope(runtime.sessions) as session:
+        fail_job(session, job_id, code, message)
