@@ -93,9 +93,7 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     errors = exc.errors()
     fields = [field_path(e) for e in errors]
     message = "; ".join(f"{field}: {e['msg']}" for field, e in zip(fields, errors, strict=True))
-    return JSONResponse(
-        error_body("invalid_request", message, fields[0] if fields else None), status_code=422
-    )
+    return JSONResponse(error_body("invalid_request", message, fields[0] if fields else None), status_code=422)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

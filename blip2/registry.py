@@ -11,6 +11,9 @@ format works, and users add their own names in a TOML file without touching code
     description = "our fine-tuned product captioner"
     vqa_template = "Question: {} Answer:"             # optional; defaults come from the family
 
+    [models."blip2-opt-2.7b"]                         # quote names with dots; overrides the built-in
+    checkpoint = "/mirror/blip2-opt-2.7b"
+
 Torch-free: the HTTP API validates model names with this module.
 """
 
@@ -103,6 +106,8 @@ BUILTIN: tuple[ModelSpec, ...] = (
     _tiny(Family.ITM, "tiny BLIP-2 retrieval model, random weights, built offline"),
 )
 
+# Language models read with an encoder and written by a decoder (configs do not always say so).
+_ENCODER_DECODER_TYPES = {"t5", "mt5", "umt5", "bart", "mbart"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -161,8 +166,11 @@ def family_of_config(config: dict[str, object]) -> Family:
     if "Blip2ForImageTextRetrieval" in (config.get("architectures") or []):  # type: ignore[operator]
         return Family.ITM
     text_config = config.get("text_config") or {}
-    is_encoder_decoder = isinstance(text_config, dict) and text_config.get("is_encoder_decoder", False)
-    return Family.T5 if is_encoder_decoder else Family.OPT
+    if not isinstance(text_config, dict):
+        return Family.OPT
+    if text_config.get("is_encoder_decoder") or text_config.get("model_type") in _ENCODER_DECODER_TYPES:
+        return Family.T5
+    return Family.OPT
 
 
 def family_of_checkpoint_dir(path: Path) -> Family:

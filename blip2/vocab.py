@@ -56,7 +56,7 @@ def _unigram_pieces() -> list[tuple[str, float]]:
     The Unigram trainer prunes a corpus this small down to single letters; scoring the pieces
     from word counts directly gives the whole-word segmentation a real T5 vocabulary would.
     """
-    counts = Counter(word for sentence in sentences() for word in re.findall(r"\w+|[^\w\s]", sentence))
+    counts = Counter(word for sentence in sentences() for word in _words(sentence))
     total = sum(counts.values())
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
     pieces += [(f"\u2581{word}", math.log(n / total)) for word, n in counts.most_common()]
@@ -69,15 +69,12 @@ def _unigram_pieces() -> list[tuple[str, float]]:
     return list(unique.items())
 
 
-def bert_tokenizer(vocab_size: int = 2048) -> BertTokenizer:
+def bert_tokenizer() -> BertTokenizer:
     """A lower-casing WordPiece tokenizer laid out like bert-base-uncased ([PAD] = 0)."""
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok = Tokenizer(models.WordPiece(_wordpiece_vocab(), unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
-    tok.train_from_iterator(sentences(), trainer)
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
         pair="[CLS] $A [SEP] $B:1 [SEP]:1",
@@ -91,3 +88,21 @@ def bert_tokenizer(vocab_size: int = 2048) -> BertTokenizer:
         cls_token="[CLS]",
         mask_token="[MASK]",
     )
+
+
+def _wordpiece_vocab() -> dict[str, int]:
+    """Specials, every character alone and as a continuation, then the corpus's words.
+
+    Written out rather than trained: the WordPiece trainer numbers its alphabet in hash order,
+    so two builds would differ; this vocabulary is the same on every build.
+    """
+    words = Counter(w.lower() for sentence in sentences() for w in _words(sentence))
+    characters = sorted(set(string.printable.strip().lower()))
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokens += characters + [f"##{c}" for c in characters]
+    tokens += [w for w, _ in sorted(words.items(), key=lambda item: (-item[1], item[0])) if w not in tokens]
+    return {token: i for i, token in enumerate(tokens)}
+
+
+def _words(sentence: str) -> list[str]:
+    return re.findall(r"\w+|[^\w\s]", sentence)

@@ -56,19 +56,24 @@ Texts = Annotated[list[str] | None, typer.Option("--text", "-t", help="A text (r
 
 
 class Loader:
-    """The options every model command shares, and the one way they become a loaded model."""
+    """The options every model command shares, and the one way they become a loaded model.
+
+    The registry lookup is torch-free, so an unknown model or a bad option fails in a
+    fraction of a second, before torch and transformers are imported.
+    """
 
     def __init__(self, model: str, quantize: str, device: str, dtype: str, data_dir: Path, models_file: Path | None):
-        self.model, self.quantize, self.device, self.dtype = model, quantize, device, dtype
-        self.data_dir, self.models_file = data_dir, models_file
+        from blip2.registry import Registry
+
+        self.registry = Registry.load(models_file)
+        self.spec = self.registry.resolve(model)
+        self.model, self.quantize, self.device, self.dtype, self.data_dir = model, quantize, device, dtype, data_dir
 
     def load(self) -> "LoadedModel":
         from blip2.loading import LoadOptions, load_model
-        from blip2.registry import Registry
 
         options = LoadOptions(device=self.device, dtype=self.dtype, quantize=self.quantize)
-        registry = Registry.load(self.models_file)
-        lm = load_model(self.model, data_dir=self.data_dir, options=options, registry=registry)
+        lm = load_model(self.model, data_dir=self.data_dir, options=options, registry=self.registry)
         log.info("loaded %s", " ".join(f"{k}={v}" for k, v in lm.describe().items()))
         return lm
 
@@ -132,15 +137,16 @@ def caption(
     json_output: Json = False,
 ) -> None:
     """Caption images."""
-    from blip2.caption import caption as run
-
     pictures = _read_images(images)
-    lm = Loader(model or default_model, quantize, device, dtype, data_dir, models_file).load()
-    decoding = lm.spec.caption_defaults.with_overrides(
+    loader = Loader(model or default_model, quantize, device, dtype, data_dir, models_file)
+    decoding = loader.spec.caption_defaults.with_overrides(
         max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, num_beams=num_beams,
         use_nucleus_sampling=sample or None, top_p=top_p, temperature=temperature,
         repetition_penalty=repetition_penalty, length_penalty=length_penalty, num_captions=num_captions, seed=seed,
     )  # fmt: skip
+    from blip2.caption import caption as run
+
+    lm = loader.load()
     results = run(lm, pictures, prompts=[prompt] * len(pictures), style=style.value, decoding=decoding)
     rows = [{"image": str(p), "captions": r.captions, "prompt": r.prompt} for p, r in zip(images, results, strict=True)]
     _emit(lm, rows, json_output, lambda row: "\n".join(f"{row['image']}: {c}" for c in row["captions"]))
@@ -164,12 +170,13 @@ def vqa(
     json_output: Json = False,
 ) -> None:
     """Answer a question about each image."""
-    from blip2.vqa import answer
-
     pictures = _read_images(images)
     examples = [_parse_example(e) for e in example or []]
-    lm = Loader(model or default_model, quantize, device, dtype, data_dir, models_file).load()
-    decoding = lm.spec.vqa_defaults.with_overrides(max_new_tokens=max_new_tokens, num_beams=num_beams)
+    loader = Loader(model or default_model, quantize, device, dtype, data_dir, models_file)
+    decoding = loader.spec.vqa_defaults.with_overrides(max_new_tokens=max_new_tokens, num_beams=num_beams)
+    from blip2.vqa import answer
+
+    lm = loader.load()
     results = answer(lm, pictures, [question] * len(pictures), examples=examples, decoding=decoding)
     rows = [{"image": str(p), "question": question, "answer": r.text} for p, r in zip(images, results, strict=True)]
     _emit(lm, rows, json_output, lambda row: f"{row['image']}: {row['answer']}")
@@ -189,11 +196,12 @@ def instruct(
     json_output: Json = False,
 ) -> None:
     """Follow an instruction about each image (InstructBLIP models pass it to the Q-Former too)."""
+    pictures = _read_images(images)
+    loader = Loader(model or "tiny-instruct", quantize, device, dtype, data_dir, models_file)
+    decoding = loader.spec.instruct_defaults.with_overrides(max_new_tokens=max_new_tokens, num_beams=num_beams)
     from blip2.instruct import instruct as run
 
-    pictures = _read_images(images)
-    lm = Loader(model or "tiny-instruct", quantize, device, dtype, data_dir, models_file).load()
-    decoding = lm.spec.instruct_defaults.with_overrides(max_new_tokens=max_new_tokens, num_beams=num_beams)
+    lm = loader.load()
     results = run(lm, pictures, [instruction] * len(pictures), decoding=decoding)
     rows = [{"image": str(p), "text": r.text} for p, r in zip(images, results, strict=True)]
     _emit(lm, rows, json_output, lambda row: f"{row['image']}: {row['text']}")
@@ -212,11 +220,12 @@ def embed(
     json_output: Json = False,
 ) -> None:
     """Embed images, texts, or image-text pairs."""
-    from blip2.features import extract_features
-
     paths, texts = images or [], text or []
     pictures = _read_images(paths) if paths else []
-    lm = Loader(model or "tiny-itm", quantize, device, dtype, data_dir, models_file).load()
+    loader = Loader(model or "tiny-itm", quantize, device, dtype, data_dir, models_file)
+    from blip2.features import extract_features
+
+    lm = loader.load()
     features = extract_features(lm, images=pictures, texts=texts, mode=mode.value)
     labels = [str(p) for p in paths] if mode is not Mode.text else texts
     rows = [
@@ -238,10 +247,11 @@ def match(
     json_output: Json = False,
 ) -> None:
     """Rank texts for each image (or, with one text and several images, images for the text)."""
+    pictures = _read_images(images)
+    loader = Loader(model or "tiny-itm", quantize, device, dtype, data_dir, models_file)
     from blip2.matching import rank_images, rank_texts
 
-    pictures = _read_images(images)
-    lm = Loader(model or "tiny-itm", quantize, device, dtype, data_dir, models_file).load()
+    lm = loader.load()
     rows: list[dict[str, Any]]
     if len(text) == 1 and len(images) > 1:
         scores = rank_images(lm, text[0], pictures, top_k=top_k)

@@ -1,7 +1,210 @@
-"""Service commands: migrate, api, worker, flower, up (filled in by the job system)."""
+"""Service commands: migrate, api, worker, flower, up (the job system's processes).
+
+    blip2-jobs up                                  # everything, on a fresh machine
+    blip2-jobs worker --model tiny-itm --quantize int8
+
+Settings come from the environment (see jobs/settings.py). Heavy imports (uvicorn, Celery, the
+API) happen inside the command that needs them. A bad setting or option is one line on stderr
+and a non-zero exit, never a traceback.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from enum import StrEnum
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from jobs.settings import Settings
+
+_STOP_GRACE_S = 30.0
+
+
+class Quantize(StrEnum):
+    """Weight quantization a worker loads its model with."""
+
+    NONE = "none"
+    INT8 = "int8"
+    INT4 = "int4"
 
 
 def register(app: typer.Typer) -> None:
     """Attach the service commands to the root app."""
+    for command in (migrate, api, worker, flower, up):
+        app.command()(command)
+
+
+@contextmanager
+def _one_line_errors() -> Iterator[None]:
+    """Turn a bad setting, option or model name into `error: ...` on stderr and exit status 2."""
+    from pydantic import ValidationError
+
+    from blip2.errors import Blip2Error
+    from jobs.errors import JobsError
+    from jobs.settings import MissingSetting
+
+    try:
+        yield
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
+        _fail(problems)
+    except (MissingSetting, Blip2Error, JobsError) as exc:
+        _fail(str(exc))
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _settings() -> "Settings":
+    from jobs.settings import Settings
+
+    return Settings()
+
+
+def migrate() -> None:
+    """Upgrade the database schema to the latest migration."""
+    from jobs.schema_migrations import upgrade
+
+    with _one_line_errors():
+        upgrade(_settings())
+    typer.echo("database schema is up to date")
+
+
+def api(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+) -> None:
+    """Serve the HTTP API (uvicorn)."""
+    import uvicorn
+
+    from api.main import create_app
+
+    with _one_line_errors():
+        app = create_app(_settings())
+    uvicorn.run(app, host=host, port=port)
+
+
+def worker(
+    model: Annotated[str | None, typer.Option(help="Model to load and serve (default BLIP2_DEFAULT_MODEL).")] = None,
+    queues: Annotated[
+        list[str] | None, typer.Option(help="Queues to consume, repeatable or comma-separated (default infer.<model>).")
+    ] = None,
+    quantize: Annotated[Quantize, typer.Option(help="Load the weights quantized.")] = Quantize.NONE,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+) -> None:
+    """Run a worker that holds one model in memory and runs its jobs."""
+    from blip2.errors import ModelNotFound
+    from blip2.registry import Registry
+    from worker.app import WorkerOptions, run_worker
+    from worker.model_holder import ModelLoadOptions
+
+    with _one_line_errors():
+        settings = _settings()
+        name = model or settings.BLIP2_DEFAULT_MODEL
+        if not Registry.load(settings.BLIP2_MODELS_FILE).is_known(name):
+            raise ModelNotFound(f"unknown model {name!r}")
+        chosen = [q.strip() for item in queues or [] for q in item.split(",") if q.strip()]
+        load = ModelLoadOptions(device=device, quantize=quantize.value)
+        options = WorkerOptions(model=name, queues=chosen, load=load)
+        settings.require("REDIS_URL")
+        settings.require("DATABASE_URL")
+    run_worker(settings, options)
+
+
+def flower(
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 5555,
+    address: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+) -> None:
+    """Serve the Flower dashboard, behind basic auth (FLOWER_USER / FLOWER_PASSWORD)."""
+    from jobs.broker import create_celery
+
+    with _one_line_errors():
+        settings = _settings()
+        celery = create_celery(settings)
+    auth = f"{settings.FLOWER_USER}:{settings.FLOWER_PASSWORD}"
+    celery.start(["flower", f"--port={port}", f"--address={address}", f"--basic-auth={auth}"])
+
+
+def up(
+    host: Annotated[str, typer.Option(help="Address the API and Flower listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="API port.")] = 8000,
+    flower_port: Annotated[int, typer.Option(help="Flower port.")] = 5555,
+    model: Annotated[str | None, typer.Option(help="The worker's model (default BLIP2_DEFAULT_MODEL).")] = None,
+) -> None:
+    """Migrate, then run the API, one worker and Flower (with embedded Postgres/Redis if their URLs are unset)."""
+    from jobs.embedded import services_for
+    from jobs.schema_migrations import upgrade
+
+    with _one_line_errors():
+        settings = _settings()
+    with services_for(settings) as running:
+        upgrade(running)
+        env = os.environ | {"DATABASE_URL": str(running.DATABASE_URL), "REDIS_URL": str(running.REDIS_URL)}
+        worker_model = model or running.BLIP2_DEFAULT_MODEL
+        children = {
+            f"API      http://{host}:{port} (docs: /docs)": ["api", f"--host={host}", f"--port={port}"],
+            f"worker   model {worker_model}": ["worker", f"--model={worker_model}"],
+            f"Flower   http://{host}:{flower_port} (user {running.FLOWER_USER})": [
+                "flower", f"--address={host}", f"--port={flower_port}",
+            ],
+        }  # fmt: skip
+        _supervise(children, env)
+
+
+def _self_command() -> list[str]:
+    """How to run this CLI again as a child process."""
+    script = Path(sys.executable).with_name("blip2-jobs")
+    return [str(script)] if script.exists() else [sys.executable, "-c", "from cli.main import app; app()"]
+
+
+def _supervise(children: dict[str, list[str]], env: dict[str, str]) -> None:
+    """Start the children, wait until one exits or we are told to stop, then stop them all."""
+    stop = _stop_on_signals()
+    processes = {label: subprocess.Popen([*_self_command(), *args], env=env) for label, args in children.items()}
+    for label in processes:
+        typer.echo(f"  {label}")
+    typer.echo("Ctrl-C stops everything.")
+    try:
+        while not stop() and all(p.poll() is None for p in processes.values()):
+            time.sleep(0.5)
+    finally:
+        _stop_all(list(processes.values()))
+    exited = [label for label, p in processes.items() if p.returncode not in (0, -signal.SIGTERM)]
+    if exited and not stop():
+        _fail(f"stopped because a process exited: {exited[0].split()[0]}")
+
+
+def _stop_on_signals() -> Callable[[], bool]:
+    """Catch SIGINT/SIGTERM; the returned function says whether one arrived."""
+    received: list[int] = []
+
+    def note(signum: int, _frame: FrameType | None) -> None:
+        received.append(signum)
+
+    signal.signal(signal.SIGINT, note)
+    signal.signal(signal.SIGTERM, note)
+    return lambda: bool(received)
+
+
+def _stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM every child (a worker finishes its job first), then SIGKILL what is left after a grace period."""
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    deadline = time.monotonic() + _STOP_GRACE_S
+    for process in processes:
+        try:
+            process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

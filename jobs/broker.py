@@ -36,7 +36,6 @@ def create_celery(settings: Settings) -> Celery:
         accept_content=["json"],
         broker_connection_retry_on_startup=True,
         broker_transport_options=_transport_options(settings),
-        worker_hijack_root_logger=False,
     )
     return app
 
@@ -56,17 +55,13 @@ class Dispatcher:
 
     def send(self, job_id: UUID, queue: str) -> None:
         """Publish the job's message; raises if the broker cannot be reached."""
-        self._celery.send_task(
-            RUN_JOB_TASK, args=[str(job_id)], queue=queue, retry=True, retry_policy=_PUBLISH_RETRY
-        )
+        self._celery.send_task(RUN_JOB_TASK, args=[str(job_id)], queue=queue, retry=True, retry_policy=_PUBLISH_RETRY)
 
     def try_send(self, job_id: UUID, queue: str) -> bool:
         """Publish, logging instead of raising on a broker failure (the sweeper will re-send)."""
         try:
             self.send(job_id, queue)
         except Exception:
-            log.warning(
-                "could not send job %s to %s; the sweeper will re-send it", job_id, queue, exc_info=True
-            )
+            log.warning("could not send job %s to %s; the sweeper will re-send it", job_id, queue, exc_info=True)
             return False
         return True

@@ -152,9 +152,7 @@ def cancel_job(session: Session, job_id: UUID) -> Job:
 def mark_dispatched(session: Session, job_id: UUID) -> None:
     """Note that a message for the job was just sent (the outbox's record)."""
     session.execute(
-        update(Job)
-        .where(Job.id == job_id)
-        .values(dispatched_at=func.now(), dispatch_count=Job.dispatch_count + 1)
+        update(Job).where(Job.id == job_id).values(dispatched_at=func.now(), dispatch_count=Job.dispatch_count + 1)
     )
 
 

@@ -336,11 +336,7 @@ class JobPublic(BaseModel):
     def from_job(cls, job: "Job") -> "JobPublic":
         """The public view of a job row, its input and result parsed by the job's kind."""
         kind = cast(JobKind, job.kind)
-        error = (
-            None
-            if job.error_code is None
-            else JobErrorPublic(code=job.error_code, message=job.error_message or "")
-        )
+        error = None if job.error_code is None else JobErrorPublic(code=job.error_code, message=job.error_message or "")
         return cls(
             id=job.id,
             kind=kind,

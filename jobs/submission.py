@@ -64,9 +64,7 @@ def submit_job(ctx: Submission, request: JobCreateBase, idempotency_key: str | N
     return submitted
 
 
-def _record(
-    ctx: Submission, request: JobCreateBase, model: str, key: str | None, fingerprint: str
-) -> Submitted:
+def _record(ctx: Submission, request: JobCreateBase, model: str, key: str | None, fingerprint: str) -> Submitted:
     with session_scope(ctx.sessions) as session:
         if key is not None and _find_key(session, key) is not None:
             return Submitted(_replay(session, key, fingerprint), created=False)
@@ -88,9 +86,7 @@ def _dispatch(ctx: Submission, job: Job) -> None:
 def _check_model(registry: Registry, model: str) -> None:
     if not registry.is_known(model):
         names = ", ".join(sorted(spec.name for spec in registry.specs()))
-        raise ModelNotFound(
-            f"model: unknown model {model!r} (known: {names}; or a checkpoint directory, or a hub id)"
-        )
+        raise ModelNotFound(f"model: unknown model {model!r} (known: {names}; or a checkpoint directory, or a hub id)")
 
 
 def _check_batch_size(job_input: JobInput, settings: Settings) -> None:
@@ -123,11 +119,7 @@ def _check_images_exist(session: Session, job_input: JobInput) -> None:
         return
     missing = missing_image_ids(session, job_input.referenced_image_ids())
     if missing:
-        field = (
-            "input.image_ids"
-            if isinstance(job_input, MatchInput) and job_input.image_ids
-            else "input.image_id"
-        )
+        field = "input.image_ids" if isinstance(job_input, MatchInput) and job_input.image_ids else "input.image_id"
         raise ImageNotFound(f"no uploaded image with id {', '.join(sorted(map(str, missing)))}", field=field)
 
 

@@ -37,9 +37,7 @@ def sweep_once(sessions: SessionFactory, dispatcher: Dispatcher, settings: Setti
     recovered = _recover_lost(sessions, settings)
     resent = _send(sessions, dispatcher, recovered)
     with session_scope(sessions) as session:
-        overdue = overdue_queued_jobs(
-            session, after=timedelta(seconds=settings.QUEUED_TOO_LONG_S), limit=_BATCH
-        )
+        overdue = overdue_queued_jobs(session, after=timedelta(seconds=settings.QUEUED_TOO_LONG_S), limit=_BATCH)
         # Sent while the rows are locked, so no other sweeper sends them too; they were committed long ago.
         resent += _send_locked(session, dispatcher, overdue)
     if recovered or resent:

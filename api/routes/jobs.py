@@ -18,9 +18,7 @@ IdempotencyKeyHeader = Annotated[
     str | None,
     Header(alias="Idempotency-Key", min_length=1, max_length=255, description="Same key, same job."),
 ]
-WaitQuery = Annotated[
-    float, Query(ge=0, description="Wait up to this many seconds (at most 30) for a result.")
-]
+WaitQuery = Annotated[float, Query(ge=0, description="Wait up to this many seconds (at most 30) for a result.")]
 
 
 @router.post("", status_code=202)

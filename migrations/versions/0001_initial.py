@@ -20,9 +20,7 @@ _STATUSES = "'queued', 'running', 'succeeded', 'failed', 'canceled'"
 
 
 def _timestamp(name: str, *, now: bool = False) -> sa.Column:
-    return sa.Column(
-        name, sa.DateTime(timezone=True), nullable=not now, server_default=sa.func.now() if now else None
-    )
+    return sa.Column(name, sa.DateTime(timezone=True), nullable=not now, server_default=sa.func.now() if now else None)
 
 
 def upgrade() -> None:

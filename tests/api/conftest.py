@@ -7,9 +7,6 @@ from fastapi.testclient import TestClient
 
 from api.main import create_app
 from jobs.settings import Settings
-from tests.support.fixtures import database_url, dispatcher, empty_tables, engine, key_prefix, sessions, settings
-
-__all__ = ["database_url", "dispatcher", "empty_tables", "engine", "key_prefix", "sessions", "settings"]
 
 
 @pytest.fixture

@@ -71,15 +71,24 @@ def test_idempotency_key(client: TestClient, image_id: str, sessions: SessionFac
     [
         ({"kind": "vqa", "input": {"image": png_base64()}}, "invalid_request", "input.question"),
         ({"kind": "paint", "input": {}}, "invalid_request", "kind"),
-        ({"kind": "caption", "input": {"image": png_base64(), "decoding": {"num_beams": 99}}},
-         "invalid_request", "input.decoding"),
+        (
+            {"kind": "caption", "input": {"image": png_base64(), "decoding": {"num_beams": 99}}},
+            "invalid_request",
+            "input.decoding",
+        ),
         ({"kind": "caption", "input": {"image": "not base64!"}}, "invalid_request", "input.image"),
         ({"kind": "caption", "input": {"image": "aGVsbG8="}}, "invalid_image", None),
         ({"kind": "caption", "model": "no-such-model", "input": {"image": png_base64()}}, "model_not_found", "model"),
-        ({"kind": "caption", "input": {"image_id": "6f1e0a31-3b0b-4f4e-9a2c-0c7e0e9b2a11"}},
-         "image_not_found", "input.image_id"),
-        ({"kind": "match", "model": "tiny-itm", "input": {"image": png_base64(), "texts": ["t"] * 500}},
-         "batch_too_large", "input.texts"),
+        (
+            {"kind": "caption", "input": {"image_id": "6f1e0a31-3b0b-4f4e-9a2c-0c7e0e9b2a11"}},
+            "image_not_found",
+            "input.image_id",
+        ),
+        (
+            {"kind": "match", "model": "tiny-itm", "input": {"image": png_base64(), "texts": ["t"] * 500}},
+            "batch_too_large",
+            "input.texts",
+        ),
     ],
 )
 def test_rejected_request_creates_no_row(

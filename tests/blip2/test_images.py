@@ -67,12 +67,7 @@ def black_png(width: int, height: int, *, rows: int | None = None) -> bytes:
     flush_mode = zlib.Z_FINISH if rows is None else zlib.Z_SYNC_FLUSH
     idat = b"".join(compressor.compress(row) for _ in range(count)) + compressor.flush(flush_mode)
     ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # bit depth 1, greyscale
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + _png_chunk(b"IHDR", ihdr)
-        + _png_chunk(b"IDAT", idat)
-        + _png_chunk(b"IEND", b"")
-    )
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
 
 
 def quadrant_image(width: int, height: int) -> Image.Image:
@@ -260,9 +255,7 @@ def test_animation_gives_its_first_frame(fmt: str) -> None:
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
 @pytest.mark.parametrize("check", [decode_image, probe_image], ids=["decode", "probe"])
-def test_truncated_file_is_rejected(
-    astronaut: np.ndarray, fmt: str, check: Callable[[bytes], object]
-) -> None:
+def test_truncated_file_is_rejected(astronaut: np.ndarray, fmt: str, check: Callable[[bytes], object]) -> None:
     data = encode(astronaut, fmt)
 
     with pytest.raises(InvalidImage) as caught:

@@ -95,9 +95,7 @@ def test_bad_cursor(sessions: SessionFactory) -> None:
 def test_overdue_queued_jobs_back_off(sessions: SessionFactory) -> None:
     job = new_job(sessions)
     with session_scope(sessions) as session:
-        session.execute(
-            update(Job).where(Job.id == job.id).values(created_at=Job.created_at - timedelta(minutes=5))
-        )
+        session.execute(update(Job).where(Job.id == job.id).values(created_at=Job.created_at - timedelta(minutes=5)))
         assert [j.id for j in overdue_queued_jobs(session, after=timedelta(minutes=1), limit=10)] == [job.id]
         mark_dispatched(session, job.id)
     with session_scope(sessions) as session:
@@ -109,9 +107,7 @@ def test_lost_running_jobs_are_queued_again_then_failed(sessions: SessionFactory
     for attempt in (1, 2):
         with session_scope(sessions) as session:
             claim_job(session, job.id)
-            session.execute(
-                update(Job).where(Job.id == job.id).values(started_at=Job.started_at - timedelta(hours=1))
-            )
+            session.execute(update(Job).where(Job.id == job.id).values(started_at=Job.started_at - timedelta(hours=1)))
             requeued = requeue_lost_jobs(session, running_longer_than=timedelta(minutes=10), max_attempts=2)
             assert len(requeued) == (1 if attempt == 1 else 0)
             assert get_job(session, job.id).status is (JobStatus.QUEUED if attempt == 1 else JobStatus.FAILED)

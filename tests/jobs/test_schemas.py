@@ -25,9 +25,7 @@ def error_locs(body: dict[str, object]) -> list[tuple[object, ...]]:
 
 
 def test_kind_picks_the_input_schema() -> None:
-    job = JOB_CREATE_ADAPTER.validate_python(
-        {"kind": "vqa", "input": {"image_id": IMAGE_ID, "question": "why?"}}
-    )
+    job = JOB_CREATE_ADAPTER.validate_python({"kind": "vqa", "input": {"image_id": IMAGE_ID, "question": "why?"}})
     assert isinstance(job, VqaJobCreate)
     assert job.input.question == "why?"
 
@@ -56,9 +54,9 @@ def test_exactly_one_image() -> None:
 
 
 def test_decoding_options_use_the_library_bounds() -> None:
-    assert error_locs(
-        {"kind": "caption", "input": {"image_id": IMAGE_ID, "decoding": {"num_beams": 99}}}
-    ) == [("caption", "input", "decoding")]
+    assert error_locs({"kind": "caption", "input": {"image_id": IMAGE_ID, "decoding": {"num_beams": 99}}}) == [
+        ("caption", "input", "decoding")
+    ]
     ok = {"image_id": IMAGE_ID, "decoding": {"num_beams": 3, "num_captions": 3}}
     job = JOB_CREATE_ADAPTER.validate_python({"kind": "caption", "input": ok})
     assert isinstance(job, CaptionJobCreate)

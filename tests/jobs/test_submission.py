@@ -29,9 +29,7 @@ def ctx(sessions: SessionFactory, dispatcher: Dispatcher, settings: Settings, ke
 
 
 def caption_request(**overrides: object):  # type: ignore[no-untyped-def]
-    return JOB_CREATE_ADAPTER.validate_python(
-        {"kind": "caption", "input": {"image": png_base64()}} | overrides
-    )
+    return JOB_CREATE_ADAPTER.validate_python({"kind": "caption", "input": {"image": png_base64()}} | overrides)
 
 
 def count(sessions: SessionFactory, table: type[Job] | type[Image]) -> int:

@@ -1,9 +1,10 @@
 """Pytest fixtures for the job system: a migrated database, a broker key space, Settings, sessions.
 
-Each tests/<package>/conftest.py imports the ones it uses (tests/conftest.py belongs to the library).
+Imported by tests/conftest.py, so every test package can use them.
 """
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, text
@@ -12,6 +13,7 @@ from jobs.broker import Dispatcher, create_celery
 from jobs.db import SessionFactory, create_db_engine, create_session_factory
 from jobs.schema_migrations import upgrade
 from jobs.settings import Settings
+from tests.support.processes import running_worker
 from tests.support.services import make_settings, temporary_database, temporary_key_prefix
 
 
@@ -61,3 +63,26 @@ def empty_tables(engine: Engine) -> None:
     """Start the test with no jobs, images or idempotency keys."""
     with engine.begin() as connection:
         connection.execute(text("TRUNCATE jobs, images, idempotency_keys CASCADE"))
+
+
+@pytest.fixture(scope="session")
+def models_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where workers find the tiny checkpoints: the library's `tiny_data_dir` when tests/conftest.py has it."""
+    try:
+        return Path(request.getfixturevalue("tiny_data_dir"))
+    except pytest.FixtureLookupError:
+        return tmp_path_factory.mktemp("tiny-models")
+
+
+@pytest.fixture(scope="session")
+def worker_settings(settings: Settings, models_dir: Path) -> Settings:
+    """The session's settings, with the tiny checkpoints' data directory."""
+    return settings.model_copy(update={"BLIP2_DATA_DIR": models_dir})
+
+
+@pytest.fixture(scope="session")
+def worker(worker_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One real `blip2-jobs worker` for the whole session, serving every tiny model; yields its log file."""
+    log = tmp_path_factory.mktemp("worker") / "worker.log"
+    with running_worker(worker_settings, log):
+        yield log

@@ -1,0 +1,56 @@
+# Two commands on a fresh machine:
+#   make up     set everything up, then run the system (API, worker, Flower; embedded Postgres/Redis if unset)
+#   make test   set everything up, then run the tests (real Postgres and Redis, tiny real BLIP-2 checkpoints)
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: install up test lint demo migrate api worker flower compose-up clean
+
+install: $(STAMP)
+
+# torch is pinned in pyproject.toml to the CPU wheel this project is developed with; install a
+# CUDA build of the same version first on GPU machines (see README, "GPUs").
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,lint]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+up: install
+	$(BIN)/blip2-jobs up
+
+test: install
+	HF_HUB_OFFLINE=1 $(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy blip2 cli jobs api worker
+
+# The library's command line on the default model, without the queue.
+demo: install
+	mkdir -p data
+	$(BIN)/python -c "from skimage import data; from PIL import Image; Image.fromarray(data.chelsea()).save('data/chelsea.jpg')"
+	$(BIN)/blip2-jobs caption data/chelsea.jpg
+	$(BIN)/blip2-jobs vqa data/chelsea.jpg --question "what animal is this?"
+
+migrate: install
+	$(BIN)/blip2-jobs migrate
+
+api: install
+	$(BIN)/blip2-jobs api
+
+worker: install
+	$(BIN)/blip2-jobs worker
+
+flower: install
+	$(BIN)/blip2-jobs flower
+
+compose-up:
+	docker compose up -d --build
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

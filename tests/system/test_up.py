@@ -1,0 +1,69 @@
+"""`blip2-jobs up` on a fresh machine: embedded Postgres and Redis, API, worker, Flower; all stopped on SIGTERM."""
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from tests.support.images import png_bytes
+from tests.support.processes import CLI, free_port, stop, wait_for_http, wait_for_log
+
+pytestmark = pytest.mark.slow
+
+
+def fresh_data_dir(tmp_path: Path, models_dir: Path) -> Path:
+    """An empty data directory that reuses the built tiny checkpoints."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for entry in models_dir.iterdir():
+        (data / entry.name).symlink_to(entry)
+    return data
+
+
+def test_up_runs_everything_and_stops_everything(tmp_path: Path, models_dir: Path) -> None:
+    port, flower_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env |= {"BLIP2_DATA_DIR": str(fresh_data_dir(tmp_path, models_dir))}
+    log = tmp_path / "up.log"
+    with log.open("wb") as out:
+        up = subprocess.Popen(
+            [*CLI, "up", f"--port={port}", f"--flower-port={flower_port}"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for_log(log, f"http://127.0.0.1:{port}", up, timeout_s=120)
+        api = f"http://127.0.0.1:{port}"
+        wait_for_http(f"{api}/healthz", up)
+        image = httpx.post(f"{api}/v1/images", files={"file": ("x.png", png_bytes())}).json()["id"]
+        job = {"kind": "caption", "input": {"image_id": image, "decoding": {"max_new_tokens": 3}}}
+        location = httpx.post(f"{api}/v1/jobs", json=job).headers["Location"]
+        done = httpx.get(f"{api}{location}", params={"wait": 30}, timeout=60).json()
+        for _ in range(5):
+            if done["status"] == "succeeded":
+                break
+            done = httpx.get(f"{api}{location}", params={"wait": 30}, timeout=60).json()
+        assert done["status"] == "succeeded", done
+        assert httpx.get(f"http://127.0.0.1:{flower_port}/").status_code == 401
+        family = [p.pid for p in psutil.Process(up.pid).children(recursive=True)]
+    finally:
+        stop(up, timeout_s=60)
+    assert up.returncode == 0, log.read_text()[-3000:]
+    time.sleep(1)
+    assert not [pid for pid in family if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+    assert not _servers_using(tmp_path / "data")
+
+
+def _servers_using(data_dir: Path) -> list[int]:
+    """Embedded server processes still running on this data directory."""
+    found = []
+    for process in psutil.process_iter(["pid", "cmdline", "cwd"]):
+        text = " ".join(process.info["cmdline"] or []) + " " + str(process.info["cwd"] or "")
+        if str(data_dir) in text:
+            found.append(process.info["pid"])
+    return found

@@ -1,0 +1,89 @@
+"""The worker process: runs jobs once, fails bad ones with a code, and lives on."""
+
+from pathlib import Path
+from uuid import uuid4
+
+import pytest
+
+from blip2.registry import Registry
+from jobs.broker import Dispatcher, queue_for_model
+from jobs.db import SessionFactory, session_scope
+from jobs.repository import add_job, cancel_job, get_job
+from jobs.schemas import JOB_CREATE_ADAPTER, JobCreateBase
+from jobs.settings import Settings
+from jobs.status import JobStatus
+from jobs.submission import Submission, submit_job
+from tests.support.images import png_base64
+from tests.support.waiting import wait_terminal
+
+pytestmark = pytest.mark.usefixtures("worker")
+
+
+@pytest.fixture(scope="module")
+def ctx(sessions: SessionFactory, dispatcher: Dispatcher, settings: Settings) -> Submission:
+    return Submission(sessions=sessions, dispatcher=dispatcher, registry=Registry.load(), settings=settings)
+
+
+def request(kind: str, model: str, **job_input: object) -> JobCreateBase:
+    body = {"kind": kind, "model": model, "input": {"image": png_base64()} | job_input}
+    return JOB_CREATE_ADAPTER.validate_python(body)
+
+
+def test_a_job_runs_to_its_result(ctx: Submission) -> None:
+    job = submit_job(ctx, request("caption", "tiny-opt", decoding={"max_new_tokens": 5, "num_beams": 2})).job
+    done = wait_terminal(ctx.sessions, job.id)
+    assert done.status is JobStatus.SUCCEEDED, done.error_message
+    assert isinstance(done.result, dict) and len(done.result["captions"]) == 1
+    assert done.attempts == 1 and done.started_at and done.finished_at
+
+
+def test_duplicate_delivery_runs_once(ctx: Submission, dispatcher: Dispatcher, worker: Path) -> None:
+    job = submit_job(ctx, request("vqa", "tiny-t5", question="what colour?")).job
+    dispatcher.send(job.id, job.queue)  # the broker delivers the same message again
+    dispatcher.send(job.id, job.queue)
+    done = wait_terminal(ctx.sessions, job.id)
+    assert done.status is JobStatus.SUCCEEDED and done.attempts == 1
+    assert isinstance(done.result, dict) and isinstance(done.result["answer"], str)
+    # A marker job behind the duplicates: once it is done, the duplicates have been handled too.
+    marker = submit_job(ctx, request("vqa", "tiny-t5", question="and now?")).job
+    wait_terminal(ctx.sessions, marker.id)
+    with session_scope(ctx.sessions) as session:
+        assert get_job(session, job.id).attempts == 1
+    assert worker.read_text().count(f"job {job.id} is not queued") == 2
+
+
+def test_model_error_fails_the_job_and_the_worker_lives_on(ctx: Submission) -> None:
+    wrong = submit_job(ctx, request("embed", "tiny-opt", image=None, mode="text", text="a cat")).job
+    failed = wait_terminal(ctx.sessions, wrong.id)
+    assert (failed.status, failed.error_code) == (JobStatus.FAILED, "unsupported_operation")
+    assert failed.error_message
+    after = submit_job(ctx, request("instruct", "tiny-instruct", instruction="describe it")).job
+    assert wait_terminal(ctx.sessions, after.id).status is JobStatus.SUCCEEDED
+
+
+def test_canceled_job_never_runs(ctx: Submission, dispatcher: Dispatcher) -> None:
+    with session_scope(ctx.sessions) as session:
+        job = add_job(session, kind="caption", model="tiny-opt", queue=queue_for_model("tiny-opt"), input={})
+        cancel_job(session, job.id)
+    dispatcher.send(job.id, job.queue)
+    marker = submit_job(ctx, request("caption", "tiny-opt", decoding={"max_new_tokens": 3})).job
+    wait_terminal(ctx.sessions, marker.id)
+    with session_scope(ctx.sessions) as session:
+        assert (get_job(session, job.id).status, get_job(session, job.id).attempts) == (JobStatus.CANCELED, 0)
+
+
+def test_message_without_a_row_is_dropped(ctx: Submission, dispatcher: Dispatcher, worker: Path) -> None:
+    ghost = uuid4()
+    dispatcher.send(ghost, queue_for_model("tiny-opt"))
+    marker = submit_job(ctx, request("caption", "tiny-opt", decoding={"max_new_tokens": 3})).job
+    assert wait_terminal(ctx.sessions, marker.id).status is JobStatus.SUCCEEDED
+    assert f"job {ghost} is not queued" in worker.read_text()
+
+
+def test_match_ranks_texts(ctx: Submission) -> None:
+    job = submit_job(ctx, request("match", "tiny-itm", texts=["a red square", "a dog", "a tree"], top_k=2)).job
+    done = wait_terminal(ctx.sessions, job.id)
+    assert done.status is JobStatus.SUCCEEDED, done.error_message
+    assert isinstance(done.result, dict)
+    scores = done.result["scores"]
+    assert len(scores) == 2 and {s["index"] for s in scores} <= {0, 1, 2}
