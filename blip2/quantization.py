@@ -10,14 +10,17 @@ bitsandbytes is imported only inside the functions that quantize, so an unquanti
 never needs it.
 """
 
+from __future__ import annotations
+
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from blip2.errors import InvalidArgument, QuantizationUnavailable
+
+if TYPE_CHECKING:  # torch is imported by the functions that quantize: parsing a plan needs none
+    import torch
+    from torch import nn
 
 
 class Precision(StrEnum):
@@ -45,7 +48,7 @@ class QuantizationPlan:
     int4_type: str = "nf4"
 
     @classmethod
-    def parse(cls, text: str) -> "QuantizationPlan":
+    def parse(cls, text: str) -> QuantizationPlan:
         """`none`, `int8`, `int4`, `nf4`, `fp4`, or `component=precision,...`."""
         text = text.strip().lower()
         if "=" in text:
@@ -57,7 +60,7 @@ class QuantizationPlan:
         return cls(vision=precision, llm=precision)
 
     @classmethod
-    def _parse_components(cls, text: str) -> "QuantizationPlan":
+    def _parse_components(cls, text: str) -> QuantizationPlan:
         fields: dict[str, Any] = {}
         for part in text.split(","):
             component, _, value = part.partition("=")
@@ -144,6 +147,8 @@ def quantize_remaining(model: nn.Module, plan: QuantizationPlan, compute_dtype: 
 
 
 def _replace_linears(module: nn.Module, precision: Precision, int4_type: str, compute_dtype: torch.dtype) -> None:
+    from torch import nn
+
     for name, child in list(module.named_children()):
         if type(child) is nn.Linear:
             setattr(module, name, _quantized_linear(child, precision, int4_type, compute_dtype))
@@ -153,6 +158,7 @@ def _replace_linears(module: nn.Module, precision: Precision, int4_type: str, co
 
 def _quantized_linear(linear: nn.Linear, precision: Precision, int4_type: str, compute_dtype: torch.dtype) -> nn.Module:
     import bitsandbytes as bnb
+    from torch import nn
 
     device = linear.weight.device
     has_bias = linear.bias is not None

@@ -27,6 +27,7 @@ from transformers import (
     InstructBlipForConditionalGeneration,
     InstructBlipProcessor,
     OPTConfig,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     T5Config,
@@ -169,30 +170,29 @@ def _padded(n: int) -> int:
     return (n + 63) // 64 * 64
 
 
-def _build_opt() -> tuple[PreTrainedModel, Blip2Processor]:
-    tokenizer = vocab.opt_tokenizer()
+def _build_blip2(
+    tokenizer: PreTrainedTokenizerBase, text_config: PretrainedConfig
+) -> tuple[PreTrainedModel, Blip2Processor]:
+    """A BLIP-2 captioning checkpoint (Blip2ForConditionalGeneration) around the given language model."""
     processor = Blip2Processor(_image_processor(), tokenizer, num_query_tokens=NUM_QUERY_TOKENS)
     config = Blip2Config(
         vision_config=_vision_config(),
         qformer_config=_qformer_config(),
-        text_config=_opt_config(tokenizer).to_dict(),
+        text_config=text_config.to_dict(),
         num_query_tokens=NUM_QUERY_TOKENS,
         image_token_index=_image_token_id(tokenizer),
     )
     return Blip2ForConditionalGeneration(config), processor
+
+
+def _build_opt() -> tuple[PreTrainedModel, Blip2Processor]:
+    tokenizer = vocab.opt_tokenizer()
+    return _build_blip2(tokenizer, _opt_config(tokenizer))
 
 
 def _build_t5() -> tuple[PreTrainedModel, Blip2Processor]:
     tokenizer = vocab.t5_tokenizer()
-    processor = Blip2Processor(_image_processor(), tokenizer, num_query_tokens=NUM_QUERY_TOKENS)
-    config = Blip2Config(
-        vision_config=_vision_config(),
-        qformer_config=_qformer_config(),
-        text_config=_t5_config(tokenizer).to_dict(),
-        num_query_tokens=NUM_QUERY_TOKENS,
-        image_token_index=_image_token_id(tokenizer),
-    )
-    return Blip2ForConditionalGeneration(config), processor
+    return _build_blip2(tokenizer, _t5_config(tokenizer))
 
 
 def _build_instruct() -> tuple[PreTrainedModel, InstructBlipProcessor]:

@@ -15,7 +15,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from enum import StrEnum
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated
@@ -26,14 +25,6 @@ if TYPE_CHECKING:
     from jobs.settings import Settings
 
 _STOP_GRACE_S = 30.0
-
-
-class Quantize(StrEnum):
-    """Weight quantization a worker loads its model with."""
-
-    NONE = "none"
-    INT8 = "int8"
-    INT4 = "int4"
 
 
 def register(app: typer.Typer) -> None:
@@ -99,11 +90,15 @@ def worker(
     queues: Annotated[
         list[str] | None, typer.Option(help="Queues to consume, repeatable or comma-separated (default infer.<model>).")
     ] = None,
-    quantize: Annotated[Quantize, typer.Option(help="Load the weights quantized.")] = Quantize.NONE,
+    quantize: Annotated[
+        str, typer.Option(help="none, int8, int4 (nf4/fp4), or per component: llm=int4,vision=int8.")
+    ] = "none",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto (fp32 on CPU, bf16/fp16 on GPU), fp32, fp16 or bf16.")] = "auto",
 ) -> None:
     """Run a worker that holds one model in memory and runs its jobs."""
     from blip2.errors import ModelNotFound
+    from blip2.quantization import QuantizationPlan
     from blip2.registry import Registry
     from worker.app import WorkerOptions, run_worker
     from worker.model_holder import ModelLoadOptions
@@ -114,7 +109,8 @@ def worker(
         if not Registry.load(settings.BLIP2_MODELS_FILE).is_known(name):
             raise ModelNotFound(f"unknown model {name!r}")
         chosen = [q.strip() for item in queues or [] for q in item.split(",") if q.strip()]
-        load = ModelLoadOptions(device=device, quantize=quantize.value)
+        QuantizationPlan.parse(quantize)  # torch-free: a typo fails here, not in the child process
+        load = ModelLoadOptions(device=device, dtype=dtype, quantize=quantize)
         options = WorkerOptions(model=name, queues=chosen, load=load)
         settings.require("REDIS_URL")
         settings.require("DATABASE_URL")
@@ -139,9 +135,13 @@ def up(
     host: Annotated[str, typer.Option(help="Address the API and Flower listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="API port.")] = 8000,
     flower_port: Annotated[int, typer.Option(help="Flower port.")] = 5555,
-    model: Annotated[str | None, typer.Option(help="The worker's model (default BLIP2_DEFAULT_MODEL).")] = None,
+    models: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated models the worker serves (default: BLIP2_DEFAULT_MODEL and the tiny ones)."),
+    ] = None,
 ) -> None:
     """Migrate, then run the API, one worker and Flower (with embedded Postgres/Redis if their URLs are unset)."""
+    from jobs.broker import queue_for_model
     from jobs.embedded import services_for
     from jobs.schema_migrations import upgrade
 
@@ -150,15 +150,26 @@ def up(
     with services_for(settings) as running:
         upgrade(running)
         env = os.environ | {"DATABASE_URL": str(running.DATABASE_URL), "REDIS_URL": str(running.REDIS_URL)}
-        worker_model = model or running.BLIP2_DEFAULT_MODEL
+        served = _served_models(models, running.BLIP2_DEFAULT_MODEL)
+        queues = ",".join(queue_for_model(m) for m in served)
         children = {
             f"API      http://{host}:{port} (docs: /docs)": ["api", f"--host={host}", f"--port={port}"],
-            f"worker   model {worker_model}": ["worker", f"--model={worker_model}"],
+            f"worker   models {', '.join(served)}": ["worker", f"--model={served[0]}", f"--queues={queues}"],
             f"Flower   http://{host}:{flower_port} (user {running.FLOWER_USER})": [
                 "flower", f"--address={host}", f"--port={flower_port}",
             ],
         }  # fmt: skip
         _supervise(children, env)
+
+
+# Small enough to serve side by side, so every job kind works out of the box.
+_UP_MODELS = ("tiny-opt", "tiny-t5", "tiny-instruct", "tiny-itm")
+
+
+def _served_models(requested: str | None, default_model: str) -> list[str]:
+    """The models `up`'s worker serves: the first is loaded at start, the others on their first job."""
+    names = [m.strip() for m in requested.split(",") if m.strip()] if requested else [default_model, *_UP_MODELS]
+    return list(dict.fromkeys(names))
 
 
 def _self_command() -> list[str]:

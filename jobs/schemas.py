@@ -107,12 +107,33 @@ class _ImageRef(ImageFields):
         return True
 
 
-class CaptionInput(_ImageRef):
+_DECODING_FIELDS = frozenset(DecodingInput.model_fields)
+
+
+class _Generating(_ImageRef):
+    """An input whose text is generated: decoding options go in `decoding`, or flat beside the other
+    fields as the library names them (`{"num_beams": 3}` is `{"decoding": {"num_beams": 3}}`)."""
+
+    decoding: DecodingInput = Field(default_factory=DecodingInput)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gather_flat_decoding(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not _DECODING_FIELDS & data.keys():
+            return data
+        flat = {k: v for k, v in data.items() if k in _DECODING_FIELDS}
+        nested = data.get("decoding") or {}
+        if not isinstance(nested, dict):
+            return data  # let field validation report the wrong type
+        rest = {k: v for k, v in data.items() if k not in _DECODING_FIELDS}
+        return rest | {"decoding": nested | flat}
+
+
+class CaptionInput(_Generating):
     """Describe an image; `prompt` starts the caption, `style` picks short or detailed."""
 
     prompt: str | None = Field(default=None, max_length=2000)
     style: Literal["short", "detailed"] = "short"
-    decoding: DecodingInput = Field(default_factory=DecodingInput)
 
 
 class QAExampleInput(_Strict):
@@ -122,19 +143,17 @@ class QAExampleInput(_Strict):
     answer: str = Field(max_length=2000)
 
 
-class VqaInput(_ImageRef):
+class VqaInput(_Generating):
     """Answer a question about an image, optionally after a few examples."""
 
     question: str = Field(min_length=1, max_length=2000)
     examples: list[QAExampleInput] = Field(default_factory=list, max_length=16)
-    decoding: DecodingInput = Field(default_factory=DecodingInput)
 
 
-class InstructInput(_ImageRef):
+class InstructInput(_Generating):
     """Follow a free-form instruction about an image (an InstructBLIP model)."""
 
     instruction: str = Field(min_length=1, max_length=4000)
-    decoding: DecodingInput = Field(default_factory=DecodingInput)
 
 
 class EmbedInput(_ImageRef):

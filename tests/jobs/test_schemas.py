@@ -63,6 +63,15 @@ def test_decoding_options_use_the_library_bounds() -> None:
     assert job.input.decoding.overrides() == {"num_beams": 3, "num_captions": 3}
 
 
+def test_decoding_options_may_also_be_given_flat() -> None:
+    flat = {"image_id": IMAGE_ID, "num_beams": 3, "max_new_tokens": 12, "decoding": {"num_captions": 2}}
+    job = JOB_CREATE_ADAPTER.validate_python({"kind": "caption", "input": flat})
+    assert isinstance(job, CaptionJobCreate)
+    assert job.input.decoding.overrides() == {"num_beams": 3, "max_new_tokens": 12, "num_captions": 2}
+    too_many = {"image_id": IMAGE_ID, "question": "why?", "max_new_tokens": 5_000_000}
+    assert error_locs({"kind": "vqa", "input": too_many}) == [("vqa", "input", "decoding")]
+
+
 def test_embed_modes() -> None:
     assert EmbedInput(mode="text", text="a cat").image_needed() is False
     with pytest.raises(ValidationError):

@@ -66,12 +66,9 @@ def empty_tables(engine: Engine) -> None:
 
 
 @pytest.fixture(scope="session")
-def models_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Where workers find the tiny checkpoints: the library's `tiny_data_dir` when tests/conftest.py has it."""
-    try:
-        return Path(request.getfixturevalue("tiny_data_dir"))
-    except pytest.FixtureLookupError:
-        return tmp_path_factory.mktemp("tiny-models")
+def models_dir(tiny_data_dir: Path) -> Path:
+    """Where workers find the tiny checkpoints (built once per session by tests/conftest.py)."""
+    return tiny_data_dir
 
 
 @pytest.fixture(scope="session")

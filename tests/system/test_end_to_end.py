@@ -1,5 +1,7 @@
 """The whole system over real HTTP: submit -> poll -> result for every kind, recovery, Flower."""
 
+import io
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -68,6 +70,30 @@ def test_embed_text_and_match_images(http: httpx.Client, red: str) -> None:
     assert text["status"] == "succeeded" and text["result"]["dim"] > 0
     ranked = run(http, {"kind": "match", "model": "tiny-itm", "input": {"text": "red", "image_ids": [red, blue]}})
     assert sorted(s["index"] for s in ranked["result"]["scores"]) == [0, 1]
+
+
+def test_job_results_are_the_library_results(http: httpx.Client, photos: dict[str, Any], models_dir: Path) -> None:
+    """The worker adds nothing and loses nothing: a job's result is what blip2 gives in-process."""
+    from blip2.caption import caption
+    from blip2.decoding import DecodingOptions
+    from blip2.loading import load_model
+    from blip2.matching import rank_texts
+
+    buffer = io.BytesIO()
+    photos["chelsea"].save(buffer, format="PNG")
+    image_id = http.post("/v1/images", files={"file": ("cat.png", buffer.getvalue())}).json()["id"]
+    decoding = {"num_beams": 3, "max_new_tokens": 6, "min_new_tokens": 3, "num_captions": 2}
+    job = run(http, {"kind": "caption", "model": "tiny-t5", "input": {"image_id": image_id, **decoding}})
+    expected = caption(
+        load_model("tiny-t5", data_dir=models_dir), [photos["chelsea"]], decoding=DecodingOptions(**decoding)
+    )
+    assert job["result"]["captions"] == expected[0].captions
+
+    texts = ["a cat", "an astronaut", "a cup of coffee"]
+    job = run(http, {"kind": "match", "model": "tiny-itm", "input": {"image_id": image_id, "texts": texts}})
+    scores = rank_texts(load_model("tiny-itm", data_dir=models_dir), photos["chelsea"], texts)
+    assert [s["index"] for s in job["result"]["scores"]] == [s.index for s in scores]
+    assert [s["itm"] for s in job["result"]["scores"]] == pytest.approx([s.itm for s in scores], abs=1e-6)
 
 
 def test_wrong_family_fails_with_its_code(http: httpx.Client, red: str) -> None:
