@@ -21,12 +21,14 @@ from blip2.errors import (
 )
 from jobs.errors import (
     BatchTooLarge,
+    DatasetNotFound,
     IdempotencyKeyReused,
     ImageNotFound,
     InvalidCursor,
     JobNotCancelable,
     JobNotFound,
     JobsError,
+    ModelNameTaken,
     NotReady,
     UploadTooLarge,
 )
@@ -40,6 +42,8 @@ STATUS_BY_ERROR: dict[type[Exception], int] = {
     ImageNotFound: 422,
     InvalidCursor: 422,
     BatchTooLarge: 422,
+    DatasetNotFound: 422,
+    ModelNameTaken: 409,
     UploadTooLarge: 413,
     NotReady: 503,
     JobsError: 400,

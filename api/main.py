@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import ApiContext
 from api.errors import install_error_handlers
-from api.routes import health, images, jobs
+from api.routes import catalog, health, images, jobs
 from blip2.registry import Registry
 from jobs.broker import Dispatcher, create_celery
 from jobs.db import create_db_engine, create_session_factory
@@ -29,7 +29,7 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="blip2-jobs", version="0.1.0", lifespan=_lifespan)
     app.state.context = context
     install_error_handlers(app)
-    for router in (images.router, jobs.router, health.router):
+    for router in (images.router, jobs.router, catalog.router, health.router):
         app.include_router(router)
     return app
 

@@ -155,6 +155,7 @@ def up(
         children = {
             f"API      http://{host}:{port} (docs: /docs)": ["api", f"--host={host}", f"--port={port}"],
             f"worker   models {', '.join(served)}": ["worker", f"--model={served[0]}", f"--queues={queues}"],
+            "worker   queues train, download (training, evaluation, datasets)": ["worker", "--queues=train,download"],
             f"Flower   http://{host}:{flower_port} (user {running.FLOWER_USER})": [
                 "flower", f"--address={host}", f"--port={flower_port}",
             ],

@@ -60,3 +60,15 @@ class NotReady(JobsError):
     """Postgres or Redis does not answer (the readiness check)."""
 
     code = "not_ready"
+
+
+class DatasetNotFound(JobsError):
+    """A training or evaluation job names a dataset that was never downloaded."""
+
+    code = "dataset_not_found"
+
+
+class ModelNameTaken(JobsError):
+    """A training job's output_model is already the name of a model."""
+
+    code = "model_name_taken"

@@ -1,4 +1,4 @@
-"""The tables, as SQLAlchemy 2 typed ORM classes: jobs, uploaded images, idempotency keys.
+"""The tables, as SQLAlchemy 2 typed ORM classes: jobs, images, idempotency keys, datasets, trained models.
 
 The schema itself is created only by the Alembic migrations in `migrations/`; these classes must
 match them (tests/jobs/test_migrations.py checks that they do).
@@ -66,11 +66,15 @@ class Job(Base):
     error_message: Mapped[str | None]
     attempts: Mapped[int] = mapped_column(default=0)
     progress: Mapped[float | None]
+    # What a long job reports while it runs: step, epoch, loss, lr (training); bytes (downloads).
+    progress_detail: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     created_at: Mapped[datetime] = _now_column()
     started_at: Mapped[datetime | None] = _now_column(nullable=True)
     finished_at: Mapped[datetime | None] = _now_column(nullable=True)
     dispatched_at: Mapped[datetime | None] = _now_column(nullable=True)
     dispatch_count: Mapped[int] = mapped_column(default=0)
+    # Refreshed by the worker while the job runs; a stale one means the worker is gone.
+    heartbeat_at: Mapped[datetime | None] = _now_column(nullable=True)
 
 
 class IdempotencyKey(Base):
@@ -81,4 +85,35 @@ class IdempotencyKey(Base):
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     request_hash: Mapped[str] = mapped_column(String(64))
     job_id: Mapped[UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = _now_column()
+
+
+class Dataset(Base):
+    """A dataset registered by a download job: its files live at `path` (under BLIP2_DATA_DIR)."""
+
+    __tablename__ = "datasets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    format: Mapped[str] = mapped_column(String(32))
+    path: Mapped[str]
+    tasks: Mapped[list[str]] = mapped_column(JSONB)
+    splits: Mapped[dict[str, int]] = mapped_column(JSONB)
+    source: Mapped[str]  # the manifest name or the URL it came from
+    job_id: Mapped[UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = _now_column()
+
+
+class TrainedModel(Base):
+    """A model a training job produced, servable by `name` like any registry entry."""
+
+    __tablename__ = "trained_models"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    family: Mapped[str] = mapped_column(String(16))
+    path: Mapped[str]
+    base_model: Mapped[str] = mapped_column(String(500))
+    task: Mapped[str] = mapped_column(String(16))
+    dataset: Mapped[str] = mapped_column(String(64))
+    metrics: Mapped[dict[str, float]] = mapped_column(JSONB)
+    job_id: Mapped[UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = _now_column()

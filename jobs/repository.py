@@ -111,7 +111,19 @@ def claim_job(session: Session, job_id: UUID) -> Job | None:
         started_at=func.now(),
         attempts=Job.attempts + 1,
         progress=0.0,
+        heartbeat_at=func.now(),
     )
+
+
+def heartbeat(session: Session, job_id: UUID) -> bool:
+    """Note that the job's worker is alive; False once the job is no longer running (e.g. canceled)."""
+    return _transition(session, job_id, [JobStatus.RUNNING], heartbeat_at=func.now()) is not None
+
+
+def report_progress(session: Session, job_id: UUID, fraction: float, detail: dict[str, Any]) -> bool:
+    """Record a running job's progress (a heartbeat too); False once it is no longer running."""
+    values = {"progress": min(max(fraction, 0.0), 1.0), "progress_detail": detail, "heartbeat_at": func.now()}
+    return _transition(session, job_id, [JobStatus.RUNNING], **values) is not None
 
 
 def succeed_job(session: Session, job_id: UUID, result: dict[str, Any]) -> Job | None:
@@ -175,10 +187,11 @@ def overdue_queued_jobs(session: Session, *, after: timedelta, limit: int) -> li
     return list(session.scalars(query))
 
 
-def requeue_lost_jobs(session: Session, *, running_longer_than: timedelta, max_attempts: int) -> list[Job]:
-    """Jobs running longer than any worker may (their worker died): fail those at max_attempts, queue
-    the rest again. Returns the re-queued jobs, to be sent again once this transaction commits."""
-    lost = [Job.status == JobStatus.RUNNING, Job.started_at < func.now() - running_longer_than]
+def requeue_lost_jobs(session: Session, *, lease: timedelta, max_attempts: int) -> list[Job]:
+    """Running jobs whose heartbeat is older than the lease (their worker died): fail those at
+    max_attempts, queue the rest again. Returns the re-queued jobs, to be sent once this commits."""
+    last_sign_of_life = func.coalesce(Job.heartbeat_at, Job.started_at)
+    lost = [Job.status == JobStatus.RUNNING, last_sign_of_life < func.now() - lease]
     session.execute(
         update(Job)
         .where(*lost, Job.attempts >= max_attempts)

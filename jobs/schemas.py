@@ -17,8 +17,12 @@ from jobs.status import JobStatus
 if TYPE_CHECKING:
     from jobs.models import Job
 
-JobKind: TypeAlias = Literal["caption", "vqa", "instruct", "embed", "match"]
-JOB_KINDS: tuple[JobKind, ...] = ("caption", "vqa", "instruct", "embed", "match")
+JobKind: TypeAlias = Literal["caption", "vqa", "instruct", "embed", "match", "download", "train", "evaluate"]
+JOB_KINDS: tuple[JobKind, ...] = ("caption", "vqa", "instruct", "embed", "match", "download", "train", "evaluate")
+# Kinds that run for minutes to hours on the `train` and `download` queues, reporting progress.
+LONG_KINDS: frozenset[JobKind] = frozenset({"download", "train", "evaluate"})
+# Names users give datasets and trained models: they become directory names and registry names.
+NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 # A static ceiling; the configured MAX_BATCH_SIZE (usually lower) is checked on submission.
 _LIST_CEILING = 1024
 
@@ -206,13 +210,75 @@ class MatchInput(ImageFields):
         return super().referenced_image_ids() + list(self.image_ids or [])
 
 
-JobInput: TypeAlias = CaptionInput | VqaInput | InstructInput | EmbedInput | MatchInput
+Task: TypeAlias = Literal["caption", "vqa", "match"]
+Component: TypeAlias = Literal["vision", "qformer", "llm"]
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]
+_BLIP2_TRAINED_PARTS: list[Component] = ["qformer"]
+
+
+class DownloadInput(_Strict):
+    """Fetch a dataset: a manifest entry by `dataset`, or an archive at `url` with its `sha256`."""
+
+    dataset: str | None = Field(default=None, min_length=1, max_length=64)
+    url: str | None = Field(default=None, pattern=r"^https?://", max_length=2000)
+    sha256: Sha256 | None = None
+    name: str | None = Field(default=None, pattern=NAME_PATTERN)
+    format: Literal["coco_captions", "coco_karpathy", "flickr30k", "vqav2", "jsonl"] | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if self.dataset is not None:
+            if self.url is not None or self.sha256 is not None or self.format is not None:
+                raise ValueError("give either dataset, or url with sha256, name and format")
+        elif self.url is None or self.sha256 is None or self.name is None or self.format is None:
+            raise ValueError("a url download needs url, sha256, name and format")
+        return self
+
+    @property
+    def registered_name(self) -> str:
+        """The name the dataset is registered under."""
+        return self.name or str(self.dataset)
+
+
+class TrainInput(_Strict):
+    """Fine-tune the job's `model` on a registered dataset; the result is served as `output_model`."""
+
+    dataset: str = Field(pattern=NAME_PATTERN)
+    task: Task = "caption"
+    output_model: str = Field(pattern=NAME_PATTERN)
+    max_steps: int = Field(default=1000, ge=1, le=1_000_000)
+    batch_size: int = Field(default=16, ge=1, le=512)
+    lr: float = Field(default=1e-4, gt=0, le=1.0)
+    warmup_steps: int | None = Field(default=None, ge=0)
+    grad_accum_steps: int = Field(default=1, ge=1, le=256)
+    checkpoint_every: int = Field(default=100, ge=1)
+    # Which parts train; default as BLIP-2: vision encoder and language model frozen.
+    train: list[Component] = Field(default_factory=lambda: _BLIP2_TRAINED_PARTS.copy(), min_length=1)
+    seed: int = 0
+
+
+class EvaluateInput(_Strict):
+    """Score the job's `model` on a split of a registered dataset."""
+
+    dataset: str = Field(pattern=NAME_PATTERN)
+    split: Literal["train", "val", "test"] = "test"
+    task: Task = "caption"
+    batch_size: int = Field(default=16, ge=1, le=512)
+    limit: int | None = Field(default=None, ge=1, description="Evaluate only the first N records.")
+
+
+JobInput: TypeAlias = (
+    CaptionInput | VqaInput | InstructInput | EmbedInput | MatchInput | DownloadInput | TrainInput | EvaluateInput
+)
 INPUT_TYPES: dict[JobKind, type[JobInput]] = {
     "caption": CaptionInput,
     "vqa": VqaInput,
     "instruct": InstructInput,
     "embed": EmbedInput,
     "match": MatchInput,
+    "download": DownloadInput,
+    "train": TrainInput,
+    "evaluate": EvaluateInput,
 }
 
 
@@ -264,13 +330,51 @@ class MatchOutput(BaseModel):
     scores: list[MatchScoreOutput]
 
 
-JobOutput: TypeAlias = CaptionOutput | VqaOutput | InstructOutput | EmbedOutput | MatchOutput
+class DownloadOutput(BaseModel):
+    """A download job's result: the registered dataset."""
+
+    dataset: str
+    format: str
+    tasks: list[str]
+    splits: dict[str, int]
+
+
+class TrainOutput(BaseModel):
+    """A training job's result: the new model, servable by name at once, and how it scored."""
+
+    model: str
+    steps: int
+    final_loss: float | None
+    metrics: dict[str, float]
+    loss_curve: str  # path of the PNG, under BLIP2_DATA_DIR
+
+
+class EvaluateOutput(BaseModel):
+    """An evaluation job's result: metrics by name (bleu_4, cider, vqa_accuracy, recall@1 ...)."""
+
+    metrics: dict[str, float]
+    records: int
+
+
+JobOutput: TypeAlias = (
+    CaptionOutput
+    | VqaOutput
+    | InstructOutput
+    | EmbedOutput
+    | MatchOutput
+    | DownloadOutput
+    | TrainOutput
+    | EvaluateOutput
+)
 OUTPUT_TYPES: dict[JobKind, type[JobOutput]] = {
     "caption": CaptionOutput,
     "vqa": VqaOutput,
     "instruct": InstructOutput,
     "embed": EmbedOutput,
     "match": MatchOutput,
+    "download": DownloadOutput,
+    "train": TrainOutput,
+    "evaluate": EvaluateOutput,
 }
 
 
@@ -320,9 +424,37 @@ class MatchJobCreate(JobCreateBase):
     input: MatchInput
 
 
+class DownloadJobCreate(JobCreateBase):
+    """A request for a dataset download job (`model` is not used)."""
+
+    kind: Literal["download"]
+    input: DownloadInput
+
+
+class TrainJobCreate(JobCreateBase):
+    """A request for a training job; `model` is the base model."""
+
+    kind: Literal["train"]
+    input: TrainInput
+
+
+class EvaluateJobCreate(JobCreateBase):
+    """A request for an evaluation job of `model`."""
+
+    kind: Literal["evaluate"]
+    input: EvaluateInput
+
+
 # The body of POST /v1/jobs: `kind` picks which input schema validates `input`.
 JobCreate: TypeAlias = Annotated[
-    CaptionJobCreate | VqaJobCreate | InstructJobCreate | EmbedJobCreate | MatchJobCreate,
+    CaptionJobCreate
+    | VqaJobCreate
+    | InstructJobCreate
+    | EmbedJobCreate
+    | MatchJobCreate
+    | DownloadJobCreate
+    | TrainJobCreate
+    | EvaluateJobCreate,
     Field(discriminator="kind"),
 ]
 JOB_CREATE_ADAPTER: TypeAdapter[JobCreate] = TypeAdapter(JobCreate)
@@ -346,7 +478,8 @@ class JobPublic(BaseModel):
     result: JobOutput | None
     error: JobErrorPublic | None
     attempts: int
-    progress: float | None
+    progress: float | None  # 0..1 while running
+    progress_detail: dict[str, Any] | None  # step, epoch, loss, lr (train); bytes_done, bytes_total (download)
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -366,6 +499,7 @@ class JobPublic(BaseModel):
             error=error,
             attempts=job.attempts,
             progress=job.progress,
+            progress_detail=job.progress_detail,
             created_at=job.created_at,
             started_at=job.started_at,
             finished_at=job.finished_at,
@@ -377,3 +511,42 @@ class JobsPublic(BaseModel):
 
     data: list[JobPublic]
     next_cursor: str | None
+
+
+# ---- models and datasets --------------------------------------------------------------------
+
+
+class ModelPublic(BaseModel):
+    """A model jobs may name: a registry entry or one a training job produced."""
+
+    name: str
+    family: str | None
+    checkpoint: str
+    description: str
+    trained: bool  # produced by a training job of this service
+    metrics: dict[str, float] | None = None
+
+
+class ModelsPublic(BaseModel):
+    """Every model jobs may name (besides any hub id or checkpoint directory)."""
+
+    data: list[ModelPublic]
+
+
+class DatasetPublic(BaseModel):
+    """A dataset a download job registered, for training and evaluation jobs."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    name: str
+    format: str
+    tasks: list[str]
+    splits: dict[str, int]
+    source: str
+    created_at: datetime
+
+
+class DatasetsPublic(BaseModel):
+    """Every registered dataset."""
+
+    data: list[DatasetPublic]

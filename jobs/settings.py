@@ -56,6 +56,12 @@ class Settings(BaseSettings):
     TASK_HARD_TIME_LIMIT_S: int = Field(default=660, gt=0)
     # Loading a model in the worker's child process may take this long before Celery gives up on it.
     MODEL_LOAD_TIMEOUT_S: int = Field(default=900, gt=0)
+    # Training, evaluation and downloads (queues `train`, `download`) run for hours, not minutes.
+    LONG_TASK_TIME_LIMIT_S: int = Field(default=7 * 24 * 3600, gt=0)
+    # A running job's worker refreshes its heartbeat this often; one silent for JOB_LEASE_S is lost
+    # (its job is queued again; training resumes from its last checkpoint).
+    HEARTBEAT_INTERVAL_S: float = Field(default=10.0, gt=0)
+    JOB_LEASE_S: float = Field(default=60.0, gt=0)
 
     FLOWER_USER: str = "admin"
     FLOWER_PASSWORD: str = DEFAULT_SECRET
@@ -64,6 +70,8 @@ class Settings(BaseSettings):
     def _check_limits_and_secrets(self) -> Self:
         if self.TASK_HARD_TIME_LIMIT_S <= self.TASK_SOFT_TIME_LIMIT_S:
             raise ValueError("TASK_HARD_TIME_LIMIT_S must be greater than TASK_SOFT_TIME_LIMIT_S")
+        if self.JOB_LEASE_S <= 2 * self.HEARTBEAT_INTERVAL_S:
+            raise ValueError("JOB_LEASE_S must be more than twice HEARTBEAT_INTERVAL_S")
         if self.ENVIRONMENT != "development" and self.FLOWER_PASSWORD == DEFAULT_SECRET:
             raise ValueError(f"FLOWER_PASSWORD is {DEFAULT_SECRET!r}; set it outside development")
         return self
@@ -84,7 +92,10 @@ class Settings(BaseSettings):
 
     @property
     def broker_visibility_timeout_s(self) -> int:
-        """Longer than the hard time limit, so Redis never re-delivers a job that is still running."""
+        """Longer than the inference hard time limit, so Redis does not re-deliver a job still running.
+
+        Long jobs outlive it; a re-delivery of one finds it running with a fresh heartbeat and is dropped.
+        """
         return self.TASK_HARD_TIME_LIMIT_S + 300
 
     def require(self, name: Literal["DATABASE_URL", "REDIS_URL"]) -> str:

@@ -16,13 +16,14 @@ from sqlalchemy.orm import Session
 
 from blip2.errors import InvalidImage, ModelNotFound
 from blip2.registry import Registry
-from jobs.broker import Dispatcher, queue_for_model
+from jobs.broker import Dispatcher, queue_for_job
+from jobs.catalog import get_dataset, get_trained_model, resolve_trained, serving_model
 from jobs.db import SessionFactory, session_scope
-from jobs.errors import BatchTooLarge, IdempotencyKeyReused, ImageNotFound
+from jobs.errors import BatchTooLarge, DatasetNotFound, IdempotencyKeyReused, ImageNotFound, ModelNameTaken
 from jobs.image_store import missing_image_ids, store_image
 from jobs.models import IdempotencyKey, Job
 from jobs.repository import add_job, get_job, mark_dispatched
-from jobs.schemas import ImageFields, JobCreateBase, JobInput, MatchInput
+from jobs.schemas import EvaluateInput, ImageFields, JobCreateBase, JobInput, MatchInput, TrainInput
 from jobs.settings import Settings
 
 
@@ -50,8 +51,9 @@ class _KeyTakenMeanwhile(Exception):
 
 def submit_job(ctx: Submission, request: JobCreateBase, idempotency_key: str | None = None) -> Submitted:
     """Validate and record a job, then send its message; returns the existing job for a replayed key."""
-    model = request.model or ctx.settings.BLIP2_DEFAULT_MODEL
-    _check_model(ctx.registry, model)
+    model = "" if request.kind == "download" else request.model or ctx.settings.BLIP2_DEFAULT_MODEL
+    with session_scope(ctx.sessions) as session:
+        _check_references(session, ctx.registry, request.input, model)
     _check_batch_size(request.input, ctx.settings)
     fingerprint = _fingerprint(request, model)
     try:
@@ -71,7 +73,8 @@ def _record(ctx: Submission, request: JobCreateBase, model: str, key: str | None
         job_input = _store_inline_images(session, request.input, ctx.settings)
         _check_images_exist(session, job_input)
         data = job_input.model_dump(mode="json", exclude_none=True)
-        job = add_job(session, kind=request.kind, model=model, queue=queue_for_model(model), input=data)
+        queue = queue_for_job(request.kind, serving_model(session, model))
+        job = add_job(session, kind=request.kind, model=model, queue=queue, input=data)
         if key is not None and not _claim_key(session, key, fingerprint, job.id):
             raise _KeyTakenMeanwhile
         return Submitted(job, created=True)
@@ -81,6 +84,18 @@ def _dispatch(ctx: Submission, job: Job) -> None:
     if ctx.dispatcher.try_send(job.id, job.queue):
         with session_scope(ctx.sessions) as session:
             mark_dispatched(session, job.id)
+
+
+def _check_references(session: Session, registry: Registry, job_input: JobInput, model: str) -> None:
+    """The model, dataset and output names a job refers to exist (or, for an output, are free)."""
+    if model:
+        _check_model(resolve_trained(session, registry, model), model)
+    if isinstance(job_input, TrainInput | EvaluateInput) and get_dataset(session, job_input.dataset) is None:
+        raise DatasetNotFound(f"no dataset named {job_input.dataset!r}; download it first", field="input.dataset")
+    if isinstance(job_input, TrainInput):
+        name = job_input.output_model
+        if registry.is_known(name) or get_trained_model(session, name) is not None:
+            raise ModelNameTaken(f"a model named {name!r} already exists", field="input.output_model")
 
 
 def _check_model(registry: Registry, model: str) -> None:

@@ -1,4 +1,5 @@
-"""The outbox sweep: re-send jobs left queued too long, and recover jobs whose worker died.
+"""The outbox sweep: re-send jobs left queued too long, and recover jobs whose worker died
+(a running job whose heartbeat is older than JOB_LEASE_S).
 
 Runs every SWEEP_INTERVAL_S inside the API process (api/main.py); several API processes may sweep
 at once, since rows are locked with SKIP LOCKED. A re-sent message that turns out to be a duplicate
@@ -19,8 +20,6 @@ from jobs.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# How much longer than the hard time limit a job may be "running" before its worker counts as lost.
-_LOST_WORKER_GRACE = timedelta(seconds=60)
 _BATCH = 100
 
 
@@ -46,9 +45,9 @@ def sweep_once(sessions: SessionFactory, dispatcher: Dispatcher, settings: Setti
 
 
 def _recover_lost(sessions: SessionFactory, settings: Settings) -> list[Job]:
-    limit = timedelta(seconds=settings.TASK_HARD_TIME_LIMIT_S) + _LOST_WORKER_GRACE
+    lease = timedelta(seconds=settings.JOB_LEASE_S)
     with session_scope(sessions) as session:
-        return requeue_lost_jobs(session, running_longer_than=limit, max_attempts=settings.MAX_ATTEMPTS)
+        return requeue_lost_jobs(session, lease=lease, max_attempts=settings.MAX_ATTEMPTS)
 
 
 def _send(sessions: SessionFactory, dispatcher: Dispatcher, jobs: list[Job]) -> int:

@@ -1,6 +1,7 @@
 """The worker's Celery configuration, and `run_worker` behind `blip2-jobs worker`.
 
     blip2-jobs worker --model tiny-opt            # consumes infer.tiny-opt
+    blip2-jobs worker --queues train,download     # training, evaluation and downloads
 
 One prefork child (concurrency 1) runs the jobs: it connects and loads the model in
 `worker_process_init`, after the fork, and holds the model across jobs. Delivery is at-least-once:
@@ -48,7 +49,9 @@ def create_worker_app(settings: Settings, options: WorkerOptions) -> Celery:
         worker_pool="prefork",
         worker_concurrency=1,
     )
-    runtime = WorkerRuntime(settings=settings, preload=options.model, load_options=options.load)
+    # A worker on `train` / `download` only loads models per job; an inference worker loads its own at start.
+    preload = options.model if queue_for_model(options.model) in options.consumed_queues() else None
+    runtime = WorkerRuntime(settings=settings, preload=preload, load_options=options.load)
     register_tasks(app, runtime)
     worker_process_init.connect(runtime.start, weak=False)
     return app
@@ -61,7 +64,7 @@ def worker_argv(options: WorkerOptions) -> list[str]:
         "--pool=prefork",
         "--concurrency=1",
         f"--queues={','.join(options.consumed_queues())}",
-        f"--hostname={queue_for_model(options.model)}@%h",
+        f"--hostname={options.consumed_queues()[0]}@%h",
         f"--loglevel={options.loglevel}",
         "--without-mingle",
     ]

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from blip2.registry import Registry
+from jobs.catalog import resolve_trained
+from jobs.db import SessionFactory, session_scope
 from jobs.settings import Settings
 
 if TYPE_CHECKING:
@@ -30,9 +32,10 @@ class ModelLoadOptions:
 class ModelHolder:
     """The models of one process by name, each loaded on first use and then held."""
 
-    def __init__(self, settings: Settings, options: ModelLoadOptions) -> None:
+    def __init__(self, settings: Settings, options: ModelLoadOptions, sessions: SessionFactory) -> None:
         self._settings = settings
         self._options = options
+        self._sessions = sessions
         self._registry = Registry.load(settings.BLIP2_MODELS_FILE)
         self._models: dict[str, LoadedModel] = {}
         self._lock = threading.Lock()
@@ -49,6 +52,8 @@ class ModelHolder:
 
         options = LoadOptions(device=self._options.device, dtype=self._options.dtype, quantize=self._options.quantize)
         log.info("loading model %s (%s)", name, options)
-        model = load_model(name, data_dir=self._settings.BLIP2_DATA_DIR, options=options, registry=self._registry)
+        with session_scope(self._sessions) as session:  # a model trained since start-up is served too
+            registry = resolve_trained(session, self._registry, name)
+        model = load_model(name, data_dir=self._settings.BLIP2_DATA_DIR, options=options, registry=registry)
         log.info("model loaded: %s", model.describe())
         return model

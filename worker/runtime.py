@@ -28,7 +28,7 @@ class WorkerRuntime:
     def start(self, **_signal: Any) -> None:
         """Connect and load the model, in the process that will run the jobs."""
         self._sessions = create_session_factory(create_db_engine(self.settings))
-        self._models = ModelHolder(self.settings, self.load_options)
+        self._models = ModelHolder(self.settings, self.load_options, self._sessions)
         if self.preload is not None:
             self._models.get(self.preload)
         log.info("worker process ready (model %s)", self.preload)

@@ -14,24 +14,33 @@ from sqlalchemy.orm import Session
 
 from blip2.errors import Blip2Error
 from blip2.images import decode_image
-from jobs.broker import RUN_JOB_TASK
+from jobs.broker import RUN_JOB_TASK, RUN_LONG_JOB_TASK
 from jobs.db import session_scope
 from jobs.errors import JobsError
 from jobs.image_store import load_image_bytes
 from jobs.models import Job
 from jobs.repository import claim_job, fail_job, succeed_job
-from jobs.schemas import ImageFields, JobInput, JobKind, parse_input
+from jobs.schemas import LONG_KINDS, ImageFields, JobInput, JobKind, parse_input
 from worker.handlers import Work, run_batch
+from worker.long_jobs import JobCanceled, run_long_job
+from worker.progress import heartbeating
 from worker.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
 
 
 def register_tasks(app: Celery, runtime: WorkerRuntime) -> None:
-    """Attach `run_job` to the worker's Celery app."""
+    """Attach `run_job` (inference) and `run_long_job` (train, evaluate, download) to the worker's app."""
 
     @app.task(name=RUN_JOB_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
     def run_job(job_id: str) -> None:
+        execute_job(runtime, UUID(job_id))
+
+    limit = runtime.settings.LONG_TASK_TIME_LIMIT_S
+    long_options = {"soft_time_limit": limit, "time_limit": limit + 60}
+
+    @app.task(name=RUN_LONG_JOB_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True, **long_options)
+    def run_long_job(job_id: str) -> None:
         execute_job(runtime, UUID(job_id))
 
 
@@ -43,7 +52,10 @@ def execute_job(runtime: WorkerRuntime, job_id: UUID) -> None:
             log.info("job %s is not queued (already run, running, canceled or gone); message dropped", job_id)
             return
     try:
-        result = _run(runtime, job)
+        with heartbeating(job_id, runtime.sessions, runtime.settings.HEARTBEAT_INTERVAL_S):
+            result = _run(runtime, job)
+    except JobCanceled as exc:
+        log.info("job %s canceled while running: %s", job_id, exc)
     except (Blip2Error, JobsError) as exc:
         _fail(runtime, job_id, exc.code, str(exc))
     except SoftTimeLimitExceeded:
@@ -60,6 +72,8 @@ def execute_job(runtime: WorkerRuntime, job_id: UUID) -> None:
 def _run(runtime: WorkerRuntime, job: Job) -> dict[str, object]:
     kind: JobKind = job.kind  # type: ignore[assignment]
     job_input = parse_input(kind, job.input)
+    if kind in LONG_KINDS:
+        return run_long_job(job, job_input, runtime.settings, runtime.sessions).model_dump(mode="json")
     with runtime.sessions() as session:
         work = Work(input=job_input, images=_images(session, job_input, runtime.settings.MAX_IMAGE_PIXELS))
     model = runtime.models.get(job.model)

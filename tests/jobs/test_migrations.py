@@ -29,7 +29,8 @@ def table_names(settings: Settings) -> set[str]:
 
 def test_upgrade_then_downgrade(empty_database: Settings) -> None:
     upgrade(empty_database)
-    assert {"jobs", "images", "idempotency_keys", "alembic_version"} <= table_names(empty_database)
+    expected = {"jobs", "images", "idempotency_keys", "datasets", "trained_models", "alembic_version"}
+    assert expected <= table_names(empty_database)
     downgrade(empty_database)
     assert table_names(empty_database) <= {"alembic_version"}
     upgrade(empty_database)  # and up again, from base

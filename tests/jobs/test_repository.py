@@ -15,9 +15,11 @@ from jobs.repository import (
     claim_job,
     fail_job,
     get_job,
+    heartbeat,
     list_jobs,
     mark_dispatched,
     overdue_queued_jobs,
+    report_progress,
     requeue_lost_jobs,
     succeed_job,
 )
@@ -102,13 +104,29 @@ def test_overdue_queued_jobs_back_off(sessions: SessionFactory) -> None:
         assert overdue_queued_jobs(session, after=timedelta(minutes=1), limit=10) == []
 
 
+def test_a_job_with_a_fresh_heartbeat_is_not_lost(sessions: SessionFactory) -> None:
+    job = new_job(sessions)
+    with session_scope(sessions) as session:
+        claim_job(session, job.id)
+        # Started long ago (a long training run), but its worker keeps beating.
+        session.execute(update(Job).where(Job.id == job.id).values(started_at=Job.started_at - timedelta(hours=5)))
+        assert heartbeat(session, job.id)
+        assert requeue_lost_jobs(session, lease=timedelta(minutes=1), max_attempts=2) == []
+        assert report_progress(session, job.id, 0.5, {"step": 5})
+        assert get_job(session, job.id).progress_detail == {"step": 5}
+        cancel_job(session, job.id)
+        assert not heartbeat(session, job.id)  # a canceled job's worker learns it must stop
+        assert not report_progress(session, job.id, 0.6, {"step": 6})
+
+
 def test_lost_running_jobs_are_queued_again_then_failed(sessions: SessionFactory) -> None:
     job = new_job(sessions)
     for attempt in (1, 2):
         with session_scope(sessions) as session:
             claim_job(session, job.id)
-            session.execute(update(Job).where(Job.id == job.id).values(started_at=Job.started_at - timedelta(hours=1)))
-            requeued = requeue_lost_jobs(session, running_longer_than=timedelta(minutes=10), max_attempts=2)
+            silent = Job.heartbeat_at - timedelta(minutes=5)  # no heartbeat for five minutes
+            session.execute(update(Job).where(Job.id == job.id).values(heartbeat_at=silent))
+            requeued = requeue_lost_jobs(session, lease=timedelta(minutes=1), max_attempts=2)
             assert len(requeued) == (1 if attempt == 1 else 0)
             assert get_job(session, job.id).status is (JobStatus.QUEUED if attempt == 1 else JobStatus.FAILED)
     with session_scope(sessions) as session:

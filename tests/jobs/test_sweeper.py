@@ -47,7 +47,9 @@ def test_job_of_a_dead_worker_is_queued_and_sent_again(
     job = unsent_job(sessions, age=timedelta(0))
     with session_scope(sessions) as session:
         claim_job(session, job.id)
-        session.execute(update(Job).where(Job.id == job.id).values(started_at=Job.started_at - timedelta(hours=2)))
+        # Its worker stopped beating longer ago than the lease.
+        silent = Job.heartbeat_at - timedelta(seconds=settings.JOB_LEASE_S + 5)
+        session.execute(update(Job).where(Job.id == job.id).values(heartbeat_at=silent))
     report = sweep_once(sessions, dispatcher, settings)
     assert (report.recovered, report.resent) == (1, 1)
     with session_scope(sessions) as session:

@@ -56,6 +56,9 @@ def make_settings(database_url: str, key_prefix: str, data_dir: Path, **override
         "REDIS_KEY_PREFIX": key_prefix,
         "BLIP2_DATA_DIR": data_dir,
         "SWEEP_INTERVAL_S": 0,
+        # Workers beat twice a second, so a killed worker's job is recovered within seconds.
+        "HEARTBEAT_INTERVAL_S": 0.5,
+        "JOB_LEASE_S": 5.0,
     }
     return Settings(_env_file=None, **(values | overrides))  # type: ignore[call-arg, arg-type]
 
