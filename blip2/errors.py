@@ -63,3 +63,57 @@ class QuantizationUnavailable(Blip2Error):
     """The requested quantization cannot run here (bitsandbytes missing or no supported device)."""
 
     code = "quantization_unavailable"
+
+
+class DatasetNotFound(Blip2Error):
+    """No dataset is registered under that name, and the manifest has no entry for it."""
+
+    code = "dataset_not_found"
+
+
+class DatasetExists(Blip2Error):
+    """A different dataset is already registered under that name."""
+
+    code = "dataset_exists"
+
+
+class InvalidDataset(Blip2Error):
+    """A dataset file is malformed, or names a path outside the dataset's directory."""
+
+    code = "invalid_dataset"
+
+
+class DownloadFailed(Blip2Error):
+    """A download could not be completed (HTTP error, or the connection kept failing)."""
+
+    code = "download_failed"
+
+
+class ChecksumMismatch(DownloadFailed):
+    """The downloaded bytes are not the expected ones (sha256 or size differ)."""
+
+    code = "checksum_mismatch"
+
+
+class DownloadCanceled(Blip2Error):
+    """The caller asked the download to stop."""
+
+    code = "download_canceled"
+
+
+class InvalidArchive(Blip2Error):
+    """The file is not a readable zip or tar archive."""
+
+    code = "invalid_archive"
+
+
+class UnsafeArchive(InvalidArchive):
+    """An archive member would land outside the target folder, or is a device or fifo."""
+
+    code = "unsafe_archive"
+
+
+class IncompatibleCheckpoint(Blip2Error):
+    """A training checkpoint to resume from was written by a run with another task, seed or data."""
+
+    code = "incompatible_checkpoint"
