@@ -57,6 +57,7 @@ def run_download(
     job_id: UUID, job_input: DownloadInput, settings: Settings, sessions: SessionFactory, progress: JobProgress
 ) -> DownloadOutput:
     from blip2.data.download import DownloadProgress
+    from blip2.data.formats import dataset_path
     from blip2.data.manifest import fetch_dataset, fetch_url
 
     def on_progress(p: DownloadProgress) -> None:
@@ -72,7 +73,7 @@ def run_download(
         name, fmt = str(job_input.name), str(job_input.format)
         info = fetch_url(str(job_input.url), str(job_input.sha256), name, fmt, data_dir, **hooks)
         source = str(job_input.url)
-    directory = data_dir / "datasets" / info.name
+    directory = dataset_path(data_dir, info.name)
     with session_scope(sessions) as session:
         save_dataset(session, dataset_row(info.name, directory, info.format, info.tasks, info.splits, source, job_id))
     log.info("dataset %s registered: %s", info.name, info.splits)

@@ -23,27 +23,28 @@ class JobProgress:
 
     job_id: UUID
     sessions: SessionFactory
-    min_interval_s: float = 1.0  # at most one progress write a second
-    _last_write: float = 0.0
+    min_interval_s: float = 1.0  # at most one progress write, and one cancel check, a second
+    _last_report: float = float("-inf")
+    _last_check: float = float("-inf")
     _running: bool = True
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def report(self, fraction: float, detail: dict[str, Any], *, force: bool = False) -> None:
-        """Record progress (throttled unless `force`); notes a cancel for `should_stop`."""
+        """Record progress (throttled, except the first, the last, and when `force`d); notes a cancel."""
         now = time.monotonic()
-        if not force and now - self._last_write < self.min_interval_s:
+        if not force and fraction < 1.0 and now - self._last_report < self.min_interval_s:
             return
         with self._lock, session_scope(self.sessions) as session:
             self._running = report_progress(session, self.job_id, fraction, detail)
-            self._last_write = now
+        self._last_report = self._last_check = now
 
     def should_stop(self) -> bool:
-        """True once the job was canceled (checked at most once a second)."""
+        """True once the job was canceled (asks Postgres at most once a second)."""
         now = time.monotonic()
-        if now - self._last_write >= self.min_interval_s:
+        if now - self._last_check >= self.min_interval_s:
             with self._lock, session_scope(self.sessions) as session:
                 self._running = heartbeat(session, self.job_id)
-                self._last_write = now
+            self._last_check = now
         return not self._running
 
 

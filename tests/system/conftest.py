@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from jobs.settings import Settings
-from tests.support.processes import cli_process, free_port, wait_for_http
+from tests.support.processes import cli_process, free_port, wait_for_http, wait_for_log
 
 
 @contextmanager
@@ -42,3 +42,12 @@ def flower_url(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> 
     """Flower, with the settings' basic-auth credentials."""
     with serving("flower", settings, tmp_path_factory) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def long_worker(worker_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A worker on the `train` and `download` queues, as `blip2-jobs worker --queues train,download`."""
+    log = tmp_path_factory.mktemp("long-worker") / "worker.log"
+    with cli_process(["worker", "--queues=train,download"], worker_settings, log) as process:
+        wait_for_log(log, " ready.", process, timeout_s=120)
+        yield log

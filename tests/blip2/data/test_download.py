@@ -11,7 +11,7 @@ import pytest
 
 from blip2.data.download import DownloadProgress, download_file, extract_archive, is_archive
 from blip2.errors import ChecksumMismatch, DownloadCanceled, DownloadFailed, InvalidArchive, UnsafeArchive
-from tests.blip2.data.conftest import FileServer
+from tests.support.file_server import FileServer
 
 BODY = os.urandom(300_000)  # several chunks on the wire
 SHA = hashlib.sha256(BODY).hexdigest()

@@ -24,7 +24,7 @@ from blip2.errors import (
     InvalidDataset,
     UnsafeArchive,
 )
-from tests.blip2.data.conftest import FileServer
+from tests.support.file_server import FileServer
 
 
 def png(colour: str) -> bytes:

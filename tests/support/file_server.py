@@ -1,0 +1,113 @@
+"""A real HTTP file server on 127.0.0.1 for the download and fetch tests, with misbehaving modes.
+
+Each served file says how the server treats it: honour Range requests or ignore them, drop the
+connection halfway through the first response, or answer the first requests with an error status.
+The server records every request (path and Range header) so tests can check that a resume was used.
+"""
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@dataclass
+class Served:
+    """One file and how to misbehave while serving it."""
+
+    body: bytes
+    honour_range: bool = True
+    drop_first: bool = False  # cut the first response off halfway
+    always_drop: bool = False
+    fail_first: list[int] = field(default_factory=list)  # statuses answered before serving
+
+
+@dataclass
+class FileServer:
+    base_url: str
+    files: dict[str, Served] = field(default_factory=dict)
+    requests: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Range header)
+
+    def serve(
+        self,
+        path: str,
+        body: bytes,
+        *,
+        honour_range: bool = True,
+        drop_first: bool = False,
+        always_drop: bool = False,
+        fail_first: tuple[int, ...] = (),
+    ) -> str:
+        """Serve `body` at `path` (e.g. "/data.zip"); returns its URL."""
+        self.files[path] = Served(body, honour_range, drop_first, always_drop, list(fail_first))
+        return self.base_url + path
+
+    def ranges(self, path: str) -> list[str | None]:
+        return [header for requested, header in self.requests if requested == path]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: "_Server"
+
+    def do_GET(self) -> None:
+        state = self.server.state
+        state.requests.append((self.path, self.headers.get("Range")))
+        served = state.files.get(self.path)
+        if served is None:
+            self.send_error(404)
+        elif served.fail_first:
+            self.send_error(served.fail_first.pop(0))
+        elif served.always_drop or served.drop_first:
+            served.drop_first = False
+            self._send(200, served.body, len(served.body), cut=len(served.body) // 2)
+        else:
+            self._serve(served)
+
+    def _serve(self, served: Served) -> None:
+        header = self.headers.get("Range")
+        size = len(served.body)
+        if not (header and served.honour_range):
+            self._send(200, served.body, size)
+            return
+        start = int(header.removeprefix("bytes=").split("-")[0])
+        if start >= size:
+            self.send_response(416)
+            self.send_header("Content-Range", f"bytes */{size}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self._send(206, served.body[start:], size - start, content_range=f"bytes {start}-{size - 1}/{size}")
+
+    def _send(self, status: int, body: bytes, length: int, *, cut: int | None = None, content_range: str = "") -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", str(length))
+        if content_range:
+            self.send_header("Content-Range", content_range)
+        self.end_headers()
+        sent = body[:cut] if cut is not None else body
+        for i in range(0, len(sent), 16384):  # in pieces, so the client sees several chunks
+            self.wfile.write(sent[i : i + 16384])
+            self.wfile.flush()
+        self.close_connection = True
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    state: FileServer
+
+
+@contextmanager
+def serving_files() -> Iterator[FileServer]:
+    """A file server on a free port of 127.0.0.1, shut down afterwards."""
+    server = _Server(("127.0.0.1", 0), _Handler)
+    server.state = FileServer(f"http://127.0.0.1:{server.server_address[1]}")
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield server.state
+    server.shutdown()
+    server.server_close()
+    thread.join()

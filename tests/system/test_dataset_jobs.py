@@ -1,0 +1,103 @@
+"""Download jobs over real HTTP: a manifest dataset generated locally, a user archive fetched
+from a local server, and archives that must be refused with nothing registered."""
+
+import hashlib
+import io
+import json
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+from tests.support.file_server import FileServer, serving_files
+
+
+def run(http: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
+    created = http.post("/v1/jobs", json=body)
+    assert created.status_code == 202, created.text
+    for _ in range(20):
+        job: dict[str, Any] = http.get(created.headers["Location"], params={"wait": 30}).json()
+        if job["status"] in ("succeeded", "failed", "canceled"):
+            return job
+    raise AssertionError(f"job still {job['status']}")
+
+
+@pytest.fixture
+def files() -> Iterator[FileServer]:
+    with serving_files() as server:
+        yield server
+
+
+def jsonl_archive(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def custom_dataset() -> bytes:
+    """A folder of images with captions in JSONL, as a team brings its own data."""
+    members: dict[str, bytes] = {}
+    lines = {"train": [], "val": [], "test": []}  # type: dict[str, list[str]]
+    for i, colour in enumerate(["red", "green", "blue", "yellow", "purple", "orange"]):
+        image = io.BytesIO()
+        Image.new("RGB", (32, 32), colour).save(image, format="PNG")
+        members[f"products/images/{i}.png"] = image.getvalue()
+        split = ["train", "train", "train", "train", "val", "test"][i]
+        lines[split].append(json.dumps({"image": f"images/{i}.png", "caption": f"a {colour} square"}))
+    for split, rows in lines.items():
+        members[f"products/{split}.jsonl"] = "\n".join(rows).encode()
+    return jsonl_archive(members)
+
+
+def test_shapes_is_generated_and_registered(http: httpx.Client, long_worker: Path) -> None:
+    job = run(http, {"kind": "download", "input": {"dataset": "shapes"}})
+    assert job["status"] == "succeeded", job["error"]
+    assert job["result"]["dataset"] == "shapes"
+    assert job["result"]["splits"]["test"] > 0 and "vqa" in job["result"]["tasks"]
+    names = [d["name"] for d in http.get("/v1/datasets").json()["data"]]
+    assert "shapes" in names
+
+
+def test_a_user_archive_is_fetched_verified_and_registered(
+    http: httpx.Client, long_worker: Path, files: FileServer
+) -> None:
+    body = custom_dataset()
+    url = files.serve("/products.tar.gz", body, drop_first=True)  # the connection drops once: resumed
+    download = {"url": url, "sha256": hashlib.sha256(body).hexdigest(), "name": "products", "format": "jsonl"}
+    job = run(http, {"kind": "download", "input": download})
+    assert job["status"] == "succeeded", job["error"]
+    assert job["result"]["splits"] == {"train": 4, "val": 1, "test": 1}
+    assert job["progress_detail"]["bytes_done"] == len(body) and job["progress"] == pytest.approx(1.0)
+    assert any(r and r.startswith("bytes=") for r in files.ranges("/products.tar.gz"))
+
+
+@pytest.mark.parametrize(
+    ("archive", "checksum_of", "code"),
+    [
+        (custom_dataset(), b"something else", "checksum_mismatch"),
+        (jsonl_archive({"../escape.jsonl": b"{}", "train.jsonl": b"{}"}), None, "unsafe_archive"),
+    ],
+)
+def test_bad_archives_fail_and_register_nothing(
+    http: httpx.Client, long_worker: Path, files: FileServer, archive: bytes, checksum_of: bytes | None, code: str
+) -> None:
+    url = files.serve("/bad.tar.gz", archive)
+    digest = hashlib.sha256(checksum_of if checksum_of is not None else archive).hexdigest()
+    job = run(http, {"kind": "download", "input": {"url": url, "sha256": digest, "name": "bad", "format": "jsonl"}})
+    assert (job["status"], job["error"]["code"]) == ("failed", code)
+    assert "bad" not in [d["name"] for d in http.get("/v1/datasets").json()["data"]]
+
+
+def test_training_on_a_missing_dataset_is_refused(http: httpx.Client) -> None:
+    body = {"kind": "train", "model": "tiny-opt", "input": {"dataset": "nope", "output_model": "x"}}
+    response = http.post("/v1/jobs", json=body)
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "dataset_not_found"
