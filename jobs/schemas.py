@@ -210,7 +210,7 @@ class MatchInput(ImageFields):
         return super().referenced_image_ids() + list(self.image_ids or [])
 
 
-Task: TypeAlias = Literal["caption", "vqa", "match"]
+Task: TypeAlias = Literal["caption", "vqa", "caption_vqa", "match"]
 Component: TypeAlias = Literal["vision", "qformer", "llm"]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]
 _BLIP2_TRAINED_PARTS: list[Component] = ["qformer"]
@@ -347,6 +347,7 @@ class TrainOutput(BaseModel):
     final_loss: float | None
     metrics: dict[str, float]
     loss_curve: str  # path of the PNG, under BLIP2_DATA_DIR
+    resumed_from_step: int = 0  # > 0 when a worker died and the job went on from its last checkpoint
 
 
 class EvaluateOutput(BaseModel):

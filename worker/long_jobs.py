@@ -11,6 +11,7 @@ inference worker holds), and write under BLIP2_DATA_DIR, which workers on severa
 
 import logging
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -64,15 +65,14 @@ def run_download(
         fraction = p.bytes_done / p.bytes_total if p.bytes_total else 0.0
         progress.report(fraction, {"bytes_done": p.bytes_done, "bytes_total": p.bytes_total, "url": p.url})
 
-    data_dir = settings.BLIP2_DATA_DIR
-    hooks = {"on_progress": on_progress, "should_stop": progress.should_stop}
+    data_dir, stop = settings.BLIP2_DATA_DIR, progress.should_stop
     if job_input.dataset is not None:
-        info = fetch_dataset(job_input.dataset, data_dir, **hooks)
+        info = fetch_dataset(job_input.dataset, data_dir, on_progress=on_progress, should_stop=stop)
         source = job_input.dataset
     else:
-        name, fmt = str(job_input.name), str(job_input.format)
-        info = fetch_url(str(job_input.url), str(job_input.sha256), name, fmt, data_dir, **hooks)
-        source = str(job_input.url)
+        url, sha256, name, fmt = str(job_input.url), str(job_input.sha256), str(job_input.name), str(job_input.format)
+        info = fetch_url(url, sha256, name, fmt, data_dir, on_progress=on_progress, should_stop=stop)
+        source = url
     directory = dataset_path(data_dir, info.name)
     with session_scope(sessions) as session:
         save_dataset(session, dataset_row(info.name, directory, info.format, info.tasks, info.splits, source, job_id))
@@ -97,10 +97,11 @@ def run_train(
         lr=job_input.lr,
         grad_accum_steps=job_input.grad_accum_steps,
         checkpoint_every=job_input.checkpoint_every,
-        train=list(job_input.train),
+        train=tuple(job_input.train),
         seed=job_input.seed,
-        **({"warmup_steps": job_input.warmup_steps} if job_input.warmup_steps is not None else {}),
     )
+    if job_input.warmup_steps is not None:
+        config = replace(config, warmup_steps=job_input.warmup_steps)
 
     def on_progress(p: TrainProgress) -> None:
         detail = {"step": p.step, "max_steps": p.max_steps, "epoch": p.epoch, "loss": p.loss, "lr": p.lr}
@@ -128,6 +129,7 @@ def run_train(
         final_loss=result.final_loss,
         metrics=result.metrics,
         loss_curve=str(output_dir / "loss_curve.png"),
+        resumed_from_step=result.resumed_from,
     )
 
 
@@ -197,4 +199,6 @@ def _records(dataset: Any, task: str, split: str) -> list[Any]:
     from blip2.data.records import Split
 
     chosen = Split(split)
+    if task == "caption_vqa":
+        return [*dataset.captions(chosen), *dataset.questions(chosen)]
     return dataset.questions(chosen) if task == "vqa" else dataset.captions(chosen)

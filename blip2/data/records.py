@@ -22,6 +22,7 @@ class Task(StrEnum):
 
     CAPTION = "caption"
     VQA = "vqa"
+    CAPTION_VQA = "caption_vqa"  # one model that captions and answers, trained on both kinds of record
     MATCH = "match"  # image-text retrieval (ITC/ITM)
 
 

@@ -1,0 +1,637 @@
+"""Fine-tuning a BLIP-2 model on its own data, with BLIP-2's own losses.
+
+    lm = load_model("tiny-opt", data_dir=Path("data"))
+    result = train(lm, train_records, val_records, TrainConfig(task="caption", max_steps=300),
+                   output_dir=Path("data/models/my-captioner"), work_dir=Path("data/work/job-17"))
+    load_model("data/models/my-captioner", data_dir=Path("data"))  # a complete HF checkpoint
+
+What trains (as in BLIP-2): the Q-Former with its query tokens and the projections; the vision
+encoder and the language model stay frozen unless `train` names them. The losses:
+
+- caption / vqa: the language-modelling loss on the target tokens only. The prompt, the image
+  tokens and the padding are labelled -100, so the model learns to write the caption (or the
+  answer) after exactly the prompt it will be given when serving.
+- match (a retrieval checkpoint): ITC, an in-batch contrastive loss over image-text similarities
+  (max over the query tokens), plus ITM, a binary match loss on the positive pairs and on hard
+  negatives drawn from the ITC similarities. BLIP-2 also trains an image-grounded text
+  generation loss at this stage; transformers' retrieval model has no Q-Former LM head to
+  train it with, so it is left out.
+
+The loop is plain: AdamW, linear warm-up then cosine decay, gradient accumulation, gradient
+clipping, autocast on CUDA. Every `checkpoint_every` steps the trainable weights, the optimizer
+and the random states go to `work_dir/checkpoint/`; a run that finds one there continues from it
+and, because the data order is a function of the seed and the epoch only, sees the very batches
+the interrupted run would have seen.
+"""
+
+import json
+import logging
+import math
+import shutil
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from blip2.data.records import CaptionRecord, Task, VqaRecord
+from blip2.errors import IncompatibleCheckpoint, InvalidArgument
+from blip2.evaluation import evaluate
+from blip2.features import image_projection, text_embeddings
+from blip2.images import load_image_file
+from blip2.loading import LoadedModel
+from blip2.qformer import EncodedTexts, image_queries, joint_queries, text_tokens
+from blip2.registry import Family
+from blip2.vqa import build_prompt
+
+log = logging.getLogger(__name__)
+
+COMPONENTS = ("vision", "qformer", "llm")
+IGNORE_INDEX = -100  # what PyTorch's cross entropy (and transformers' LM losses) skip
+
+
+@dataclass
+class TrainConfig:
+    task: str = "caption"  # caption | vqa | match (match needs a retrieval checkpoint)
+    max_steps: int = 1000  # optimizer steps; each sees batch_size * grad_accum_steps examples
+    batch_size: int = 16  # examples per forward pass; also the ITC negatives each example is contrasted with
+    grad_accum_steps: int = 1  # forward passes per optimizer step: a bigger batch in the same memory
+    lr: float = 1e-4  # peak learning rate, BLIP-2's (its COCO fine-tuning used 1e-5 on 10^5 images)
+    min_lr_ratio: float = 0.1  # the cosine ends at lr * this (BLIP-2: 1e-4 down to 1e-5)
+    warmup_steps: int = 100  # linear warm-up from 0: early Adam steps have noisy second moments
+    weight_decay: float = 0.05  # BLIP-2's; matrices only, never biases or norms
+    beta1: float = 0.9
+    beta2: float = 0.999  # LAVIS's AdamW betas
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables
+    train: tuple[str, ...] = ("qformer",)  # components to train, from vision | qformer | llm
+    itc_temperature: float = 0.07  # fixed: the HF checkpoint has no slot to save a learned one
+    itc_label_smoothing: float = 0.1  # as BLIP-2's ITC
+    checkpoint_every: int = 100  # steps between checkpoints in work_dir; 0: only when stopped
+    eval_every: int = 0  # steps between validation losses (in progress reports); 0 disables
+    eval_batches: int = 4  # batches of val_records each validation loss averages over
+    eval_batch_size: int = 16  # batch size of the final metrics on val_records
+    seed: int = 1337  # data order, ITM negatives and dropout all follow from it
+    mixed_precision: str = "auto"  # auto | bf16 | fp16 | no; autocast on CUDA only, CPU trains in fp32
+
+    def __post_init__(self) -> None:
+        self.train = tuple(self.train)
+        for problem in _config_problems(self):
+            raise InvalidArgument(problem)
+
+
+def _config_problems(c: TrainConfig) -> list[str]:
+    checks = [
+        (c.task in {t.value for t in Task}, f"unknown task {c.task!r}; use caption, vqa, caption_vqa or match"),
+        (c.max_steps >= 1, "max_steps must be at least 1"),
+        (c.batch_size >= 1 and c.grad_accum_steps >= 1, "batch_size and grad_accum_steps must be at least 1"),
+        (c.lr > 0 and 0 <= c.min_lr_ratio <= 1, "lr must be positive and min_lr_ratio in [0, 1]"),
+        (c.warmup_steps >= 0 and c.checkpoint_every >= 0 and c.eval_every >= 0, "step counts must be >= 0"),
+        (bool(c.train) and set(c.train) <= set(COMPONENTS), f"train must name components from {COMPONENTS}"),
+        (c.mixed_precision in ("auto", "bf16", "fp16", "no"), "mixed_precision must be auto, bf16, fp16 or no"),
+        (c.itc_temperature > 0, "itc_temperature must be positive"),
+    ]
+    return [message for ok, message in checks if not ok]
+
+
+@dataclass(frozen=True)
+class TrainProgress:
+    step: int  # optimizer steps done
+    max_steps: int
+    epoch: int  # passes over the training examples started (0 during the first)
+    loss: float  # this step's training loss
+    lr: float  # the learning rate this step used
+    val_loss: float | None  # on the steps where one was computed (eval_every)
+    elapsed_s: float  # wall time since this run (or resumed run) started
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    steps: int  # optimizer steps done in all, across resumes
+    stopped: bool  # should_stop() ended it early; the checkpoint in work_dir holds the state
+    losses: list[float]  # training loss per step, across resumes
+    metrics: dict[str, float] = field(default_factory=dict)  # validation metrics (empty when stopped)
+    output_dir: Path | None = None  # the saved model, with loss_curve.png and metrics.json (None when stopped)
+    resumed_from: int = 0  # the checkpoint's step this run went on from (0: it started afresh)
+
+    @property
+    def final_loss(self) -> float | None:
+        return self.losses[-1] if self.losses else None
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training pair: the model reads the image and `prompt`, and learns to write `target`."""
+
+    image_id: str
+    image_path: Path
+    prompt: str
+    target: str
+
+
+def train(
+    lm: LoadedModel,
+    train_records: Sequence[CaptionRecord] | Sequence[VqaRecord],
+    val_records: Sequence[CaptionRecord] | Sequence[VqaRecord],
+    config: TrainConfig,
+    *,
+    output_dir: Path,
+    work_dir: Path,
+    on_progress: Callable[[TrainProgress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> TrainResult:
+    """Fine-tune `lm.model` in place; save it to `output_dir` unless `should_stop()` ends the run first."""
+    _check_model(lm, config)
+    examples = make_examples(lm, train_records, config.task)
+    val_examples = make_examples(lm, val_records, config.task) if val_records else []
+    order = DataOrder(len(examples), config.batch_size, config.seed)
+    params = select_trainable(lm, config.train)
+    autocast, scaler = _mixed_precision(lm, config, params)
+    optimizer = make_optimizer(params, config)
+    checkpoint_dir = work_dir / "checkpoint"
+    step = 0
+    losses: list[float] = []
+    torch.manual_seed(config.seed)
+    if _existing(checkpoint_dir) is not None:  # a previous run of this job died or was stopped: go on from it
+        step, losses = load_checkpoint(checkpoint_dir, lm, params, optimizer, scaler, config, len(examples))
+        log.info("resuming training from the checkpoint at step %d of %d", step, config.max_steps)
+    resumed_from = step
+    set_train_mode(lm, config.train)
+    started = time.monotonic()
+
+    while step < config.max_steps:
+        if should_stop is not None and should_stop():
+            save_checkpoint(checkpoint_dir, params, optimizer, scaler, config, step, losses, len(examples))
+            lm.model.eval()
+            return TrainResult(steps=step, stopped=True, losses=losses, resumed_from=resumed_from)
+
+        lr = lr_at(step, config)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        # Gradient accumulation: the micro-batches of one step add their gradients, each loss
+        # scaled down so the sum is the mean over the effective batch.
+        loss = 0.0
+        for micro in range(config.grad_accum_steps):
+            batch_index = step * config.grad_accum_steps + micro
+            batch = [examples[i] for i in order.batch(batch_index)]
+            with autocast:
+                micro_loss = compute_loss(lm, batch, config, _sampler(config.seed, batch_index))
+            scaler.scale(micro_loss / config.grad_accum_steps).backward()
+            loss += micro_loss.item() / config.grad_accum_steps
+
+        if config.grad_clip > 0:
+            scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
+            torch.nn.utils.clip_grad_norm_([p for _, p in params], config.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        losses.append(loss)
+
+        val_loss = None
+        if config.eval_every and step % config.eval_every == 0 and val_examples:
+            val_loss = validation_loss(lm, val_examples, config, autocast)
+        if on_progress is not None:
+            epoch = order.epoch_of((step - 1) * config.grad_accum_steps)
+            on_progress(TrainProgress(step, config.max_steps, epoch, loss, lr, val_loss, time.monotonic() - started))
+        if config.checkpoint_every and step % config.checkpoint_every == 0:
+            save_checkpoint(checkpoint_dir, params, optimizer, scaler, config, step, losses, len(examples))
+
+    lm.model.eval()
+    metrics = evaluate(lm, val_records, config.task, batch_size=config.eval_batch_size) if val_records else {}
+    save_trained_model(lm, output_dir, losses, metrics)
+    return TrainResult(
+        steps=step, stopped=False, losses=losses, metrics=metrics, output_dir=output_dir, resumed_from=resumed_from
+    )
+
+
+def _check_model(lm: LoadedModel, config: TrainConfig) -> None:
+    if (lm.family is Family.ITM) != (config.task == Task.MATCH):
+        raise InvalidArgument(
+            f"task {config.task!r} cannot train {lm.name!r} ({lm.family.value}): "
+            "match trains retrieval models (itm), caption and vqa train the generating ones"
+        )
+    if lm.quantization.is_quantized:
+        raise InvalidArgument("training needs an unquantized model (load it with quantize='none')")
+
+
+# -- Examples and their order ----------------------------------------------------------------
+
+
+def make_examples(lm: LoadedModel, records: Sequence[CaptionRecord] | Sequence[VqaRecord], task: str) -> list[Example]:
+    """Captions train with the family's short-caption prompt ("" for BLIP-2: unconditional), one
+    example per caption; questions with the VQA template and the most common human answer."""
+    examples: list[Example] = []
+    answers = task in (Task.VQA, Task.CAPTION_VQA)
+    captions = task != Task.VQA
+    for record in records:
+        if isinstance(record, VqaRecord) and answers:
+            target = Counter(a.strip() for a in record.answers).most_common(1)[0][0]
+            prompt = build_prompt(lm.templates.vqa, record.question)
+            examples.append(Example(record.image_id, record.image_path, prompt, target))
+        elif isinstance(record, CaptionRecord) and captions:
+            prompt = lm.templates.short_caption if task != Task.MATCH else ""
+            examples += [Example(record.image_id, record.image_path, prompt, c.strip()) for c in record.captions]
+        else:
+            raise InvalidArgument(f"{task} training needs {'VqaRecords' if task == Task.VQA else 'CaptionRecords'}")
+    if not examples:
+        raise InvalidArgument(f"no {task} training examples in the records")
+    return examples
+
+
+class DataOrder:
+    """Which examples make up batch k: a fresh permutation per epoch, drawn from (seed, epoch)
+    alone, so that a resumed run needs nothing but the batch index to continue the same order."""
+
+    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self._permutations: dict[int, list[int]] = {}
+
+    def batch(self, k: int) -> list[int]:
+        positions = range(k * self.batch_size, (k + 1) * self.batch_size)  # may run on into the next epoch
+        return [self._permutation(p // self.n)[p % self.n] for p in positions]
+
+    def epoch_of(self, k: int) -> int:
+        return k * self.batch_size // self.n
+
+    def _permutation(self, epoch: int) -> list[int]:
+        if epoch not in self._permutations:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            # Keep this epoch and the one before: a batch can straddle the boundary.
+            self._permutations = {e: p for e, p in self._permutations.items() if e == epoch - 1}
+            self._permutations[epoch] = torch.randperm(self.n, generator=generator).tolist()
+        return self._permutations[epoch]
+
+
+def _sampler(seed: int, batch_index: int) -> torch.Generator:
+    """The random source of ITM's negative sampling for one batch, a function of the batch alone."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + 7_919 * batch_index + 1)
+
+
+# -- What trains -----------------------------------------------------------------------------
+
+
+def component_of(parameter_name: str) -> str:
+    """vision | qformer | llm. "qformer" is everything between the two frozen towers: the Q-Former,
+    its query tokens and text embeddings, the projections and the ITM head, and the LayerNorm on
+    the vision output (`post_layernorm`, BLIP-2's `ln_vision`, which BLIP-2 trains with the Q-Former)."""
+    if parameter_name.startswith("vision_model.") and not parameter_name.startswith("vision_model.post_layernorm."):
+        return "vision"
+    if parameter_name.startswith("language_model."):
+        return "llm"
+    return "qformer"
+
+
+def select_trainable(lm: LoadedModel, components: Sequence[str]) -> list[tuple[str, torch.nn.Parameter]]:
+    """Freeze every parameter outside `components`; the trainable ones, by name."""
+    trainable = []
+    for name, parameter in lm.model.named_parameters():
+        parameter.requires_grad_(component_of(name) in components)
+        if parameter.requires_grad:
+            trainable.append((name, parameter))
+    if not trainable:
+        raise InvalidArgument(f"{lm.name!r} has no parameters in {list(components)}")
+    return trainable
+
+
+def set_train_mode(lm: LoadedModel, components: Sequence[str]) -> None:
+    """Dropout on where weights learn; a frozen tower stays in eval mode, a fixed function of its
+    input (BLIP-2 does the same for its frozen ViT)."""
+    lm.model.train()
+    for component, attribute in (("vision", "vision_model"), ("llm", "language_model")):
+        if component not in components and hasattr(lm.model, attribute):
+            getattr(lm.model, attribute).eval()
+
+
+def make_optimizer(params: list[tuple[str, torch.nn.Parameter]], config: TrainConfig) -> torch.optim.AdamW:
+    # Decay matrices (and the query tokens) only: decaying a bias or a norm's gain pulls it toward
+    # zero for no gain in generalisation.
+    decay = [p for _, p in params if p.dim() >= 2]
+    no_decay = [p for _, p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2))
+
+
+def lr_at(step: int, config: TrainConfig) -> float:
+    """Linear warm-up to `lr`, then a cosine down to `lr * min_lr_ratio` at `max_steps`. A pure
+    function of the step: the step is all the scheduler state a checkpoint needs."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    decay_steps = max(1, config.max_steps - config.warmup_steps)
+    progress = min(1.0, (step - config.warmup_steps) / decay_steps)
+    min_lr = config.lr * config.min_lr_ratio
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (config.lr - min_lr)
+
+
+def _mixed_precision(
+    lm: LoadedModel, config: TrainConfig, params: list[tuple[str, torch.nn.Parameter]]
+) -> tuple[AbstractContextManager[Any], torch.amp.GradScaler]:
+    """Autocast on CUDA (bf16 where supported); fp16 also needs loss scaling, bf16 does not."""
+    precision = config.mixed_precision
+    if precision == "auto":
+        precision = "no" if lm.device.type != "cuda" else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
+    if precision == "no":
+        if lm.dtype != torch.float32:
+            raise InvalidArgument("training without mixed precision needs the model loaded in fp32")
+        return nullcontext(), torch.amp.GradScaler(enabled=False)
+    if lm.device.type != "cuda":
+        raise InvalidArgument(f"mixed precision {precision} needs a CUDA device; use mixed_precision='no' on CPU")
+    # The weights that learn keep fp32 master copies: a 1e-4 update vanishes against a bf16 weight.
+    for _, parameter in params:
+        parameter.data = parameter.data.float()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    autocast = torch.autocast(device_type="cuda", dtype=dtype)
+    return autocast, torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+
+
+# -- Losses ----------------------------------------------------------------------------------
+
+
+def compute_loss(lm: LoadedModel, batch: list[Example], config: TrainConfig, sampler: torch.Generator) -> torch.Tensor:
+    if lm.family is Family.ITM:
+        return matching_loss(lm, batch, config, sampler)
+    return language_modelling_loss(lm, batch)
+
+
+def language_modelling_loss(lm: LoadedModel, batch: list[Example]) -> torch.Tensor:
+    """Cross entropy on the target tokens, after the image tokens and the prompt."""
+    return lm.model(**encode_lm_batch(lm, batch)).loss
+
+
+def encode_lm_batch(lm: LoadedModel, batch: list[Example]) -> dict[str, torch.Tensor]:
+    """Model inputs with labels that are -100 everywhere but on the target and its eos.
+
+    The prompt is encoded by the processor exactly as at inference (image tokens, then the
+    tokenizer's own special tokens). A decoder-only LM reads image + prompt + target + eos and
+    its labels are those ids with all but target + eos masked (transformers shifts them); an
+    encoder-decoder LM reads image + prompt in the encoder and has target + eos as labels.
+    """
+    images = [load_image_file(e.image_path) for e in batch]
+    encoded = lm.processor(images=images, text=[e.prompt for e in batch], padding=False)
+    prompts, targets = encoded["input_ids"], [_target_ids(lm, e) for e in batch]
+    pad = lm.tokenizer.pad_token_id
+    inputs: dict[str, torch.Tensor] = {}
+    if lm.model.config.use_decoder_only_language_model:
+        rows = [p + t for p, t in zip(prompts, targets, strict=True)]
+        labels = [[IGNORE_INDEX] * len(p) + t for p, t in zip(prompts, targets, strict=True)]
+        # Left padding, as at generation: the target sits at the end of every row.
+        inputs["input_ids"], inputs["attention_mask"] = _pad(rows, pad, left=True)
+        inputs["labels"], _ = _pad(labels, IGNORE_INDEX, left=True)
+    else:
+        inputs["input_ids"], inputs["attention_mask"] = _pad(prompts, pad, left=False)
+        inputs["labels"], _ = _pad(targets, IGNORE_INDEX, left=False)
+    if "qformer_input_ids" in encoded:  # InstructBLIP: the Q-Former reads the prompt too
+        qformer_pad = lm.processor.qformer_tokenizer.pad_token_id
+        inputs["qformer_input_ids"], inputs["qformer_attention_mask"] = _pad(
+            encoded["qformer_input_ids"], qformer_pad, left=False
+        )
+    inputs = {k: v.to(lm.device) for k, v in inputs.items()}
+    inputs["pixel_values"] = torch.from_numpy(np.stack(encoded["pixel_values"])).to(lm.device, lm.dtype)
+    return inputs
+
+
+def _target_ids(lm: LoadedModel, example: Example) -> list[int]:
+    # After a prompt the target is a new word (" a red circle"); unconditionally it starts the text.
+    text = f" {example.target}" if example.prompt else example.target
+    return [*lm.tokenizer(text, add_special_tokens=False)["input_ids"], lm.tokenizer.eos_token_id]
+
+
+def _pad(rows: Sequence[Sequence[int]], value: int, *, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows padded to one length with `value`, and the mask of real positions."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), value, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        span = slice(width - len(row), width) if left else slice(0, len(row))
+        ids[i, span] = torch.tensor(row, dtype=torch.long)
+        mask[i, span] = 1
+    return ids, mask
+
+
+def matching_loss(lm: LoadedModel, batch: list[Example], config: TrainConfig, sampler: torch.Generator) -> torch.Tensor:
+    """ITC + ITM, as BLIP-2's first stage trains the Q-Former (without its generation loss)."""
+    images = image_queries(lm, [load_image_file(e.image_path) for e in batch])
+    texts = text_tokens(lm, [e.target for e in batch])
+    image_embeds = image_projection(lm, images.queries)  # (B, queries, D), normalised
+    text_embeds = text_embeddings(lm, texts.tokens)  # (B, D), normalised
+    # Image i vs text j: the best-matching query's cosine, the similarity retrieval ranks by.
+    similarity = torch.einsum("iqd,td->iqt", image_embeds, text_embeds).max(dim=1).values.float()
+    # Several captions of one image (or one caption shared by several images) can share a batch:
+    # every such pair is a positive, so the contrastive targets spread over all of them.
+    positives = _positive_pairs(batch, lm.device)
+    logits = similarity / config.itc_temperature
+    itc = (_soft_cross_entropy(logits, positives, config) + _soft_cross_entropy(logits.t(), positives.t(), config)) / 2
+    return itc + _itm_loss(lm, images.vision, texts, logits.detach(), positives, sampler)
+
+
+def _positive_pairs(batch: list[Example], device: torch.device) -> torch.Tensor:
+    keys = [(e.image_id, e.target.lower()) for e in batch]
+    same = [[a[0] == b[0] or a[1] == b[1] for b in keys] for a in keys]
+    return torch.tensor(same, dtype=torch.bool, device=device)
+
+
+def _soft_cross_entropy(logits: torch.Tensor, positives: torch.Tensor, config: TrainConfig) -> torch.Tensor:
+    targets = positives.float() / positives.sum(dim=1, keepdim=True)
+    return F.cross_entropy(logits, targets, label_smoothing=config.itc_label_smoothing)
+
+
+def _itm_loss(
+    lm: LoadedModel,
+    vision: torch.Tensor,
+    texts: EncodedTexts,
+    logits: torch.Tensor,
+    positives: torch.Tensor,
+    sampler: torch.Generator,
+) -> torch.Tensor:
+    """Binary match loss on every positive pair and, per image and per text, one hard negative:
+    drawn with probability softmax(ITC similarity) over the non-positives, so that the pairs
+    ITC finds hardest to tell apart are the ones ITM learns from most."""
+    batch = torch.arange(len(texts.input_ids))
+    negative_texts = _draw_hard(logits, positives, sampler)  # for image i, a text
+    negative_images = _draw_hard(logits.t(), positives.t(), sampler)  # for text j, an image
+    image_rows = [*batch.tolist(), *[i for i, _ in negative_texts], *[img for _, img in negative_images]]
+    text_rows = [*batch.tolist(), *[t for _, t in negative_texts], *[j for j, _ in negative_images]]
+    pairs = EncodedTexts(texts.input_ids[text_rows], texts.attention_mask[text_rows], texts.tokens[text_rows])
+    queries = joint_queries(lm, vision[image_rows], pairs)
+    head = lm.model.itm_head
+    itm_logits = head(queries.to(head.weight.dtype)).mean(dim=1).float()  # per-query logits averaged, as BLIP-2
+    labels = torch.zeros(len(image_rows), dtype=torch.long, device=itm_logits.device)
+    labels[: len(batch)] = 1
+    return F.cross_entropy(itm_logits, labels)
+
+
+def _draw_hard(logits: torch.Tensor, positives: torch.Tensor, sampler: torch.Generator) -> list[tuple[int, int]]:
+    """(row, column) pairs: for each row with any negative, one negative column drawn by softmax."""
+    weights = logits.float().cpu().masked_fill(positives.cpu(), float("-inf")).softmax(dim=1)
+    has_negative = ~positives.cpu().all(dim=1)
+    return [(int(r), int(torch.multinomial(weights[r], 1, generator=sampler))) for r in has_negative.nonzero()[:, 0]]
+
+
+@torch.no_grad()
+def validation_loss(
+    lm: LoadedModel, examples: list[Example], config: TrainConfig, autocast: AbstractContextManager[Any]
+) -> float:
+    """The training loss on the first `eval_batches` batches of the validation examples, without dropout."""
+    lm.model.eval()
+    losses = []
+    for k, start in enumerate(range(0, len(examples), config.batch_size)):
+        if k >= config.eval_batches:
+            break
+        with autocast:
+            losses.append(compute_loss(lm, examples[start : start + config.batch_size], config, _sampler(0, k)).item())
+    set_train_mode(lm, config.train)
+    return float(np.mean(losses))
+
+
+# -- Checkpoints and the trained model -------------------------------------------------------
+
+# Changing any of these between a run and its resumption would change which examples or
+# weights the remaining steps see.
+_RESUME_KEYS = ("task", "batch_size", "grad_accum_steps", "seed", "train")
+
+
+def save_checkpoint(
+    directory: Path,
+    params: list[tuple[str, torch.nn.Parameter]],
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    config: TrainConfig,
+    step: int,
+    losses: list[float],
+    num_examples: int,
+) -> None:
+    """Everything a resumed run needs, written to a fresh directory and then swapped in."""
+    state = {
+        "step": step,
+        "losses": losses,
+        "num_examples": num_examples,
+        "config": {k: v for k, v in asdict(config).items() if k in _RESUME_KEYS},
+        "trainable": {name: p.detach().cpu() for name, p in params},
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "rng": _rng_states(),
+    }
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with _staging(directory) as staging:
+        torch.save(state, staging / "state.pt")
+
+
+def load_checkpoint(
+    directory: Path,
+    lm: LoadedModel,
+    params: list[tuple[str, torch.nn.Parameter]],
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    config: TrainConfig,
+    num_examples: int,
+) -> tuple[int, list[float]]:
+    """Restore weights, optimizer and random states in place; the step and the loss history."""
+    found = _existing(directory)
+    assert found is not None
+    state = torch.load(found / "state.pt", map_location="cpu", weights_only=True)
+    saved = {k: tuple(v) if isinstance(v, list) else v for k, v in state["config"].items()}
+    current = {k: v for k, v in asdict(config).items() if k in _RESUME_KEYS}
+    if saved != current or state["num_examples"] != num_examples:
+        raise IncompatibleCheckpoint(
+            f"the checkpoint in {found} was written by a different run ({saved}, {state['num_examples']} examples; "
+            f"now {current}, {num_examples}); use a fresh work directory"
+        )
+    with torch.no_grad():
+        for name, parameter in params:
+            parameter.copy_(state["trainable"][name])
+    optimizer.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    _set_rng_states(state["rng"])
+    return int(state["step"]), list(state["losses"])
+
+
+def _rng_states() -> dict[str, Any]:
+    states: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def save_trained_model(lm: LoadedModel, output_dir: Path, losses: list[float], metrics: dict[str, float]) -> None:
+    """A complete Hugging Face checkpoint (weights, config, processor) with `loss_curve.png` and
+    `metrics.json`, all appearing at once: half a model is never loadable under the name."""
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    with _staging(output_dir) as staging:
+        lm.model.save_pretrained(staging)
+        lm.processor.save_pretrained(staging)
+        plot_loss_curve(losses, staging / "loss_curve.png")
+        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+
+
+def plot_loss_curve(losses: list[float], path: Path) -> None:
+    from matplotlib.figure import Figure  # no pyplot: no global figure state, safe in a worker thread
+
+    figure = Figure(figsize=(6, 4), dpi=100)
+    axes = figure.subplots()
+    steps = np.arange(1, len(losses) + 1)
+    axes.plot(steps, losses, alpha=0.35, label="loss")
+    axes.plot(steps, _smoothed(losses), label="moving average")
+    axes.set_xlabel("step")
+    axes.set_ylabel("training loss")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+
+
+def _smoothed(values: list[float], beta: float = 0.9) -> list[float]:
+    out, average = [], 0.0
+    for i, value in enumerate(values):
+        average = beta * average + (1 - beta) * value
+        out.append(average / (1 - beta ** (i + 1)))  # bias-corrected, so the curve starts at the first loss
+    return out
+
+
+class _staging(AbstractContextManager[Path]):
+    """A private directory next to `target`, renamed onto it when the block succeeds.
+
+    The old `target` is moved aside first and removed last; if the process dies between the
+    two renames, `_existing` finds the moved-aside copy, so the last good state is never lost.
+    """
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __enter__(self) -> Path:
+        self.path = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", dir=self.target.parent))
+        return self.path
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.path, ignore_errors=True)
+            return
+        aside = _aside(self.target)
+        shutil.rmtree(aside, ignore_errors=True)
+        if self.target.exists():
+            self.target.rename(aside)
+        self.path.rename(self.target)
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def _aside(target: Path) -> Path:
+    return target.with_name(f"{target.name}.old")
+
+
+def _existing(directory: Path) -> Path | None:
+    """The checkpoint directory, or the copy moved aside by a swap that did not finish."""
+    for candidate in (directory, _aside(directory)):
+        if (candidate / "state.pt").is_file():
+            return candidate
+    return None
