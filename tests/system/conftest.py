@@ -1,5 +1,6 @@
 """Whole-stack fixtures: the API (uvicorn), a worker and Flower as real processes over HTTP."""
 
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,9 +46,11 @@ def flower_url(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 @pytest.fixture(scope="session")
-def long_worker(worker_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def long_worker(
+    worker_settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[subprocess.Popen[bytes]]:
     """A worker on the `train` and `download` queues, as `blip2-jobs worker --queues train,download`."""
     log = tmp_path_factory.mktemp("long-worker") / "worker.log"
     with cli_process(["worker", "--queues=train,download"], worker_settings, log) as process:
         wait_for_log(log, " ready.", process, timeout_s=120)
-        yield log
+        yield process

@@ -6,7 +6,6 @@ import io
 import json
 import tarfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -57,7 +56,7 @@ def custom_dataset() -> bytes:
     return jsonl_archive(members)
 
 
-def test_shapes_is_generated_and_registered(http: httpx.Client, long_worker: Path) -> None:
+def test_shapes_is_generated_and_registered(http: httpx.Client, long_worker: object) -> None:
     job = run(http, {"kind": "download", "input": {"dataset": "shapes"}})
     assert job["status"] == "succeeded", job["error"]
     assert job["result"]["dataset"] == "shapes"
@@ -67,7 +66,7 @@ def test_shapes_is_generated_and_registered(http: httpx.Client, long_worker: Pat
 
 
 def test_a_user_archive_is_fetched_verified_and_registered(
-    http: httpx.Client, long_worker: Path, files: FileServer
+    http: httpx.Client, long_worker: object, files: FileServer
 ) -> None:
     body = custom_dataset()
     url = files.serve("/products.tar.gz", body, drop_first=True)  # the connection drops once: resumed
@@ -87,7 +86,7 @@ def test_a_user_archive_is_fetched_verified_and_registered(
     ],
 )
 def test_bad_archives_fail_and_register_nothing(
-    http: httpx.Client, long_worker: Path, files: FileServer, archive: bytes, checksum_of: bytes | None, code: str
+    http: httpx.Client, long_worker: object, files: FileServer, archive: bytes, checksum_of: bytes | None, code: str
 ) -> None:
     url = files.serve("/bad.tar.gz", archive)
     digest = hashlib.sha256(checksum_of if checksum_of is not None else archive).hexdigest()
