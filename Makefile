@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install up test lint demo migrate api worker flower compose-up clean
+.PHONY: install up test lint demo demo-models migrate api worker flower compose-up clean
 
 install: $(STAMP)
 
@@ -36,6 +36,10 @@ demo: install
 	$(BIN)/python -c "from skimage import data; from PIL import Image; Image.fromarray(data.chelsea()).save('data/chelsea.jpg')"
 	$(BIN)/blip2-jobs caption data/chelsea.jpg
 	$(BIN)/blip2-jobs vqa data/chelsea.jpg --question "what animal is this?"
+
+# Re-train the demo models in blip2/pretrained/ through the service's own jobs (a few minutes on CPU).
+demo-models: install
+	$(BIN)/python scripts/train_demo_models.py
 
 migrate: install
 	$(BIN)/blip2-jobs migrate

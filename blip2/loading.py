@@ -25,7 +25,15 @@ from transformers import (
 
 from blip2.errors import CheckpointUnavailable, InvalidArgument, InvalidCheckpoint, ModelNotFound
 from blip2.quantization import QuantizationPlan, bnb_config, quantize_remaining
-from blip2.registry import Family, ModelSpec, Registry, Templates, family_of_checkpoint_dir, is_checkpoint_dir
+from blip2.registry import (
+    PRETRAINED_DIR,
+    Family,
+    ModelSpec,
+    Registry,
+    Templates,
+    family_of_checkpoint_dir,
+    is_checkpoint_dir,
+)
 from blip2.tiny import ensure_tiny_checkpoint
 
 MODEL_CLASSES: dict[Family, type[PreTrainedModel]] = {
@@ -118,7 +126,10 @@ def locate_checkpoint(spec: ModelSpec, data_dir: Path) -> str:
     if is_checkpoint_dir(path):
         return str(path)
     if path.is_absolute() or spec.checkpoint.startswith((".", "~")):
-        raise ModelNotFound(f"model {spec.name!r}: no checkpoint at {path} (expected a directory with config.json)")
+        hint = "; `make demo-models` trains it" if path.parent == PRETRAINED_DIR else ""
+        raise ModelNotFound(
+            f"model {spec.name!r}: no checkpoint at {path} (expected a directory with config.json){hint}"
+        )
     _require_hub_access(spec)
     return spec.checkpoint
 

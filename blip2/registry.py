@@ -86,6 +86,14 @@ def _hub(name: str, family: Family, description: str) -> ModelSpec:
     return ModelSpec(name=name, checkpoint=f"Salesforce/{name}", family=family, description=description)
 
 
+# Models trained by this project on the synthetic `shapes` data (scripts/train_demo_models.py).
+PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
+
+
+def _pretrained(name: str, family: Family, description: str) -> ModelSpec:
+    return ModelSpec(name=name, checkpoint=str(PRETRAINED_DIR / name), family=family, description=description)
+
+
 def _tiny(family: Family, description: str) -> ModelSpec:
     name = f"tiny-{family.value}"
     return ModelSpec(name=name, checkpoint=name, family=family, description=description, tiny=True)
@@ -104,6 +112,10 @@ BUILTIN: tuple[ModelSpec, ...] = (
     _tiny(Family.T5, "tiny BLIP-2 with Flan-T5, random weights, built offline"),
     _tiny(Family.INSTRUCT, "tiny InstructBLIP with Flan-T5, random weights, built offline"),
     _tiny(Family.ITM, "tiny BLIP-2 retrieval model, random weights, built offline"),
+    _pretrained(
+        "shapes-blip2", Family.OPT, "tiny-opt fine-tuned here on shapes: captions and answers (make demo-models)"
+    ),
+    _pretrained("shapes-itm", Family.ITM, "tiny-itm fine-tuned here on shapes: image-text matching (make demo-models)"),
 )
 
 # Language models read with an encoder and written by a decoder (configs do not always say so).

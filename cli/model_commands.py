@@ -51,6 +51,8 @@ ModelsFile = Annotated[
     Path | None, typer.Option(envvar="BLIP2_MODELS_FILE", help="TOML file with your own registry entries.")
 ]
 DefaultModel = Annotated[str, typer.Option(envvar="BLIP2_DEFAULT_MODEL", hidden=True)]
+DEFAULT_MODEL = "shapes-blip2"  # captions and answers, trained by this project (blip2/pretrained/)
+DEFAULT_MATCH_MODEL = "shapes-itm"
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 Texts = Annotated[list[str] | None, typer.Option("--text", "-t", help="A text (repeat for several).")]
 
@@ -128,7 +130,7 @@ def caption(
     num_captions: Annotated[int | None, typer.Option(help="Captions per image.")] = None,
     seed: int | None = None,
     model: Model = None,
-    default_model: DefaultModel = "tiny-opt",
+    default_model: DefaultModel = DEFAULT_MODEL,
     quantize: Quantize = "none",
     device: Device = "auto",
     dtype: Dtype = "auto",
@@ -161,7 +163,7 @@ def vqa(
     max_new_tokens: Annotated[int | None, typer.Option(help="Default 10.")] = None,
     num_beams: Annotated[int | None, typer.Option(help="Default 5.")] = None,
     model: Model = None,
-    default_model: DefaultModel = "tiny-opt",
+    default_model: DefaultModel = DEFAULT_MODEL,
     quantize: Quantize = "none",
     device: Device = "auto",
     dtype: Dtype = "auto",
@@ -222,7 +224,7 @@ def embed(
     """Embed images, texts, or image-text pairs."""
     paths, texts = images or [], text or []
     pictures = _read_images(paths) if paths else []
-    loader = Loader(model or "tiny-itm", quantize, device, dtype, data_dir, models_file)
+    loader = Loader(model or DEFAULT_MATCH_MODEL, quantize, device, dtype, data_dir, models_file)
     from blip2.features import extract_features
 
     lm = loader.load()
@@ -248,7 +250,7 @@ def match(
 ) -> None:
     """Rank texts for each image (or, with one text and several images, images for the text)."""
     pictures = _read_images(images)
-    loader = Loader(model or "tiny-itm", quantize, device, dtype, data_dir, models_file)
+    loader = Loader(model or DEFAULT_MATCH_MODEL, quantize, device, dtype, data_dir, models_file)
     from blip2.matching import rank_images, rank_texts
 
     lm = loader.load()

@@ -163,8 +163,9 @@ def up(
         _supervise(children, env)
 
 
-# Small enough to serve side by side, so every job kind works out of the box.
-_UP_MODELS = ("tiny-opt", "tiny-t5", "tiny-instruct", "tiny-itm")
+# Small enough to serve side by side, so every job kind works out of the box: the models trained
+# on `shapes` (captions, answers, matching), and the tiny ones (every family).
+_UP_MODELS = ("shapes-blip2", "shapes-itm", "tiny-opt", "tiny-t5", "tiny-instruct", "tiny-itm")
 
 
 def _served_models(requested: str | None, default_model: str) -> list[str]:

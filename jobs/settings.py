@@ -34,7 +34,8 @@ class Settings(BaseSettings):
     # Prepended to every broker key, so several deployments (or test runs) can share one Redis db.
     REDIS_KEY_PREFIX: str = ""
 
-    BLIP2_DEFAULT_MODEL: str = "tiny-opt"
+    # Trained by this project on `shapes` (blip2/pretrained/): real captions and answers offline.
+    BLIP2_DEFAULT_MODEL: str = "shapes-blip2"
     BLIP2_DATA_DIR: Path = Path("./data")
     # A user registry file adding model names to the built-in ones.
     BLIP2_MODELS_FILE: Path | None = None

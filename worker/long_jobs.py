@@ -63,7 +63,8 @@ def run_download(
 
     def on_progress(p: DownloadProgress) -> None:
         fraction = p.bytes_done / p.bytes_total if p.bytes_total else 0.0
-        progress.report(fraction, {"bytes_done": p.bytes_done, "bytes_total": p.bytes_total, "url": p.url})
+        detail = {"bytes_done": p.bytes_done, "bytes_total": p.bytes_total, "percent": p.percent, "url": p.url}
+        progress.report(fraction, detail)
 
     data_dir, stop = settings.BLIP2_DATA_DIR, progress.should_stop
     if job_input.dataset is not None:

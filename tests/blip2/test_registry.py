@@ -20,6 +20,8 @@ EXPECTED = {
     "tiny-t5": Family.T5,
     "tiny-instruct": Family.INSTRUCT,
     "tiny-itm": Family.ITM,
+    "shapes-blip2": Family.OPT,
+    "shapes-itm": Family.ITM,
 }
 
 

@@ -33,9 +33,9 @@ def test_caption_json(tiny_data_dir: Path, photo_files: dict[str, Path]) -> None
                 "--num-beams", "2", "--num-captions", "2", "--json"], tiny_data_dir)  # fmt: skip
     assert done.returncode == 0, done.stderr
     document = json.loads(done.stdout)
-    assert document["model"]["name"] == "tiny-opt"
+    assert document["model"]["name"] == "shapes-blip2"  # the default: trained by this project
     assert [len(r["captions"]) for r in document["results"]] == [2, 2]
-    assert "loaded name=tiny-opt" in done.stderr
+    assert "loaded name=shapes-blip2" in done.stderr
 
 
 def test_vqa_with_examples_and_quantization(tiny_data_dir: Path, photo_files: dict[str, Path]) -> None:
@@ -71,6 +71,7 @@ def test_models_lists_what_is_present(tiny_data_dir: Path) -> None:
     done = run(["models", "--json"], tiny_data_dir)
     present = {m["name"]: m["present"] for m in json.loads(done.stdout)["models"]}
     assert present["tiny-opt"] and present["tiny-itm"] and not present["blip2-opt-2.7b"]
+    assert present["shapes-blip2"] and present["shapes-itm"]  # shipped in blip2/pretrained/
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,6 @@ from a local server, and archives that must be refused with nothing registered."
 import hashlib
 import io
 import json
-import tarfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,6 +11,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from tests.support.archives import tar_gz
 from tests.support.file_server import FileServer, serving_files
 
 
@@ -31,16 +31,6 @@ def files() -> Iterator[FileServer]:
         yield server
 
 
-def jsonl_archive(members: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
 def custom_dataset() -> bytes:
     """A folder of images with captions in JSONL, as a team brings its own data."""
     members: dict[str, bytes] = {}
@@ -53,7 +43,7 @@ def custom_dataset() -> bytes:
         lines[split].append(json.dumps({"image": f"images/{i}.png", "caption": f"a {colour} square"}))
     for split, rows in lines.items():
         members[f"products/{split}.jsonl"] = "\n".join(rows).encode()
-    return jsonl_archive(members)
+    return tar_gz(members)
 
 
 def test_shapes_is_generated_and_registered(http: httpx.Client, long_worker: object) -> None:
@@ -75,6 +65,7 @@ def test_a_user_archive_is_fetched_verified_and_registered(
     assert job["status"] == "succeeded", job["error"]
     assert job["result"]["splits"] == {"train": 4, "val": 1, "test": 1}
     assert job["progress_detail"]["bytes_done"] == len(body) and job["progress"] == pytest.approx(1.0)
+    assert job["progress_detail"]["percent"] == pytest.approx(100.0)
     assert any(r and r.startswith("bytes=") for r in files.ranges("/products.tar.gz"))
 
 
@@ -82,7 +73,7 @@ def test_a_user_archive_is_fetched_verified_and_registered(
     ("archive", "checksum_of", "code"),
     [
         (custom_dataset(), b"something else", "checksum_mismatch"),
-        (jsonl_archive({"../escape.jsonl": b"{}", "train.jsonl": b"{}"}), None, "unsafe_archive"),
+        (tar_gz({"../escape.jsonl": b"{}", "train.jsonl": b"{}"}), None, "unsafe_archive"),
     ],
 )
 def test_bad_archives_fail_and_register_nothing(

@@ -4,7 +4,6 @@ import hashlib
 import io
 import json
 import os
-import tarfile
 import zipfile
 from pathlib import Path
 
@@ -24,22 +23,13 @@ from blip2.errors import (
     InvalidDataset,
     UnsafeArchive,
 )
+from tests.support.archives import tar_gz
 from tests.support.file_server import FileServer
 
 
 def png(colour: str) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (8, 8), colour).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def tar_gz(members: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
 
 

@@ -1,0 +1,166 @@
+"""Train the demo models, with the service's own jobs, on the synthetic `shapes` data set.
+
+    make demo-models        # or: .venv/bin/python scripts/train_demo_models.py
+
+Starts `blip2-jobs up` on a scratch data directory (embedded PostgreSQL and Redis), then through
+its HTTP API: downloads `shapes`, fine-tunes tiny-opt into `shapes-blip2` (captions and answers)
+and tiny-itm into `shapes-itm` (matching), evaluates both on the held-out test split, and copies
+the two checkpoints with their figures into blip2/pretrained/, where the registry serves them.
+Takes a few minutes on a 2-core CPU.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+PRETRAINED = REPO / "blip2" / "pretrained"
+CLI = str(Path(sys.executable).with_name("blip2-jobs"))
+
+
+def main() -> None:
+    args = _arguments()
+    with tempfile.TemporaryDirectory(prefix="blip2-demo-") as scratch:
+        port = _free_port()
+        service = _start_service(Path(scratch), port)
+        try:
+            results = _train_and_evaluate(f"http://127.0.0.1:{port}", args)
+        finally:
+            service.send_signal(signal.SIGTERM)
+            service.wait(timeout=120)
+        _publish(Path(scratch) / "data", results, args)
+    print(json.dumps(results, indent=2))
+
+
+def _arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--caption-steps", type=int, default=4000, help="steps for shapes-blip2")
+    parser.add_argument("--match-steps", type=int, default=4000, help="steps for shapes-itm")
+    parser.add_argument("--out", type=Path, default=PRETRAINED, help="where the checkpoints go")
+    return parser.parse_args()
+
+
+def _train_and_evaluate(api: str, args: argparse.Namespace) -> dict[str, Any]:
+    # Trained under names of their own: the registry already names the published copies.
+    with httpx.Client(base_url=api, timeout=60) as http:
+        _run(http, "download shapes", {"kind": "download", "input": {"dataset": "shapes"}})
+        captioner = _run(
+            http, "train shapes-blip2", _train("tiny-opt", _trained("shapes-blip2"), "caption_vqa", args.caption_steps)
+        )
+        matcher = _run(http, "train shapes-itm", _train("tiny-itm", _trained("shapes-itm"), "match", args.match_steps))
+        test = {
+            "shapes-blip2": _evaluate(http, _trained("shapes-blip2"), "caption_vqa"),
+            "shapes-itm": _evaluate(http, _trained("shapes-itm"), "match"),
+        }
+    return {
+        "command": "make demo-models",
+        "dataset": "shapes (seed 0: 2000 train / 200 val / 200 test images)",
+        "models": {
+            "shapes-blip2": _summary(captioner, "tiny-opt", "caption_vqa", test["shapes-blip2"]),
+            "shapes-itm": _summary(matcher, "tiny-itm", "match", test["shapes-itm"]),
+        },
+    }
+
+
+def _trained(name: str) -> str:
+    return f"{name}-trained"
+
+
+def _train(base: str, output: str, task: str, steps: int) -> dict[str, Any]:
+    # Every component trains: the tiny bases are random, so there is no pre-trained vision encoder or
+    # language model worth freezing (BLIP-2's default, for real checkpoints, trains only the Q-Former).
+    parts = ["vision", "qformer", "llm"] if task != "match" else ["vision", "qformer"]
+    settings = {"dataset": "shapes", "task": task, "output_model": output, "max_steps": steps, "batch_size": 32,
+                "lr": 1e-3, "warmup_steps": 100, "checkpoint_every": 500, "train": parts}  # fmt: skip
+    return {"kind": "train", "model": base, "input": settings}
+
+
+def _evaluate(http: httpx.Client, model: str, task: str) -> dict[str, float]:
+    body = {"kind": "evaluate", "model": model, "input": {"dataset": "shapes", "split": "test", "task": task}}
+    metrics: dict[str, float] = _run(http, f"evaluate {model}", body)["result"]["metrics"]
+    return metrics
+
+
+def _summary(job: dict[str, Any], base: str, task: str, test: dict[str, float]) -> dict[str, Any]:
+    result = job["result"]
+    return {"base": base, "task": task, "steps": result["steps"], "final_loss": result["final_loss"],
+            "val": result["metrics"], "test": test,
+            "train_seconds": _seconds(job["started_at"], job["finished_at"])}  # fmt: skip
+
+
+def _run(http: httpx.Client, label: str, body: dict[str, Any]) -> dict[str, Any]:
+    created = http.post("/v1/jobs", json=body)
+    created.raise_for_status()
+    location, last = created.headers["Location"], ""
+    while True:
+        job: dict[str, Any] = http.get(location, params={"wait": 5}).json()
+        line = _progress_line(label, job)
+        if line != last:
+            print(line, flush=True)
+            last = line
+        if job["status"] == "succeeded":
+            return job
+        if job["status"] in ("failed", "canceled"):
+            raise SystemExit(f"{label}: {job['status']}: {job['error']}")
+
+
+def _progress_line(label: str, job: dict[str, Any]) -> str:
+    detail = job.get("progress_detail") or {}
+    if "step" in detail:
+        return f"{label}: step {detail['step']}/{detail['max_steps']} loss {detail['loss']:.4f}"
+    return f"{label}: {job['status']} {round(100 * (job.get('progress') or 0))}%"
+
+
+def _publish(data_dir: Path, results: dict[str, Any], args: argparse.Namespace) -> None:
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name in results["models"]:
+        target = args.out / name
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(data_dir / "models" / _trained(name), target)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+
+
+def _start_service(scratch: Path, port: int) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env |= {"BLIP2_DATA_DIR": str(scratch / "data"), "BLIP2_DEFAULT_MODEL": "tiny-opt"}
+    args = [CLI, "up", f"--port={port}", f"--flower-port={_free_port()}", "--models=tiny-opt,tiny-itm"]
+    service = subprocess.Popen(args, env=env)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                return service
+        except httpx.TransportError:
+            pass
+        if service.poll() is not None:
+            raise SystemExit("blip2-jobs up exited before it was ready")
+        time.sleep(1)
+    service.terminate()
+    raise SystemExit("blip2-jobs up did not become ready in 3 minutes")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _seconds(start: str, end: str) -> float:
+    from datetime import datetime
+
+    return round((datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds(), 1)
+
+
+if __name__ == "__main__":
+    main()
