@@ -12,6 +12,7 @@ run it on a GPU with a real checkpoint for figures that matter.
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image
@@ -25,13 +26,18 @@ def main() -> None:
     args = _arguments()
     images = _images(args.batch)
     decoding = DecodingOptions(max_new_tokens=args.tokens, min_new_tokens=args.tokens, num_beams=1)
-    rows = []
-    for quantize in args.quantize.split(","):
-        lm = load_model(args.model, data_dir=args.data_dir, options=LoadOptions(device=args.device, quantize=quantize))
-        batched = _seconds(lambda: caption(lm, images, decoding=decoding), args.repeats)
-        alone = _seconds(lambda: [caption(lm, [image], decoding=decoding) for image in images], args.repeats)
-        rows.append((quantize, lm.memory_footprint_bytes, len(images) / batched, len(images) / alone, lm))
+    rows = [_measure(args, quantize, images, decoding) for quantize in args.quantize.split(",")]
     _print(rows, args)
+
+
+def _measure(
+    args: argparse.Namespace, quantize: str, images: list[Image.Image], decoding: DecodingOptions
+) -> tuple[str, int, float, float, LoadedModel]:
+    """Memory, and images per second batched and one at a time, for one quantization."""
+    lm = load_model(args.model, data_dir=args.data_dir, options=LoadOptions(device=args.device, quantize=quantize))
+    batched = _seconds(lambda: caption(lm, images, decoding=decoding), args.repeats)
+    alone = _seconds(lambda: [caption(lm, [image], decoding=decoding) for image in images], args.repeats)
+    return quantize, lm.memory_footprint_bytes, len(images) / batched, len(images) / alone, lm
 
 
 def _arguments() -> argparse.Namespace:
@@ -53,12 +59,12 @@ def _images(n: int) -> list[Image.Image]:
     return [photos[i % len(photos)] for i in range(n)]
 
 
-def _seconds(work: object, repeats: int) -> float:
-    work()  # type: ignore[operator]  # warm-up: first-call allocations and kernel selection
+def _seconds(work: Callable[[], object], repeats: int) -> float:
+    work()  # warm-up: first-call allocations and kernel selection
     timings = []
     for _ in range(repeats):
         started = time.perf_counter()
-        work()  # type: ignore[operator]
+        work()
         timings.append(time.perf_counter() - started)
     return statistics.median(timings)
 
