@@ -117,3 +117,10 @@ class IncompatibleCheckpoint(Blip2Error):
     """A training checkpoint to resume from was written by a run with another task, seed or data."""
 
     code = "incompatible_checkpoint"
+
+
+class ForbiddenUrl(Blip2Error):
+    """The URL may not be fetched: a scheme other than http(s), or a host that resolves to a
+    loopback, private, link-local or metadata address (server-side request forgery)."""
+
+    code = "forbidden_url"

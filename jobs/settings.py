@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     HEARTBEAT_INTERVAL_S: float = Field(default=10.0, gt=0)
     JOB_LEASE_S: float = Field(default=60.0, gt=0)
 
+    # Hosts downloads may reach although they resolve to a non-public address (comma-separated):
+    # a private mirror, or 127.0.0.1 in tests. Every other host must resolve to public addresses.
+    FETCH_ALLOWED_HOSTS: str = ""
+
     FLOWER_USER: str = "admin"
     FLOWER_PASSWORD: str = DEFAULT_SECRET
 
@@ -85,6 +89,10 @@ class Settings(BaseSettings):
             if url.startswith(scheme):
                 return "postgresql+psycopg://" + url.removeprefix(scheme)
         raise MissingSetting(f"DATABASE_URL must start with postgresql://, got {url.split(':', 1)[0]}:")
+
+    @property
+    def fetch_allowed_hosts(self) -> list[str]:
+        return [h.strip() for h in self.FETCH_ALLOWED_HOSTS.split(",") if h.strip()]
 
     @property
     def broker_url(self) -> str:

@@ -60,6 +60,7 @@ def run_download(
     from blip2.data.download import DownloadProgress
     from blip2.data.formats import dataset_path
     from blip2.data.manifest import fetch_dataset, fetch_url
+    from blip2.data.url_guard import guarded_client
 
     def on_progress(p: DownloadProgress) -> None:
         fraction = p.bytes_done / p.bytes_total if p.bytes_total else 0.0
@@ -67,13 +68,20 @@ def run_download(
         progress.report(fraction, detail)
 
     data_dir, stop = settings.BLIP2_DATA_DIR, progress.should_stop
-    if job_input.dataset is not None:
-        info = fetch_dataset(job_input.dataset, data_dir, on_progress=on_progress, should_stop=stop)
-        source = job_input.dataset
-    else:
-        url, sha256, name, fmt = str(job_input.url), str(job_input.sha256), str(job_input.name), str(job_input.format)
-        info = fetch_url(url, sha256, name, fmt, data_dir, on_progress=on_progress, should_stop=stop)
-        source = url
+    # Every request, redirects included, is checked against internal addresses (SSRF).
+    with guarded_client(settings.fetch_allowed_hosts) as client:
+        if job_input.dataset is not None:
+            info = fetch_dataset(job_input.dataset, data_dir, on_progress=on_progress, should_stop=stop, client=client)
+            source = job_input.dataset
+        else:
+            url, sha256, name, fmt = (
+                str(job_input.url),
+                str(job_input.sha256),
+                str(job_input.name),
+                str(job_input.format),
+            )
+            info = fetch_url(url, sha256, name, fmt, data_dir, on_progress=on_progress, should_stop=stop, client=client)
+            source = url
     directory = dataset_path(data_dir, info.name)
     with session_scope(sessions) as session:
         save_dataset(session, dataset_row(info.name, directory, info.format, info.tasks, info.splits, source, job_id))

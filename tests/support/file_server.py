@@ -27,6 +27,7 @@ class Served:
 class FileServer:
     base_url: str
     files: dict[str, Served] = field(default_factory=dict)
+    redirects: dict[str, str] = field(default_factory=dict)  # path -> Location
     requests: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Range header)
 
     def serve(
@@ -43,6 +44,11 @@ class FileServer:
         self.files[path] = Served(body, honour_range, drop_first, always_drop, list(fail_first))
         return self.base_url + path
 
+    def redirect(self, path: str, location: str) -> str:
+        """Answer `path` with a 302 to `location`; returns the URL of `path`."""
+        self.redirects[path] = location
+        return self.base_url + path
+
     def ranges(self, path: str) -> list[str | None]:
         return [header for requested, header in self.requests if requested == path]
 
@@ -54,7 +60,12 @@ class _Handler(BaseHTTPRequestHandler):
         state = self.server.state
         state.requests.append((self.path, self.headers.get("Range")))
         served = state.files.get(self.path)
-        if served is None:
+        if self.path in state.redirects:
+            self.send_response(302)
+            self.send_header("Location", state.redirects[self.path])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif served is None:
             self.send_error(404)
         elif served.fail_first:
             self.send_error(served.fail_first.pop(0))

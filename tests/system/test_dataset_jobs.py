@@ -86,6 +86,15 @@ def test_bad_archives_fail_and_register_nothing(
     assert "bad" not in [d["name"] for d in http.get("/v1/datasets").json()["data"]]
 
 
+def test_internal_addresses_are_not_fetched(http: httpx.Client, long_worker: object, files: FileServer) -> None:
+    body = custom_dataset()
+    url = files.serve("/internal.tar.gz", body).replace("127.0.0.1", "localhost")  # not an allowed host
+    download = {"url": url, "sha256": hashlib.sha256(body).hexdigest(), "name": "internal", "format": "jsonl"}
+    job = run(http, {"kind": "download", "input": download})
+    assert (job["status"], job["error"]["code"]) == ("failed", "forbidden_url")
+    assert files.ranges("/internal.tar.gz") == []  # not one request reached the server
+
+
 def test_training_on_a_missing_dataset_is_refused(http: httpx.Client) -> None:
     body = {"kind": "train", "model": "tiny-opt", "input": {"dataset": "nope", "output_model": "x"}}
     response = http.post("/v1/jobs", json=body)
