@@ -32,6 +32,7 @@ from blip2.registry import (
     Registry,
     Templates,
     family_of_checkpoint_dir,
+    family_of_config,
     is_checkpoint_dir,
 )
 from blip2.tiny import ensure_tiny_checkpoint
@@ -166,13 +167,7 @@ def _family_of(source: str) -> Family:
         return family_of_checkpoint_dir(path)
     from transformers import AutoConfig
 
-    return _family_from_config_object(AutoConfig.from_pretrained(source))
-
-
-def _family_from_config_object(config: Any) -> Family:
-    from blip2.registry import family_of_config
-
-    return family_of_config(config.to_dict())
+    return family_of_config(AutoConfig.from_pretrained(source).to_dict())
 
 
 def resolve_device(name: str) -> torch.device:

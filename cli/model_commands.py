@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from blip2.errors import Blip2Error
+from blip2.registry import ModelSpec, is_checkpoint_dir
 
 if TYPE_CHECKING:
     from blip2.loading import LoadedModel
@@ -299,19 +300,17 @@ def build_tiny(
         typer.echo(ensure_tiny_checkpoint(name, data_dir))
 
 
-def _model_row(spec: Any, data_dir: Path) -> dict[str, Any]:
-    from blip2.registry import is_checkpoint_dir
-
+def _model_row(spec: ModelSpec, data_dir: Path) -> dict[str, Any]:
     return {
         "name": spec.name,
         "family": spec.family.value if spec.family else None,
         "checkpoint": spec.checkpoint,
-        "present": _present(spec, data_dir, is_checkpoint_dir),
+        "present": _present(spec, data_dir),
         "description": spec.description,
     }
 
 
-def _present(spec: Any, data_dir: Path, is_checkpoint_dir: Callable[[Path], bool]) -> bool:
+def _present(spec: ModelSpec, data_dir: Path) -> bool:
     if spec.tiny:
         return is_checkpoint_dir(data_dir / "models" / spec.checkpoint)
     if is_checkpoint_dir(Path(spec.checkpoint).expanduser()):

@@ -1,11 +1,8 @@
 """Datasets and trained models as rows: what download and training jobs produce, by name.
 
-A trained model is served by name like a registry entry: `registry_with_trained` adds the rows
-to the model registry the API validates names with and the workers load from.
+A trained model is served by name like a registry entry: `resolve_trained` adds its row to the
+model registry the API validates names with and the workers load from.
 """
-
-from pathlib import Path
-from uuid import UUID
 
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
@@ -54,14 +51,6 @@ def trained_spec(model: TrainedModel) -> ModelSpec:
     )
 
 
-def registry_with_trained(session: Session, registry: Registry) -> Registry:
-    """The registry plus every trained model (a trained name never shadows a built-in one)."""
-    for model in list_trained_models(session):
-        if not registry.is_known(model.name):
-            registry = registry.with_spec(trained_spec(model))
-    return registry
-
-
 def resolve_trained(session: Session, registry: Registry, name: str) -> Registry:
     """`registry`, plus `name` if it is a trained model it does not know yet."""
     if registry.is_known(name):
@@ -82,10 +71,3 @@ def serving_model(session: Session, name: str) -> str:
             return name
         name = model.base_model
     return name
-
-
-def dataset_row(name: str, directory: Path, info_format: str, tasks: list[str], splits: dict[str, int],
-                source: str, job_id: UUID | None) -> Dataset:  # fmt: skip
-    return Dataset(
-        name=name, format=info_format, path=str(directory), tasks=tasks, splits=splits, source=source, job_id=job_id
-    )

@@ -18,9 +18,9 @@ from uuid import UUID
 
 from blip2.errors import InvalidArgument
 from blip2.registry import Registry
-from jobs.catalog import dataset_row, get_dataset, resolve_trained, save_dataset, save_trained_model
+from jobs.catalog import get_dataset, resolve_trained, save_dataset, save_trained_model
 from jobs.db import SessionFactory, session_scope
-from jobs.models import Job, TrainedModel
+from jobs.models import Dataset, Job, TrainedModel
 from jobs.schemas import (
     DownloadInput,
     DownloadOutput,
@@ -84,7 +84,9 @@ def run_download(
             source = url
     directory = dataset_path(data_dir, info.name)
     with session_scope(sessions) as session:
-        save_dataset(session, dataset_row(info.name, directory, info.format, info.tasks, info.splits, source, job_id))
+        row = Dataset(name=info.name, format=info.format, path=str(directory), tasks=info.tasks, splits=info.splits,
+                      source=source, job_id=job_id)  # fmt: skip
+        save_dataset(session, row)
     log.info("dataset %s registered: %s", info.name, info.splits)
     return DownloadOutput(dataset=info.name, format=info.format, tasks=info.tasks, splits=info.splits)
 

@@ -3,7 +3,8 @@
 from fastapi import APIRouter
 
 from api.deps import ContextDep, SessionDep
-from jobs.catalog import list_datasets, list_trained_models
+from blip2.registry import ModelSpec
+from jobs.catalog import list_datasets, list_trained_models, trained_spec
 from jobs.schemas import DatasetPublic, DatasetsPublic, ModelPublic, ModelsPublic
 
 router = APIRouter(prefix="/v1", tags=["catalog"])
@@ -12,28 +13,21 @@ router = APIRouter(prefix="/v1", tags=["catalog"])
 @router.get("/models")
 def read_models(session: SessionDep, context: ContextDep) -> ModelsPublic:
     """Registry models, then trained ones, oldest first."""
-    registry = [
-        ModelPublic(
-            name=spec.name,
-            family=spec.family.value if spec.family else None,
-            checkpoint=spec.checkpoint,
-            description=spec.description,
-            trained=False,
-        )
-        for spec in context.registry.specs()
-    ]
-    trained = [
-        ModelPublic(
-            name=m.name,
-            family=m.family,
-            checkpoint=m.path,
-            description=f"trained from {m.base_model} on {m.dataset} ({m.task})",
-            trained=True,
-            metrics=m.metrics,
-        )
-        for m in list_trained_models(session)
-    ]
+    registry = [_public(spec, trained=False) for spec in context.registry.specs()]
+    trained = [_public(trained_spec(m), trained=True, metrics=m.metrics) for m in list_trained_models(session)]
     return ModelsPublic(data=registry + trained)
+
+
+def _public(spec: ModelSpec, *, trained: bool, metrics: dict[str, float] | None = None) -> ModelPublic:
+    family = spec.family.value if spec.family else None
+    return ModelPublic(
+        name=spec.name,
+        family=family,
+        checkpoint=spec.checkpoint,
+        description=spec.description,
+        trained=trained,
+        metrics=metrics,
+    )
 
 
 @router.get("/datasets")

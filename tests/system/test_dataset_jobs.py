@@ -5,7 +5,6 @@ import hashlib
 import io
 import json
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import pytest
@@ -13,16 +12,7 @@ from PIL import Image
 
 from tests.support.archives import tar_gz
 from tests.support.file_server import FileServer, serving_files
-
-
-def run(http: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
-    created = http.post("/v1/jobs", json=body)
-    assert created.status_code == 202, created.text
-    for _ in range(20):
-        job: dict[str, Any] = http.get(created.headers["Location"], params={"wait": 30}).json()
-        if job["status"] in ("succeeded", "failed", "canceled"):
-            return job
-    raise AssertionError(f"job still {job['status']}")
+from tests.support.jobs import run_job as run
 
 
 @pytest.fixture

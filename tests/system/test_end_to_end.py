@@ -12,24 +12,13 @@ from jobs.db import SessionFactory, session_scope
 from jobs.repository import add_job
 from jobs.settings import Settings
 from tests.support.images import png_bytes
+from tests.support.jobs import run_job as run
 
 
 def upload(http: httpx.Client, color: tuple[int, int, int]) -> str:
     response = http.post("/v1/images", files={"file": ("x.png", png_bytes(color=color))})
     assert response.status_code == 201
     return str(response.json()["id"])
-
-
-def run(http: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
-    """Submit a job and long-poll it to its end."""
-    created = http.post("/v1/jobs", json=body)
-    assert created.status_code == 202, created.text
-    location = created.headers["Location"]
-    for _ in range(10):
-        job: dict[str, Any] = http.get(location, params={"wait": 30}).json()
-        if job["status"] in ("succeeded", "failed", "canceled"):
-            return job
-    raise AssertionError(f"job still {job['status']}")
 
 
 @pytest.fixture

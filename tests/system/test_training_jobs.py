@@ -13,7 +13,8 @@ import pytest
 
 from blip2.data.formats import dataset_path, open_dataset
 from blip2.data.records import Split
-from tests.system.test_dataset_jobs import run
+from tests.support.jobs import run_job as run
+from tests.support.jobs import wait_for_job
 
 pytestmark = pytest.mark.slow
 
@@ -83,7 +84,7 @@ def test_a_killed_worker_resumes_from_its_checkpoint(
     assert children, "the worker has no child process running the job"
     for child in children:  # the process running the job dies at once, as with an OOM kill
         child.send_signal(signal.SIGKILL)
-    done = _finished(http, location)
+    done = wait_for_job(http, location)
     assert done["status"] == "succeeded", done["error"]
     assert done["attempts"] == 2
     # It went on from a checkpoint written before the kill, not from step 0, and finished the run.
@@ -108,11 +109,3 @@ def test_cancel_stops_training_and_keeps_the_checkpoint(http: httpx.Client, shap
     # The worker takes the next job.
     evaluation = {"dataset": "shapes", "split": "val", "task": "caption", "limit": 4}
     assert run(http, {"kind": "evaluate", "model": "tiny-opt", "input": evaluation})["status"] == "succeeded"
-
-
-def _finished(http: httpx.Client, location: str) -> dict[str, Any]:
-    for _ in range(20):
-        job: dict[str, Any] = http.get(location, params={"wait": 30}).json()
-        if job["status"] in ("succeeded", "failed", "canceled"):
-            return job
-    raise AssertionError("job never finished")

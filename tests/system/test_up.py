@@ -10,6 +10,7 @@ import psutil
 import pytest
 
 from tests.support.images import png_bytes
+from tests.support.jobs import run_job
 from tests.support.processes import CLI, free_port, stop, wait_for_http, wait_for_log
 
 pytestmark = pytest.mark.slow
@@ -42,10 +43,11 @@ def test_up_runs_everything_and_stops_everything(tmp_path: Path, models_dir: Pat
         wait_for_http(f"{api}/healthz", up)
         image = httpx.post(f"{api}/v1/images", files={"file": ("x.png", png_bytes())}).json()["id"]
         caption = {"kind": "caption", "input": {"image_id": image, "decoding": {"max_new_tokens": 3}}}
-        assert _finished(api, caption)["status"] == "succeeded"
-        # The one worker `up` starts serves every tiny model, so every kind works out of the box.
-        match = {"kind": "match", "model": "tiny-itm", "input": {"image_id": image, "texts": ["a", "b"]}}
-        assert _finished(api, match)["status"] == "succeeded"
+        with httpx.Client(base_url=api, timeout=60) as http:
+            assert run_job(http, caption, polls=6)["status"] == "succeeded"
+            # The one worker `up` starts serves every tiny model, so every kind works out of the box.
+            match = {"kind": "match", "model": "tiny-itm", "input": {"image_id": image, "texts": ["a", "b"]}}
+            assert run_job(http, match, polls=6)["status"] == "succeeded"
         assert httpx.get(f"http://127.0.0.1:{flower_port}/").status_code == 401
         family = [p.pid for p in psutil.Process(up.pid).children(recursive=True)]
     finally:
@@ -54,15 +56,6 @@ def test_up_runs_everything_and_stops_everything(tmp_path: Path, models_dir: Pat
     time.sleep(1)
     assert not [pid for pid in family if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
     assert not _servers_using(tmp_path / "data")
-
-
-def _finished(api: str, job: dict[str, object]) -> dict[str, object]:
-    location = httpx.post(f"{api}/v1/jobs", json=job).headers["Location"]
-    for _ in range(6):
-        done: dict[str, object] = httpx.get(f"{api}{location}", params={"wait": 30}, timeout=60).json()
-        if done["status"] in ("succeeded", "failed", "canceled"):
-            return done
-    raise AssertionError(f"job still {done['status']}: {done}")
 
 
 def _servers_using(data_dir: Path) -> list[int]:

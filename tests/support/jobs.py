@@ -1,0 +1,23 @@
+"""Driving jobs over real HTTP: submit, then long-poll to the end."""
+
+from typing import Any
+
+import httpx
+
+TERMINAL = ("succeeded", "failed", "canceled")
+
+
+def wait_for_job(http: httpx.Client, location: str, polls: int = 20) -> dict[str, Any]:
+    """Long-poll the job at `location` until it is terminal."""
+    for _ in range(polls):
+        job: dict[str, Any] = http.get(location, params={"wait": 30}).json()
+        if job["status"] in TERMINAL:
+            return job
+    raise AssertionError(f"job still {job['status']}: {job}")
+
+
+def run_job(http: httpx.Client, body: dict[str, Any], polls: int = 20) -> dict[str, Any]:
+    """Submit a job (202 expected) and long-poll it to its end."""
+    created = http.post("/v1/jobs", json=body)
+    assert created.status_code == 202, created.text
+    return wait_for_job(http, created.headers["Location"], polls)
