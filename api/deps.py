@@ -1,4 +1,8 @@
-"""What route handlers receive: `Annotated` dependencies over the one ApiContext built by create_app."""
+"""What route handlers receive: `Annotated` dependencies over the one ApiContext built by create_app.
+
+Every /v1 route depends on `CurrentPrincipal`: the Bearer API key, checked against its stored
+hash and counted against its rate limit, names the tenant whose rows the route may touch.
+"""
 
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -6,12 +10,16 @@ from typing import Annotated
 
 from celery import Celery
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from blip2.registry import Registry
+from jobs.api_keys import Principal, authenticate
 from jobs.broker import Dispatcher
 from jobs.db import SessionFactory
+from jobs.errors import Unauthorized
+from jobs.rate_limit import RateLimiter
 from jobs.settings import Settings
 from jobs.submission import Submission
 
@@ -26,6 +34,7 @@ class ApiContext:
     celery: Celery
     dispatcher: Dispatcher
     registry: Registry
+    rate_limiter: RateLimiter
 
     @property
     def submission(self) -> Submission:
@@ -59,3 +68,24 @@ def get_submission(context: ContextDep) -> Submission:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 SubmissionDep = Annotated[Submission, Depends(get_submission)]
+
+
+# auto_error=False: a missing key gets the project's own 401 shape, not FastAPI's 403.
+_bearer = HTTPBearer(auto_error=False, description="An API key from `blip2-jobs keys create --tenant NAME`.")
+
+
+def get_principal(
+    context: ContextDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> Principal:
+    """The caller, from `Authorization: Bearer <key>`; 401 without a valid key, 429 over its rate limit."""
+    if credentials is None:
+        raise Unauthorized("send an API key as 'Authorization: Bearer <key>'")
+    with context.sessions() as session:
+        principal = authenticate(session, credentials.credentials)
+    if principal is None:
+        raise Unauthorized("the API key is unknown or revoked")
+    context.rate_limiter.check(principal.key_id)
+    return principal
+
+
+CurrentPrincipal = Annotated[Principal, Depends(get_principal)]

@@ -1,14 +1,19 @@
 """Typed errors -> HTTP status and `{"error": {"code", "message"}}`, in this one place.
 
 `field`, where an error is about one input field, names it ("input.question", "model", "limit").
+Errors that pass (429, 503) carry `Retry-After`; a 401 carries `WWW-Authenticate: Bearer`.
+Postgres unreachable is a 503 `database_unavailable`, never a 500: the API recovers by itself once
+the database is back (the engine's pool pre-pings and reconnects).
 """
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException
 
 from blip2.errors import (
@@ -20,23 +25,35 @@ from blip2.errors import (
     UnsupportedImageFormat,
 )
 from jobs.errors import (
+    ApiKeyNotFound,
     BatchTooLarge,
     DatasetNotFound,
     IdempotencyKeyReused,
     ImageNotFound,
     InvalidCursor,
+    InvalidTenant,
     JobNotCancelable,
     JobNotFound,
     JobsError,
     ModelNameTaken,
+    NoSuchImage,
     NotReady,
+    RateLimited,
+    TenantQueueFull,
+    Unauthorized,
     UploadTooLarge,
 )
 from jobs.schemas import JOB_KINDS
 
 # Looked up along the exception's MRO, so the most specific entry wins.
 STATUS_BY_ERROR: dict[type[Exception], int] = {
+    Unauthorized: 401,
+    RateLimited: 429,
+    TenantQueueFull: 503,
     JobNotFound: 404,
+    NoSuchImage: 404,
+    ApiKeyNotFound: 404,
+    InvalidTenant: 422,
     JobNotCancelable: 409,
     IdempotencyKeyReused: 422,
     ImageNotFound: 422,
@@ -55,6 +72,8 @@ STATUS_BY_ERROR: dict[type[Exception], int] = {
     Blip2Error: 400,
 }
 _MODEL_FIELD_ERRORS = (ModelNotFound,)
+DATABASE_RETRY_AFTER_S = 2
+log = logging.getLogger(__name__)
 
 
 def error_body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
@@ -75,9 +94,30 @@ def _field_of(exc: JobsError | Blip2Error) -> str | None:
     return getattr(exc, "field", None)
 
 
+def _headers_of(exc: JobsError | Blip2Error) -> dict[str, str]:
+    headers = {}
+    if isinstance(exc, Unauthorized):
+        headers["WWW-Authenticate"] = "Bearer"
+    retry_after = getattr(exc, "retry_after_s", None)
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    return headers
+
+
 async def _typed_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, JobsError | Blip2Error)
-    return JSONResponse(error_body(exc.code, str(exc), _field_of(exc)), status_code=status_for(exc))
+    body = error_body(exc.code, str(exc), _field_of(exc))
+    return JSONResponse(body, status_code=status_for(exc), headers=_headers_of(exc))
+
+
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    """Postgres went away (restart, failover, network): 503 and try again, never a 500."""
+    assert isinstance(exc, DBAPIError)
+    if not (exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)):
+        raise exc
+    log.warning("database unavailable for %s %s: %s", request.method, request.url.path, exc.orig)
+    body = error_body("database_unavailable", "the database is unavailable; try again shortly")
+    return JSONResponse(body, status_code=503, headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)})
 
 
 def field_path(error: Mapping[str, Any]) -> str:
@@ -112,3 +152,4 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Blip2Error, _typed_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(DBAPIError, _database_error)

@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
+import redis
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
@@ -17,6 +18,7 @@ from api.routes import catalog, health, images, jobs
 from blip2.registry import Registry
 from jobs.broker import Dispatcher, create_celery
 from jobs.db import create_db_engine, create_session_factory
+from jobs.rate_limit import RateLimiter
 from jobs.settings import Settings
 from jobs.sweeper import sweep_once
 
@@ -42,6 +44,8 @@ def app_from_environment() -> FastAPI:
 def build_context(settings: Settings) -> ApiContext:
     engine = create_db_engine(settings)
     celery = create_celery(settings)
+    # Short timeouts: with Redis down, a request waits a second for the limiter, not a minute.
+    counters = redis.Redis.from_url(settings.broker_url, socket_timeout=1, socket_connect_timeout=1)
     return ApiContext(
         settings=settings,
         engine=engine,
@@ -49,6 +53,12 @@ def build_context(settings: Settings) -> ApiContext:
         celery=celery,
         dispatcher=Dispatcher(celery),
         registry=Registry.load(settings.BLIP2_MODELS_FILE),
+        rate_limiter=RateLimiter(
+            counters,
+            requests=settings.RATE_LIMIT_REQUESTS,
+            window_s=settings.RATE_LIMIT_WINDOW_S,
+            key_prefix=settings.REDIS_KEY_PREFIX,
+        ),
     )
 
 
@@ -64,6 +74,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             with suppress(asyncio.CancelledError):
                 await sweeper
         context.celery.close()
+        context.rate_limiter.close()
         context.engine.dispose()
 
 

@@ -156,6 +156,14 @@ class Registry:
             "a checkpoint directory with a config.json, or a hub id like 'Salesforce/blip2-opt-2.7b'"
         )
 
+    def names_or_hub_id(self, name: str) -> bool:
+        """Whether `name` is a registry name or a hub id: what a remote client may ask for.
+
+        Local directories are for the operator (the CLI, the registry file): a service that loaded
+        any path a client named would read whatever the server's disk holds, other tenants' too.
+        """
+        return name in self._specs or bool(_HUB_ID.match(name) and not Path(name).exists())
+
     def is_known(self, name: str) -> bool:
         try:
             self.resolve(name)

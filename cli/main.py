@@ -2,11 +2,12 @@
 
 blip2-jobs caption photo.jpg --model tiny-opt
 blip2-jobs api --port 8000
+blip2-jobs keys create --tenant acme
 """
 
 import typer
 
-from cli import model_commands, service_commands
+from cli import key_commands, model_commands, service_commands
 
 app = typer.Typer(
     name="blip2-jobs",
@@ -16,3 +17,4 @@ app = typer.Typer(
 )
 model_commands.register(app)
 service_commands.register(app)
+key_commands.register(app)

@@ -34,9 +34,10 @@ def register(app: typer.Typer) -> None:
 
 
 @contextmanager
-def _one_line_errors() -> Iterator[None]:
-    """Turn a bad setting, option or model name into `error: ...` on stderr and exit status 2."""
+def one_line_errors() -> Iterator[None]:
+    """Turn a bad setting, option, model name or unreachable database into `error: ...` on stderr, exit 2."""
     from pydantic import ValidationError
+    from sqlalchemy.exc import DBAPIError
 
     from blip2.errors import Blip2Error
     from jobs.errors import JobsError
@@ -49,6 +50,9 @@ def _one_line_errors() -> Iterator[None]:
         _fail(problems)
     except (MissingSetting, Blip2Error, JobsError) as exc:
         _fail(str(exc))
+    except DBAPIError as exc:
+        first_line = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        _fail(f"database: {first_line} (is DATABASE_URL right, and `blip2-jobs migrate` run?)")
 
 
 def _fail(message: str) -> None:
@@ -56,7 +60,7 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def _settings() -> "Settings":
+def settings_from_environment() -> "Settings":
     from jobs.settings import Settings
 
     return Settings()
@@ -66,8 +70,8 @@ def migrate() -> None:
     """Upgrade the database schema to the latest migration."""
     from jobs.schema_migrations import upgrade
 
-    with _one_line_errors():
-        upgrade(_settings())
+    with one_line_errors():
+        upgrade(settings_from_environment())
     typer.echo("database schema is up to date")
 
 
@@ -80,8 +84,8 @@ def api(
 
     from api.main import create_app
 
-    with _one_line_errors():
-        app = create_app(_settings())
+    with one_line_errors():
+        app = create_app(settings_from_environment())
     uvicorn.run(app, host=host, port=port)
 
 
@@ -103,8 +107,8 @@ def worker(
     from worker.app import WorkerOptions, run_worker
     from worker.model_holder import ModelLoadOptions
 
-    with _one_line_errors():
-        settings = _settings()
+    with one_line_errors():
+        settings = settings_from_environment()
         name = model or settings.BLIP2_DEFAULT_MODEL
         if not Registry.load(settings.BLIP2_MODELS_FILE).is_known(name):
             raise ModelNotFound(f"unknown model {name!r}")
@@ -121,13 +125,15 @@ def flower(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 5555,
     address: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
 ) -> None:
-    """Serve the Flower dashboard, behind basic auth (FLOWER_USER / FLOWER_PASSWORD)."""
+    """Serve the Flower dashboard, behind basic auth (FLOWER_USER / FLOWER_PASSWORD), /metrics included."""
     from jobs.broker import create_celery
+    from jobs.flower_auth import protect_metrics
 
-    with _one_line_errors():
-        settings = _settings()
+    with one_line_errors():
+        settings = settings_from_environment()
         celery = create_celery(settings)
     auth = f"{settings.FLOWER_USER}:{settings.FLOWER_PASSWORD}"
+    protect_metrics()
     celery.start(["flower", f"--port={port}", f"--address={address}", f"--basic-auth={auth}"])
 
 
@@ -145,10 +151,11 @@ def up(
     from jobs.embedded import services_for
     from jobs.schema_migrations import upgrade
 
-    with _one_line_errors():
-        settings = _settings()
+    with one_line_errors():
+        settings = settings_from_environment()
     with services_for(settings) as running:
         upgrade(running)
+        _announce_key(settings, running)
         env = os.environ | {"DATABASE_URL": str(running.DATABASE_URL), "REDIS_URL": str(running.REDIS_URL)}
         served = _served_models(models, running.BLIP2_DEFAULT_MODEL)
         queues = ",".join(queue_for_model(m) for m in served)
@@ -161,6 +168,24 @@ def up(
             ],
         }  # fmt: skip
         _supervise(children, env)
+
+
+def _announce_key(configured: "Settings", running: "Settings") -> None:
+    """On the embedded default, print a development key; pointed at real servers, say how to make one."""
+    from jobs.api_keys import DEVELOPMENT_TENANT, development_key
+    from jobs.db import create_db_engine, create_session_factory
+
+    if configured.DATABASE_URL:
+        typer.echo("API keys: none made for you on a real database; run `blip2-jobs keys create --tenant NAME`.")
+        return
+    engine = create_db_engine(running)
+    try:
+        key_file = running.BLIP2_DATA_DIR / "dev-api-key"
+        key = development_key(create_session_factory(engine), key_file)
+    finally:
+        engine.dispose()
+    typer.echo(f"API key   {key}  (tenant {DEVELOPMENT_TENANT}; saved in {key_file})")
+    typer.echo("          send it as 'Authorization: Bearer <key>' on every /v1 request")
 
 
 # Small enough to serve side by side, so every job kind works out of the box: the models trained

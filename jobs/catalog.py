@@ -1,8 +1,12 @@
-"""Datasets and trained models as rows: what download and training jobs produce, by name.
+"""Datasets and trained models as rows: what download and training jobs produce, by name, per tenant.
 
-A trained model is served by name like a registry entry: `resolve_trained` adds its row to the
-model registry the API validates names with and the workers load from.
+A trained model is served by name like a registry entry, to its own tenant: `resolve_trained` adds
+its row to the model registry the API validates names with and the workers load from. Names are
+per tenant (two tenants may each have a `mine`); registry names are everyone's and cannot be taken.
+Their files live in the tenant's own directory, `tenant_data_dir`.
 """
+
+from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
@@ -12,33 +16,39 @@ from blip2.registry import Family, ModelSpec, Registry
 from jobs.models import Dataset, TrainedModel
 
 
-def get_dataset(session: Session, name: str) -> Dataset | None:
-    return session.get(Dataset, name, populate_existing=True)
+def tenant_data_dir(data_dir: Path, tenant: str) -> Path:
+    """Where a tenant's datasets and trained models live: DATA_DIR/tenants/TENANT/{datasets,models}/."""
+    return data_dir / "tenants" / tenant
 
 
-def list_datasets(session: Session) -> list[Dataset]:
-    return list(session.scalars(select(Dataset).order_by(Dataset.name)))
+def get_dataset(session: Session, tenant: str, name: str) -> Dataset | None:
+    return session.get(Dataset, {"tenant": tenant, "name": name}, populate_existing=True)
+
+
+def list_datasets(session: Session, tenant: str) -> list[Dataset]:
+    return list(session.scalars(select(Dataset).where(Dataset.tenant == tenant).order_by(Dataset.name)))
 
 
 def save_dataset(session: Session, dataset: Dataset) -> None:
-    """Register a dataset, replacing an earlier registration of the same name (a re-download)."""
+    """Register a dataset, replacing the tenant's earlier registration of the same name (a re-download)."""
     values = {c.name: getattr(dataset, c.name) for c in Dataset.__table__.columns if c.name != "created_at"}
     statement = insert(Dataset).values(**values)
-    session.execute(statement.on_conflict_do_update(index_elements=["name"], set_=values))
+    session.execute(statement.on_conflict_do_update(index_elements=["tenant", "name"], set_=values))
 
 
-def get_trained_model(session: Session, name: str) -> TrainedModel | None:
-    return session.get(TrainedModel, name, populate_existing=True)
+def get_trained_model(session: Session, tenant: str, name: str) -> TrainedModel | None:
+    return session.get(TrainedModel, {"tenant": tenant, "name": name}, populate_existing=True)
 
 
-def list_trained_models(session: Session) -> list[TrainedModel]:
-    return list(session.scalars(select(TrainedModel).order_by(TrainedModel.created_at)))
+def list_trained_models(session: Session, tenant: str) -> list[TrainedModel]:
+    query = select(TrainedModel).where(TrainedModel.tenant == tenant).order_by(TrainedModel.created_at)
+    return list(session.scalars(query))
 
 
 def save_trained_model(session: Session, model: TrainedModel) -> bool:
-    """Register a trained model; False if the name was taken meanwhile (names are never overwritten)."""
+    """Register a trained model; False if the tenant took the name meanwhile (names are never overwritten)."""
     values = {c.name: getattr(model, c.name) for c in TrainedModel.__table__.columns if c.name != "created_at"}
-    statement = insert(TrainedModel).values(**values).on_conflict_do_nothing(index_elements=["name"])
+    statement = insert(TrainedModel).values(**values).on_conflict_do_nothing(index_elements=["tenant", "name"])
     return session.execute(statement.returning(TrainedModel.name)).first() is not None
 
 
@@ -51,22 +61,22 @@ def trained_spec(model: TrainedModel) -> ModelSpec:
     )
 
 
-def resolve_trained(session: Session, registry: Registry, name: str) -> Registry:
-    """`registry`, plus `name` if it is a trained model it does not know yet."""
+def resolve_trained(session: Session, registry: Registry, name: str, tenant: str) -> Registry:
+    """`registry`, plus `name` if it is a trained model of `tenant` that it does not know yet."""
     if registry.is_known(name):
         return registry
-    model = get_trained_model(session, name)
+    model = get_trained_model(session, tenant, name)
     return registry if model is None else registry.with_spec(trained_spec(model))
 
 
-def serving_model(session: Session, name: str) -> str:
+def serving_model(session: Session, name: str, tenant: str) -> str:
     """The model whose workers serve `name`: a trained model runs where its base model runs.
 
     A model trained here has no workers of its own on the day it is made; the workers of its
     base model (same family, same hardware) load it on its first job and keep it.
     """
     for _ in range(16):  # a chain of fine-tunes of fine-tunes, never a cycle (names are never reused)
-        model = get_trained_model(session, name)
+        model = get_trained_model(session, tenant, name)
         if model is None:
             return name
         name = model.base_model

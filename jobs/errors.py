@@ -9,9 +9,11 @@ class JobsError(Exception):
 
     code = "jobs_error"
 
-    def __init__(self, message: str, *, field: str | None = None) -> None:
+    def __init__(self, message: str, *, field: str | None = None, retry_after_s: int | None = None) -> None:
         super().__init__(message)
         self.field = field
+        # For errors that pass (rate limits, a full queue): when to try again, sent as Retry-After.
+        self.retry_after_s = retry_after_s
 
 
 class JobNotFound(JobsError):
@@ -72,3 +74,45 @@ class ModelNameTaken(JobsError):
     """A training job's output_model is already the name of a model."""
 
     code = "model_name_taken"
+
+
+class Unauthorized(JobsError):
+    """No API key, or one that is unknown or revoked."""
+
+    code = "unauthorized"
+
+
+class RateLimited(JobsError):
+    """This API key sent more requests than RATE_LIMIT_REQUESTS in RATE_LIMIT_WINDOW_S."""
+
+    code = "rate_limited"
+
+
+class TenantQueueFull(JobsError):
+    """The tenant already has MAX_UNFINISHED_JOBS_PER_TENANT jobs queued or running."""
+
+    code = "tenant_queue_full"
+
+
+class InvalidTenant(JobsError):
+    """A tenant name that cannot be one (it is also a directory name)."""
+
+    code = "invalid_tenant"
+
+
+class ApiKeyNotFound(JobsError):
+    """`keys revoke` names no key (or a prefix several keys share)."""
+
+    code = "api_key_not_found"
+
+
+class NoSuchImage(JobsError):
+    """GET /v1/images/{id}: no image of this tenant has the id."""
+
+    code = "image_not_found"
+
+
+class FetchFailed(JobsError):
+    """An image URL could not be fetched: unreachable, timed out, or answered with an error status."""
+
+    code = "fetch_failed"

@@ -1,4 +1,8 @@
-"""The tables, as SQLAlchemy 2 typed ORM classes: jobs, images, idempotency keys, datasets, trained models.
+"""The tables, as SQLAlchemy 2 typed ORM classes: API keys, jobs, images, idempotency keys, datasets,
+trained models.
+
+Everything a client makes belongs to the tenant of the API key that made it (`tenant` columns);
+every read is filtered by it, so another tenant's id looks exactly like one that does not exist.
 
 The schema itself is created only by the Alembic migrations in `migrations/`; these classes must
 match them (tests/jobs/test_migrations.py checks that they do).
@@ -8,7 +12,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID, uuid4
 
-from sqlalchemy import DateTime, Enum, ForeignKey, Index, LargeBinary, String, func
+from sqlalchemy import DateTime, Enum, ForeignKey, Index, LargeBinary, String, UniqueConstraint, func
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -23,13 +27,38 @@ def _now_column(nullable: bool = False) -> Mapped[Any]:
     return mapped_column(DateTime(timezone=True), server_default=None if nullable else func.now())
 
 
-class Image(Base):
-    """An uploaded image, stored once by content hash in Postgres so every worker can read it."""
+# Tenant names are also directory names under BLIP2_DATA_DIR/tenants/ (see jobs/tenancy.py).
+TENANT_LENGTH = 64
 
-    __tablename__ = "images"
+
+def _tenant_column() -> Mapped[str]:
+    return mapped_column(String(TENANT_LENGTH))
+
+
+class ApiKey(Base):
+    """An API key: only its SHA-256 is stored; `prefix` (its first characters) identifies it in lists."""
+
+    __tablename__ = "api_keys"
 
     id: Mapped[UUID] = mapped_column(primary_key=True, default=uuid4)
-    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    tenant: Mapped[str] = _tenant_column()
+    name: Mapped[str] = mapped_column(String(200), default="")
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = _now_column()
+    revoked_at: Mapped[datetime | None] = _now_column(nullable=True)
+
+
+class Image(Base):
+    """An uploaded image, stored once per tenant by content hash in Postgres so every worker can read it."""
+
+    __tablename__ = "images"
+    # Per tenant: the same bytes uploaded by two tenants are two rows, so an id never crosses tenants.
+    __table_args__ = (UniqueConstraint("tenant", "sha256", name="uq_images_tenant_sha256"),)
+
+    id: Mapped[UUID] = mapped_column(primary_key=True, default=uuid4)
+    tenant: Mapped[str] = _tenant_column()
+    sha256: Mapped[str] = mapped_column(String(64))
     # Deferred: listing or deduplicating images never reads the bytes.
     data: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
     width: Mapped[int]
@@ -50,9 +79,12 @@ class Job(Base):
     __table_args__ = (
         Index("ix_jobs_created_at_id", "created_at", "id"),
         Index("ix_jobs_status_created_at", "status", "created_at"),
+        Index("ix_jobs_tenant_created_at_id", "tenant", "created_at", "id"),
+        Index("ix_jobs_tenant_status", "tenant", "status"),
     )
 
     id: Mapped[UUID] = mapped_column(primary_key=True, default=uuid4)
+    tenant: Mapped[str] = _tenant_column()
     kind: Mapped[str] = mapped_column(String(32))
     model: Mapped[str] = mapped_column(String(500))
     queue: Mapped[str] = mapped_column(String(600))
@@ -78,10 +110,11 @@ class Job(Base):
 
 
 class IdempotencyKey(Base):
-    """An Idempotency-Key header seen on POST /v1/jobs, the request it came with, and its job."""
+    """An Idempotency-Key header seen on POST /v1/jobs, the request it came with, and its job (per tenant)."""
 
     __tablename__ = "idempotency_keys"
 
+    tenant: Mapped[str] = mapped_column(String(TENANT_LENGTH), primary_key=True)
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     request_hash: Mapped[str] = mapped_column(String(64))
     job_id: Mapped[UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
@@ -89,10 +122,11 @@ class IdempotencyKey(Base):
 
 
 class Dataset(Base):
-    """A dataset registered by a download job: its files live at `path` (under BLIP2_DATA_DIR)."""
+    """A dataset registered by a download job: its files live at `path` (under the tenant's data directory)."""
 
     __tablename__ = "datasets"
 
+    tenant: Mapped[str] = mapped_column(String(TENANT_LENGTH), primary_key=True)
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     format: Mapped[str] = mapped_column(String(32))
     path: Mapped[str]
@@ -104,10 +138,11 @@ class Dataset(Base):
 
 
 class TrainedModel(Base):
-    """A model a training job produced, servable by `name` like any registry entry."""
+    """A model a training job produced, servable by `name` (to its tenant) like any registry entry."""
 
     __tablename__ = "trained_models"
 
+    tenant: Mapped[str] = mapped_column(String(TENANT_LENGTH), primary_key=True)
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     family: Mapped[str] = mapped_column(String(16))
     path: Mapped[str]

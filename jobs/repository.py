@@ -31,33 +31,40 @@ class JobPage:
     next_cursor: str | None
 
 
-def add_job(session: Session, *, kind: str, model: str, queue: str, input: dict[str, Any]) -> Job:
-    """A new queued job, flushed so it has its id and timestamps (committed by the caller)."""
-    job = Job(kind=kind, model=model, queue=queue, input=input, status=JobStatus.QUEUED)
+def add_job(session: Session, *, tenant: str, kind: str, model: str, queue: str, input: dict[str, Any]) -> Job:
+    """A new queued job of `tenant`, flushed so it has its id and timestamps (committed by the caller)."""
+    job = Job(tenant=tenant, kind=kind, model=model, queue=queue, input=input, status=JobStatus.QUEUED)
     session.add(job)
     session.flush()
     session.refresh(job)
     return job
 
 
-def get_job(session: Session, job_id: UUID) -> Job:
-    """The job with this id, or JobNotFound."""
+def get_job(session: Session, job_id: UUID, tenant: str | None = None) -> Job:
+    """The job with this id (of `tenant`, when given), or JobNotFound: another tenant's job is not found."""
     job = session.get(Job, job_id, populate_existing=True)
-    if job is None:
+    if job is None or (tenant is not None and job.tenant != tenant):
         raise JobNotFound(f"no job with id {job_id}")
     return job
+
+
+def count_unfinished_jobs(session: Session, tenant: str) -> int:
+    """How many of the tenant's jobs are queued or running."""
+    query = select(func.count()).select_from(Job).where(Job.tenant == tenant, Job.status.in_(_UNFINISHED))
+    return int(session.scalar(query) or 0)
 
 
 def list_jobs(
     session: Session,
     *,
+    tenant: str,
     limit: int,
     cursor: str | None = None,
     status: JobStatus | None = None,
     kind: str | None = None,
 ) -> JobPage:
-    """Jobs newest first, filtered by status and kind, after `cursor` when given."""
-    query = _filtered(select(Job), status, kind)
+    """The tenant's jobs newest first, filtered by status and kind, after `cursor` when given."""
+    query = _filtered(select(Job).where(Job.tenant == tenant), status, kind)
     if cursor is not None:
         query = query.where(tuple_(Job.created_at, Job.id) < _decode_cursor(cursor))
     query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
@@ -152,13 +159,14 @@ def fail_job(session: Session, job_id: UUID, code: str, message: str) -> Job | N
     )
 
 
-def cancel_job(session: Session, job_id: UUID) -> Job:
-    """Cancel an unfinished job; a queued one will never run. JobNotCancelable once it has finished."""
-    job = _transition(session, job_id, _UNFINISHED, status=JobStatus.CANCELED, finished_at=func.now())
+def cancel_job(session: Session, job_id: UUID, tenant: str) -> Job:
+    """Cancel the tenant's unfinished job; a queued one will never run. JobNotCancelable once it has finished."""
+    existing = get_job(session, job_id, tenant)
+    job = _transition(session, existing.id, _UNFINISHED, status=JobStatus.CANCELED, finished_at=func.now())
     if job is not None:
         return job
-    existing = get_job(session, job_id)
-    raise JobNotCancelable(f"job {job_id} already {existing.status.value}")
+    finished = get_job(session, job_id, tenant)  # read again: it may have finished since
+    raise JobNotCancelable(f"job {job_id} already {finished.status.value}")
 
 
 def mark_dispatched(session: Session, job_id: UUID) -> None:

@@ -529,7 +529,7 @@ class ModelPublic(BaseModel):
 
 
 class ModelsPublic(BaseModel):
-    """Every model jobs may name (besides any hub id or checkpoint directory)."""
+    """Every model jobs may name (besides any hub id)."""
 
     data: list[ModelPublic]
 

@@ -40,7 +40,11 @@ class Settings(BaseSettings):
     # A user registry file adding model names to the built-in ones.
     BLIP2_MODELS_FILE: Path | None = None
 
+    # The largest image, uploaded or fetched from an image_url; an upload's body may add the multipart framing.
     MAX_UPLOAD_BYTES: int = Field(default=20 * 1024 * 1024, gt=0)
+    # The largest JSON request body: an inline image of MAX_UPLOAD_BYTES in base64 (4/3 of 20 MiB is
+    # 26.7 MiB) and the rest of the job. A larger body is refused with 413 while it arrives.
+    MAX_REQUEST_BYTES: int = Field(default=28 * 1024 * 1024, gt=0)
     # A decompression-bomb guard, applied before any pixel is decoded.
     MAX_IMAGE_PIXELS: int = Field(default=40_000_000, gt=0)
     # The most images or texts one job may carry (match), and the largest batch a worker runs.
@@ -67,6 +71,15 @@ class Settings(BaseSettings):
     # Hosts downloads may reach although they resolve to a non-public address (comma-separated):
     # a private mirror, or 127.0.0.1 in tests. Every other host must resolve to public addresses.
     FETCH_ALLOWED_HOSTS: str = ""
+    # An image_url fetch may take this long to connect, to wait for each read, and in all.
+    FETCH_TIMEOUT_S: float = Field(default=10.0, gt=0)
+
+    # Requests one API key may send per window (0: no limit); over it, 429 with Retry-After.
+    RATE_LIMIT_REQUESTS: int = Field(default=1200, ge=0)
+    RATE_LIMIT_WINDOW_S: float = Field(default=60.0, gt=0)
+    # Jobs one tenant may have queued or running at once; over it, submissions get 503 with Retry-After.
+    MAX_UNFINISHED_JOBS_PER_TENANT: int = Field(default=1000, gt=0)
+    TENANT_QUEUE_FULL_RETRY_AFTER_S: int = Field(default=10, gt=0)
 
     FLOWER_USER: str = "admin"
     FLOWER_PASSWORD: str = DEFAULT_SECRET

@@ -4,9 +4,9 @@ Each runs to a typed output while reporting progress on its job row, and stops e
 job is canceled. They load what they need per job (a training job must not share the weights an
 inference worker holds), and write under BLIP2_DATA_DIR, which workers on several machines share.
 
-    datasets/NAME/          a registered dataset (files + dataset.json)
-    models/NAME/            a trained model, a complete Hugging Face checkpoint
-    training/JOB_ID/        a training job's last checkpoint, for resuming after a worker dies
+    tenants/TENANT/datasets/NAME/   a registered dataset (files + dataset.json)
+    tenants/TENANT/models/NAME/     a trained model, a complete Hugging Face checkpoint
+    training/JOB_ID/                a training job's last checkpoint, for resuming after a worker dies
 """
 
 import logging
@@ -14,11 +14,10 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
-from uuid import UUID
 
 from blip2.errors import InvalidArgument
 from blip2.registry import Registry
-from jobs.catalog import get_dataset, resolve_trained, save_dataset, save_trained_model
+from jobs.catalog import get_dataset, resolve_trained, save_dataset, save_trained_model, tenant_data_dir
 from jobs.db import SessionFactory, session_scope
 from jobs.models import Dataset, Job, TrainedModel
 from jobs.schemas import (
@@ -43,7 +42,7 @@ class JobCanceled(Exception):
 def run_long_job(job: Job, job_input: Any, settings: Settings, sessions: SessionFactory) -> JobOutput:
     progress = JobProgress(job.id, sessions)
     if isinstance(job_input, DownloadInput):
-        return run_download(job.id, job_input, settings, sessions, progress)
+        return run_download(job, job_input, settings, sessions, progress)
     if isinstance(job_input, TrainInput):
         return run_train(job, job_input, settings, sessions, progress)
     if isinstance(job_input, EvaluateInput):
@@ -55,7 +54,7 @@ def run_long_job(job: Job, job_input: Any, settings: Settings, sessions: Session
 
 
 def run_download(
-    job_id: UUID, job_input: DownloadInput, settings: Settings, sessions: SessionFactory, progress: JobProgress
+    job: Job, job_input: DownloadInput, settings: Settings, sessions: SessionFactory, progress: JobProgress
 ) -> DownloadOutput:
     from blip2.data.download import DownloadProgress
     from blip2.data.formats import dataset_path
@@ -67,7 +66,7 @@ def run_download(
         detail = {"bytes_done": p.bytes_done, "bytes_total": p.bytes_total, "percent": p.percent, "url": p.url}
         progress.report(fraction, detail)
 
-    data_dir, stop = settings.BLIP2_DATA_DIR, progress.should_stop
+    data_dir, stop = tenant_data_dir(settings.BLIP2_DATA_DIR, job.tenant), progress.should_stop
     # Every request, redirects included, is checked against internal addresses (SSRF).
     with guarded_client(settings.fetch_allowed_hosts) as client:
         if job_input.dataset is not None:
@@ -84,8 +83,8 @@ def run_download(
             source = url
     directory = dataset_path(data_dir, info.name)
     with session_scope(sessions) as session:
-        row = Dataset(name=info.name, format=info.format, path=str(directory), tasks=info.tasks, splits=info.splits,
-                      source=source, job_id=job_id)  # fmt: skip
+        row = Dataset(tenant=job.tenant, name=info.name, format=info.format, path=str(directory), tasks=info.tasks,
+                      splits=info.splits, source=source, job_id=job.id)  # fmt: skip
         save_dataset(session, row)
     log.info("dataset %s registered: %s", info.name, info.splits)
     return DownloadOutput(dataset=info.name, format=info.format, tasks=info.tasks, splits=info.splits)
@@ -99,8 +98,8 @@ def run_train(
 ) -> TrainOutput:
     from blip2.training import TrainConfig, TrainProgress, train
 
-    lm = _load(job.model, settings, sessions)
-    dataset = _open_dataset(job_input.dataset, sessions)
+    lm = _load(job, settings, sessions)
+    dataset = _open_dataset(job.tenant, job_input.dataset, sessions)
     config = TrainConfig(
         task=job_input.task,
         max_steps=job_input.max_steps,
@@ -118,7 +117,7 @@ def run_train(
         detail = {"step": p.step, "max_steps": p.max_steps, "epoch": p.epoch, "loss": p.loss, "lr": p.lr}
         progress.report(p.step / p.max_steps, detail, force=p.step == p.max_steps)
 
-    output_dir = settings.BLIP2_DATA_DIR / "models" / job_input.output_model
+    output_dir = tenant_data_dir(settings.BLIP2_DATA_DIR, job.tenant) / "models" / job_input.output_model
     work_dir = settings.BLIP2_DATA_DIR / "training" / str(job.id)
     result = train(
         lm,
@@ -148,6 +147,7 @@ def _register_trained(
     job: Job, job_input: TrainInput, family: str, output_dir: Path, metrics: dict[str, float], sessions: SessionFactory
 ) -> None:
     row = TrainedModel(
+        tenant=job.tenant,
         name=job_input.output_model,
         family=family,
         path=str(output_dir),
@@ -170,8 +170,8 @@ def run_evaluate(
 ) -> EvaluateOutput:
     from blip2.evaluation import evaluate
 
-    lm = _load(job.model, settings, sessions)
-    records = _records(_open_dataset(job_input.dataset, sessions), job_input.task, job_input.split)
+    lm = _load(job, settings, sessions)
+    records = _records(_open_dataset(job.tenant, job_input.dataset, sessions), job_input.task, job_input.split)
     if job_input.limit is not None:
         records = records[: job_input.limit]
 
@@ -187,19 +187,19 @@ def run_evaluate(
 # ---- shared ---------------------------------------------------------------------------------
 
 
-def _load(model: str, settings: Settings, sessions: SessionFactory) -> Any:
+def _load(job: Job, settings: Settings, sessions: SessionFactory) -> Any:
     from blip2.loading import load_model
 
     with session_scope(sessions) as session:
-        registry = resolve_trained(session, Registry.load(settings.BLIP2_MODELS_FILE), model)
-    return load_model(model, data_dir=settings.BLIP2_DATA_DIR, registry=registry)
+        registry = resolve_trained(session, Registry.load(settings.BLIP2_MODELS_FILE), job.model, job.tenant)
+    return load_model(job.model, data_dir=settings.BLIP2_DATA_DIR, registry=registry)
 
 
-def _open_dataset(name: str, sessions: SessionFactory) -> Any:
+def _open_dataset(tenant: str, name: str, sessions: SessionFactory) -> Any:
     from blip2.data.formats import open_dataset
 
     with session_scope(sessions) as session:
-        row = get_dataset(session, name)
+        row = get_dataset(session, tenant, name)
         if row is None:
             raise InvalidArgument(f"no dataset named {name!r}")
         path = Path(row.path)

@@ -30,30 +30,35 @@ class ModelLoadOptions:
 
 
 class ModelHolder:
-    """The models of one process by name, each loaded on first use and then held."""
+    """The models of one process, each loaded on first use and then held.
+
+    Registry models are shared by every tenant; a trained model is held per tenant, since two
+    tenants may each have trained a model of the same name.
+    """
 
     def __init__(self, settings: Settings, options: ModelLoadOptions, sessions: SessionFactory) -> None:
         self._settings = settings
         self._options = options
         self._sessions = sessions
         self._registry = Registry.load(settings.BLIP2_MODELS_FILE)
-        self._models: dict[str, LoadedModel] = {}
+        self._models: dict[tuple[str, str], LoadedModel] = {}
         self._lock = threading.Lock()
 
-    def get(self, name: str) -> "LoadedModel":
+    def get(self, name: str, tenant: str) -> "LoadedModel":
         """The loaded model; raises blip2's errors (ModelNotFound, CheckpointUnavailable ...) if it cannot load."""
+        key = ("", name) if self._registry.is_known(name) else (tenant, name)
         with self._lock:
-            if name not in self._models:
-                self._models[name] = self._load(name)
-            return self._models[name]
+            if key not in self._models:
+                self._models[key] = self._load(name, tenant)
+            return self._models[key]
 
-    def _load(self, name: str) -> "LoadedModel":
+    def _load(self, name: str, tenant: str) -> "LoadedModel":
         from blip2.loading import LoadOptions, load_model
 
         options = LoadOptions(device=self._options.device, dtype=self._options.dtype, quantize=self._options.quantize)
         log.info("loading model %s (%s)", name, options)
         with session_scope(self._sessions) as session:  # a model trained since start-up is served too
-            registry = resolve_trained(session, self._registry, name)
+            registry = resolve_trained(session, self._registry, name, tenant)
         model = load_model(name, data_dir=self._settings.BLIP2_DATA_DIR, options=options, registry=registry)
         log.info("model loaded: %s", model.describe())
         return model

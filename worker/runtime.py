@@ -30,7 +30,7 @@ class WorkerRuntime:
         self._sessions = create_session_factory(create_db_engine(self.settings))
         self._models = ModelHolder(self.settings, self.load_options, self._sessions)
         if self.preload is not None:
-            self._models.get(self.preload)
+            self._models.get(self.preload, tenant="")  # a registry model, shared by every tenant
         log.info("worker process ready (model %s)", self.preload)
 
     @property

@@ -75,16 +75,16 @@ def _run(runtime: WorkerRuntime, job: Job) -> dict[str, object]:
     if kind in LONG_KINDS:
         return run_long_job(job, job_input, runtime.settings, runtime.sessions).model_dump(mode="json")
     with runtime.sessions() as session:
-        work = Work(input=job_input, images=_images(session, job_input, runtime.settings.MAX_IMAGE_PIXELS))
-    model = runtime.models.get(job.model)
+        work = Work(input=job_input, images=_images(session, job, job_input, runtime.settings.MAX_IMAGE_PIXELS))
+    model = runtime.models.get(job.model, job.tenant)
     [output] = run_batch(kind, model, [work])
     return output.model_dump(mode="json")
 
 
-def _images(session: Session, job_input: JobInput, max_pixels: int) -> list:  # type: ignore[type-arg]
+def _images(session: Session, job: Job, job_input: JobInput, max_pixels: int) -> list:  # type: ignore[type-arg]
     if not isinstance(job_input, ImageFields):
         return []
-    data = load_image_bytes(session, job_input.referenced_image_ids())
+    data = load_image_bytes(session, job_input.referenced_image_ids(), job.tenant)
     return [decode_image(item, max_pixels=max_pixels) for item in data]
 
 

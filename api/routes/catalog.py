@@ -1,20 +1,21 @@
 """/v1/models and /v1/datasets: what jobs may name."""
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
-from api.deps import ContextDep, SessionDep
+from api.deps import ContextDep, CurrentPrincipal, SessionDep, get_principal
 from blip2.registry import ModelSpec
 from jobs.catalog import list_datasets, list_trained_models, trained_spec
 from jobs.schemas import DatasetPublic, DatasetsPublic, ModelPublic, ModelsPublic
 
-router = APIRouter(prefix="/v1", tags=["catalog"])
+router = APIRouter(prefix="/v1", tags=["catalog"], dependencies=[Depends(get_principal)])
 
 
 @router.get("/models")
-def read_models(session: SessionDep, context: ContextDep) -> ModelsPublic:
-    """Registry models, then trained ones, oldest first."""
+def read_models(session: SessionDep, context: ContextDep, principal: CurrentPrincipal) -> ModelsPublic:
+    """Registry models, then the tenant's trained ones, oldest first."""
     registry = [_public(spec, trained=False) for spec in context.registry.specs()]
-    trained = [_public(trained_spec(m), trained=True, metrics=m.metrics) for m in list_trained_models(session)]
+    trained_models = list_trained_models(session, principal.tenant)
+    trained = [_public(trained_spec(m), trained=True, metrics=m.metrics) for m in trained_models]
     return ModelsPublic(data=registry + trained)
 
 
@@ -31,6 +32,6 @@ def _public(spec: ModelSpec, *, trained: bool, metrics: dict[str, float] | None 
 
 
 @router.get("/datasets")
-def read_datasets(session: SessionDep) -> DatasetsPublic:
-    """Registered datasets by name."""
-    return DatasetsPublic(data=[DatasetPublic.model_validate(d) for d in list_datasets(session)])
+def read_datasets(session: SessionDep, principal: CurrentPrincipal) -> DatasetsPublic:
+    """The tenant's datasets by name."""
+    return DatasetsPublic(data=[DatasetPublic.model_validate(d) for d in list_datasets(session, principal.tenant)])

@@ -1,19 +1,29 @@
-"""POST /v1/images: upload an image once, refer to it by id in any number of jobs."""
+"""/v1/images: upload an image once, refer to it by id in any number of jobs of the same tenant."""
 
-from fastapi import APIRouter, UploadFile
+from uuid import UUID
 
-from api.deps import SessionDep, SettingsDep
-from jobs.image_store import store_image
+from fastapi import APIRouter, Depends, UploadFile
+
+from api.deps import CurrentPrincipal, SessionDep, SettingsDep, get_principal
+from jobs.image_store import get_image, store_image
 from jobs.schemas import ImagePublic
 
-router = APIRouter(prefix="/v1/images", tags=["images"])
+router = APIRouter(prefix="/v1/images", tags=["images"], dependencies=[Depends(get_principal)])
 
 
 @router.post("", status_code=201)
-def upload_image(file: UploadFile, session: SessionDep, settings: SettingsDep) -> ImagePublic:
+def upload_image(
+    file: UploadFile, session: SessionDep, settings: SettingsDep, principal: CurrentPrincipal
+) -> ImagePublic:
     """Validate and store an image (multipart field `file`); the same bytes give the same id."""
     # One byte past the limit is enough to know the upload is too large, without reading it all.
     data = file.file.read(settings.MAX_UPLOAD_BYTES + 1)
-    image = store_image(session, data, settings)
+    image = store_image(session, principal.tenant, data, settings, claimed_type=file.content_type)
     session.commit()
     return ImagePublic.model_validate(image)
+
+
+@router.get("/{image_id}")
+def read_image(image_id: UUID, session: SessionDep, principal: CurrentPrincipal) -> ImagePublic:
+    """An uploaded image's size and format (404 for an id this tenant never uploaded)."""
+    return ImagePublic.model_validate(get_image(session, image_id, principal.tenant))

@@ -1,18 +1,18 @@
-"""/v1/jobs: submit, read (with long-poll), list and cancel jobs."""
+"""/v1/jobs: submit, read (with long-poll), list and cancel the tenant's jobs."""
 
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Body, Header, Query, Response
+from fastapi import APIRouter, Body, Depends, Header, Query, Response
 
-from api.deps import ContextDep, SessionDep, SubmissionDep
+from api.deps import ContextDep, CurrentPrincipal, SessionDep, SubmissionDep, get_principal
 from api.long_poll import wait_for_job
 from jobs.repository import cancel_job, list_jobs
 from jobs.schemas import JobCreate, JobKind, JobPublic, JobsPublic
 from jobs.status import JobStatus
 from jobs.submission import submit_job
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(get_principal)])
 
 IdempotencyKeyHeader = Annotated[
     str | None,
@@ -25,11 +25,12 @@ WaitQuery = Annotated[float, Query(ge=0, description="Wait up to this many secon
 def create_job(
     body: Annotated[JobCreate, Body()],
     submission: SubmissionDep,
+    principal: CurrentPrincipal,
     response: Response,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> JobPublic:
     """Queue a job; 202 with the job and its Location. A repeated Idempotency-Key returns the first job."""
-    submitted = submit_job(submission, body, idempotency_key)
+    submitted = submit_job(submission, principal.tenant, body, idempotency_key)
     response.headers["Location"] = f"/v1/jobs/{submitted.job.id}"
     return JobPublic.from_job(submitted.job)
 
@@ -37,26 +38,28 @@ def create_job(
 @router.get("")
 def read_jobs(
     session: SessionDep,
+    principal: CurrentPrincipal,
     status: JobStatus | None = None,
     kind: JobKind | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: str | None = None,
 ) -> JobsPublic:
-    """Jobs newest first; pass `next_cursor` back as `cursor` for the next page."""
-    page = list_jobs(session, limit=limit, cursor=cursor, status=status, kind=kind)
+    """The tenant's jobs newest first; pass `next_cursor` back as `cursor` for the next page."""
+    page = list_jobs(session, tenant=principal.tenant, limit=limit, cursor=cursor, status=status, kind=kind)
     return JobsPublic(data=[JobPublic.from_job(job) for job in page.jobs], next_cursor=page.next_cursor)
 
 
 @router.get("/{job_id}")
-async def read_job(job_id: UUID, context: ContextDep, wait: WaitQuery = 0) -> JobPublic:
+async def read_job(job_id: UUID, context: ContextDep, principal: CurrentPrincipal, wait: WaitQuery = 0) -> JobPublic:
     """A job; with `wait`, answers as soon as it is terminal or when the wait is over."""
-    job = await wait_for_job(context.sessions, job_id, min(wait, context.settings.LONG_POLL_MAX_S))
+    wait_s = min(wait, context.settings.LONG_POLL_MAX_S)
+    job = await wait_for_job(context.sessions, job_id, principal.tenant, wait_s)
     return JobPublic.from_job(job)
 
 
 @router.post("/{job_id}/cancel")
-def cancel(job_id: UUID, session: SessionDep) -> JobPublic:
+def cancel(job_id: UUID, session: SessionDep, principal: CurrentPrincipal) -> JobPublic:
     """Cancel a job that has not finished (a queued one never runs); 409 once it has."""
-    job = cancel_job(session, job_id)
+    job = cancel_job(session, job_id, principal.tenant)
     session.commit()
     return JobPublic.from_job(job)

@@ -7,10 +7,11 @@ from fastapi.testclient import TestClient
 
 from api.main import create_app
 from jobs.settings import Settings
+from tests.support.auth import bearer
 
 
 @pytest.fixture
-def client(settings: Settings, empty_tables: None) -> Iterator[TestClient]:
-    """An HTTP client for the app, on empty tables."""
-    with TestClient(create_app(settings)) as test_client:
+def client(settings: Settings, empty_tables: None, api_key: str) -> Iterator[TestClient]:
+    """An HTTP client for the app, on empty tables, sending the test tenant's API key."""
+    with TestClient(create_app(settings), headers=bearer(api_key)) as test_client:
         yield test_client

@@ -7,13 +7,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from blip2.caption import caption
+from blip2.data.records import CaptionRecord
 from blip2.decoding import DecodingOptions
 from blip2.loading import LoadOptions, load_model
 from blip2.matching import rank_texts
 from blip2.quantization import count_quantized_linears
+from blip2.tiny import ensure_tiny_checkpoint
+from blip2.training import TrainConfig, train
 from blip2.vqa import answer
 
 pytestmark = pytest.mark.gpu
@@ -53,3 +56,26 @@ def test_matching_on_cuda_agrees_with_cpu(tiny_data_dir: Path, photos: dict[str,
     on_cpu = {s.index: s for s in rank_texts(cpu, photos["chelsea"], texts)}
     for index, score in on_cpu.items():
         assert on_gpu[index].itm == pytest.approx(score.itm, abs=1e-3)
+
+
+def test_training_on_cuda_in_mixed_precision(tmp_path: Path) -> None:
+    """Autocast (bf16 on Hopper), fp32 master weights: the loss falls and the saved model captions on CUDA."""
+    ensure_tiny_checkpoint("tiny-opt", tmp_path / "data")
+    records = []
+    for i, (colour, shape) in enumerate([("red", "circle"), ("blue", "square"), ("green", "circle")]):
+        image = Image.new("RGB", (64, 64), "white")
+        (ImageDraw.Draw(image).ellipse if shape == "circle" else ImageDraw.Draw(image).rectangle)(
+            (12, 12, 52, 52), fill=colour
+        )
+        image.save(tmp_path / f"{i}.png")
+        records.append(
+            CaptionRecord(image_id=str(i), image_path=tmp_path / f"{i}.png", captions=[f"a {colour} {shape}"])
+        )
+    lm = load_model("tiny-opt", data_dir=tmp_path / "data")
+    config = TrainConfig(max_steps=40, batch_size=3, lr=3e-3, warmup_steps=3, checkpoint_every=0)
+    result = train(lm, records, [], config, output_dir=tmp_path / "out", work_dir=tmp_path / "work")
+    losses = result.losses
+    assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5, losses
+    trained = load_model(str(tmp_path / "out"), data_dir=tmp_path / "data")
+    assert trained.device.type == "cuda"
+    assert caption(trained, [Image.open(records[0].image_path)], decoding=GREEDY)[0].captions[0]

@@ -9,27 +9,28 @@ from jobs.db import SessionFactory, session_scope
 from jobs.errors import ImageNotFound, UploadTooLarge
 from jobs.image_store import load_image_bytes, missing_image_ids, store_image
 from jobs.settings import Settings
+from tests.support.auth import TENANT
 from tests.support.images import png_bytes
 
 
 def test_same_bytes_same_row(sessions: SessionFactory, settings: Settings) -> None:
     data = png_bytes(width=17, height=9)
     with session_scope(sessions) as session:
-        first = store_image(session, data, settings)
+        first = store_image(session, TENANT, data, settings)
     with session_scope(sessions) as session:
-        again = store_image(session, data, settings)
+        again = store_image(session, TENANT, data, settings)
         assert again.id == first.id
         assert (again.width, again.height, again.format) == (17, 9, "png")
-        assert load_image_bytes(session, [first.id, first.id]) == [data, data]
+        assert load_image_bytes(session, [first.id, first.id], TENANT) == [data, data]
 
 
 def test_refusals(sessions: SessionFactory, settings: Settings) -> None:
     with session_scope(sessions) as session:
         with pytest.raises(InvalidImage):
-            store_image(session, b"not an image", settings)
+            store_image(session, TENANT, b"not an image", settings)
         with pytest.raises(UploadTooLarge):
-            store_image(session, png_bytes(), settings.model_copy(update={"MAX_UPLOAD_BYTES": 10}))
+            store_image(session, TENANT, png_bytes(), settings.model_copy(update={"MAX_UPLOAD_BYTES": 10}))
         unknown = uuid4()
-        assert missing_image_ids(session, [unknown]) == {unknown}
+        assert missing_image_ids(session, [unknown], TENANT) == {unknown}
         with pytest.raises(ImageNotFound):
-            load_image_bytes(session, [unknown])
+            load_image_bytes(session, [unknown], TENANT)

@@ -29,7 +29,7 @@ def table_names(settings: Settings) -> set[str]:
 
 def test_upgrade_then_downgrade(empty_database: Settings) -> None:
     upgrade(empty_database)
-    expected = {"jobs", "images", "idempotency_keys", "datasets", "trained_models", "alembic_version"}
+    expected = {"api_keys", "jobs", "images", "idempotency_keys", "datasets", "trained_models", "alembic_version"}
     assert expected <= table_names(empty_database)
     downgrade(empty_database)
     assert table_names(empty_database) <= {"alembic_version"}

@@ -24,13 +24,16 @@ from jobs.repository import (
     succeed_job,
 )
 from jobs.status import JobStatus
+from tests.support.auth import TENANT
 
 pytestmark = pytest.mark.usefixtures("empty_tables")
 
 
 def new_job(sessions: SessionFactory, kind: str = "caption") -> Job:
     with session_scope(sessions) as session:
-        return add_job(session, kind=kind, model="tiny-opt", queue="infer.tiny-opt", input={"image_id": "x"})
+        return add_job(
+            session, tenant=TENANT, kind=kind, model="tiny-opt", queue="infer.tiny-opt", input={"image_id": "x"}
+        )
 
 
 def test_a_job_is_claimed_once(sessions: SessionFactory) -> None:
@@ -57,31 +60,31 @@ def test_a_finished_job_is_never_run_or_overwritten(sessions: SessionFactory) ->
 def test_cancel_queued_then_not_again(sessions: SessionFactory) -> None:
     job = new_job(sessions)
     with session_scope(sessions) as session:
-        assert cancel_job(session, job.id).status is JobStatus.CANCELED
+        assert cancel_job(session, job.id, TENANT).status is JobStatus.CANCELED
     with session_scope(sessions) as session:
         assert claim_job(session, job.id) is None
         with pytest.raises(JobNotCancelable):
-            cancel_job(session, job.id)
+            cancel_job(session, job.id, TENANT)
         with pytest.raises(JobNotFound):
-            cancel_job(session, uuid4())
+            cancel_job(session, uuid4(), TENANT)
 
 
 def test_a_canceled_running_job_keeps_no_result(sessions: SessionFactory) -> None:
     job = new_job(sessions)
     with session_scope(sessions) as session:
         claim_job(session, job.id)
-        cancel_job(session, job.id)
+        cancel_job(session, job.id, TENANT)
         assert succeed_job(session, job.id, {"captions": ["late"]}) is None
 
 
 def test_list_newest_first_with_cursor_and_filters(sessions: SessionFactory) -> None:
     made = [new_job(sessions, kind="vqa" if i % 2 else "caption") for i in range(5)]
     with session_scope(sessions) as session:
-        first = list_jobs(session, limit=2)
-        second = list_jobs(session, limit=2, cursor=first.next_cursor)
-        third = list_jobs(session, limit=2, cursor=second.next_cursor)
-        vqa = list_jobs(session, limit=10, kind="vqa")
-        queued = list_jobs(session, limit=10, status=JobStatus.SUCCEEDED)
+        first = list_jobs(session, tenant=TENANT, limit=2)
+        second = list_jobs(session, tenant=TENANT, limit=2, cursor=first.next_cursor)
+        third = list_jobs(session, tenant=TENANT, limit=2, cursor=second.next_cursor)
+        vqa = list_jobs(session, tenant=TENANT, limit=10, kind="vqa")
+        queued = list_jobs(session, tenant=TENANT, limit=10, status=JobStatus.SUCCEEDED)
     seen = [j.id for page in (first, second, third) for j in page.jobs]
     assert seen == [j.id for j in reversed(made)]
     assert third.next_cursor is None
@@ -91,7 +94,7 @@ def test_list_newest_first_with_cursor_and_filters(sessions: SessionFactory) -> 
 
 def test_bad_cursor(sessions: SessionFactory) -> None:
     with session_scope(sessions) as session, pytest.raises(InvalidCursor):
-        list_jobs(session, limit=2, cursor="not-a-cursor")
+        list_jobs(session, tenant=TENANT, limit=2, cursor="not-a-cursor")
 
 
 def test_overdue_queued_jobs_back_off(sessions: SessionFactory) -> None:
@@ -114,7 +117,7 @@ def test_a_job_with_a_fresh_heartbeat_is_not_lost(sessions: SessionFactory) -> N
         assert requeue_lost_jobs(session, lease=timedelta(minutes=1), max_attempts=2) == []
         assert report_progress(session, job.id, 0.5, {"step": 5})
         assert get_job(session, job.id).progress_detail == {"step": 5}
-        cancel_job(session, job.id)
+        cancel_job(session, job.id, TENANT)
         assert not heartbeat(session, job.id)  # a canceled job's worker learns it must stop
         assert not report_progress(session, job.id, 0.6, {"step": 6})
 

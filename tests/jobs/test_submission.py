@@ -15,6 +15,7 @@ from jobs.schemas import JOB_CREATE_ADAPTER
 from jobs.settings import Settings
 from jobs.status import JobStatus
 from jobs.submission import Submission, submit_job
+from tests.support.auth import TENANT
 from tests.support.broker import drain, waiting_job_ids
 from tests.support.images import png_base64
 
@@ -38,7 +39,7 @@ def count(sessions: SessionFactory, table: type[Job] | type[Image]) -> int:
 
 
 def test_row_committed_and_id_sent(ctx: Submission, key_prefix: str) -> None:
-    submitted = submit_job(ctx, caption_request())
+    submitted = submit_job(ctx, TENANT, caption_request())
     job = submitted.job
     assert submitted.created and job.status is JobStatus.QUEUED
     assert (job.model, job.queue, job.dispatch_count) == ("tiny-opt", QUEUE, 0)
@@ -49,26 +50,26 @@ def test_row_committed_and_id_sent(ctx: Submission, key_prefix: str) -> None:
 
 
 def test_idempotency_key_returns_the_same_job(ctx: Submission, key_prefix: str) -> None:
-    first = submit_job(ctx, caption_request(), idempotency_key="k-1")
-    again = submit_job(ctx, caption_request(), idempotency_key="k-1")
+    first = submit_job(ctx, TENANT, caption_request(), idempotency_key="k-1")
+    again = submit_job(ctx, TENANT, caption_request(), idempotency_key="k-1")
     assert (again.job.id, again.created) == (first.job.id, False)
     assert waiting_job_ids(key_prefix, QUEUE) == [str(first.job.id)]
     with pytest.raises(IdempotencyKeyReused):
-        submit_job(ctx, caption_request(model="tiny-t5"), idempotency_key="k-1")
+        submit_job(ctx, TENANT, caption_request(model="tiny-t5"), idempotency_key="k-1")
     assert count(ctx.sessions, Job) == 1
 
 
 def test_rejected_requests_leave_no_rows(ctx: Submission) -> None:
     not_png = base64.b64encode(b"not an image").decode()
     with pytest.raises(ModelNotFound):
-        submit_job(ctx, caption_request(model="no-such-model"))
+        submit_job(ctx, TENANT, caption_request(model="no-such-model"))
     with pytest.raises(InvalidImage, match=r"input\.image"):
-        submit_job(ctx, caption_request(input={"image": not_png}))
+        submit_job(ctx, TENANT, caption_request(input={"image": not_png}))
     with pytest.raises(ImageNotFound):
-        submit_job(ctx, caption_request(input={"image_id": "00000000-0000-0000-0000-000000000000"}))
+        submit_job(ctx, TENANT, caption_request(input={"image_id": "00000000-0000-0000-0000-000000000000"}))
     many = JOB_CREATE_ADAPTER.validate_python(
         {"kind": "match", "model": "tiny-itm", "input": {"image": png_base64(), "texts": ["a"] * 1000}}
     )
     with pytest.raises(BatchTooLarge):
-        submit_job(ctx, many)
+        submit_job(ctx, TENANT, many)
     assert count(ctx.sessions, Job) == count(ctx.sessions, Image) == 0

@@ -12,6 +12,7 @@ from jobs.repository import add_job, claim_job, get_job
 from jobs.settings import Settings
 from jobs.status import JobStatus
 from jobs.sweeper import sweep_once
+from tests.support.auth import TENANT
 from tests.support.broker import drain, waiting_job_ids
 
 pytestmark = pytest.mark.usefixtures("empty_tables")
@@ -21,7 +22,7 @@ QUEUE = "infer.tiny-opt"
 def unsent_job(sessions: SessionFactory, age: timedelta) -> Job:
     """A job committed `age` ago whose message never reached the broker."""
     with session_scope(sessions) as session:
-        job = add_job(session, kind="caption", model="tiny-opt", queue=QUEUE, input={})
+        job = add_job(session, tenant=TENANT, kind="caption", model="tiny-opt", queue=QUEUE, input={})
         session.execute(update(Job).where(Job.id == job.id).values(created_at=Job.created_at - age))
         return job
 

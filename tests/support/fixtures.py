@@ -13,6 +13,7 @@ from jobs.broker import Dispatcher, create_celery
 from jobs.db import SessionFactory, create_db_engine, create_session_factory
 from jobs.schema_migrations import upgrade
 from jobs.settings import Settings
+from tests.support.auth import OTHER_TENANT, TENANT, new_key
 from tests.support.processes import running_worker
 from tests.support.services import make_settings, temporary_database, temporary_key_prefix
 
@@ -56,6 +57,18 @@ def dispatcher(settings: Settings) -> Iterator[Dispatcher]:
     celery = create_celery(settings)
     yield Dispatcher(celery)
     celery.close()
+
+
+@pytest.fixture(scope="session")
+def api_key(sessions: SessionFactory) -> str:
+    """A key of the tests' tenant (`tests.support.auth.TENANT`), made once per session."""
+    return new_key(sessions, TENANT)
+
+
+@pytest.fixture(scope="session")
+def other_api_key(sessions: SessionFactory) -> str:
+    """A key of a second tenant, for checking that tenants never see each other's rows."""
+    return new_key(sessions, OTHER_TENANT)
 
 
 @pytest.fixture

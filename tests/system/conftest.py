@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from jobs.settings import Settings
+from tests.support.auth import bearer
 from tests.support.processes import cli_process, free_port, wait_for_http, wait_for_log
 
 
@@ -32,9 +33,9 @@ def api_url(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 
 @pytest.fixture
-def http(api_url: str, worker: Path) -> Iterator[httpx.Client]:
-    """An HTTP client for the running API, with a worker behind it."""
-    with httpx.Client(base_url=api_url, timeout=60) as client:
+def http(api_url: str, worker: Path, api_key: str) -> Iterator[httpx.Client]:
+    """An HTTP client for the running API, with a worker behind it, sending the test tenant's API key."""
+    with httpx.Client(base_url=api_url, timeout=60, headers=bearer(api_key)) as client:
         yield client
 
 

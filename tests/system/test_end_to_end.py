@@ -11,6 +11,7 @@ from jobs.broker import queue_for_model
 from jobs.db import SessionFactory, session_scope
 from jobs.repository import add_job
 from jobs.settings import Settings
+from tests.support.auth import TENANT
 from tests.support.images import png_bytes
 from tests.support.jobs import run_job as run
 
@@ -94,7 +95,7 @@ def test_lost_message_is_recovered_by_the_sweeper(http: httpx.Client, red: str, 
     # As if the API died between committing the row and sending its message.
     with session_scope(sessions) as session:
         job = add_job(
-            session, kind="caption", model="tiny-opt", queue=queue_for_model("tiny-opt"),
+            session, tenant=TENANT, kind="caption", model="tiny-opt", queue=queue_for_model("tiny-opt"),
             input={"image_id": red, "decoding": {"max_new_tokens": 3}},
         )  # fmt: skip
     done = http.get(f"/v1/jobs/{job.id}", params={"wait": 30}).json()
@@ -106,9 +107,11 @@ def test_readyz(http: httpx.Client) -> None:
     assert http.get("/readyz").json() == {"status": "ok"}
 
 
-def test_flower_needs_its_password(flower_url: str, settings: Settings) -> None:
-    assert httpx.get(f"{flower_url}/").status_code == 401
-    assert httpx.get(f"{flower_url}/", auth=("admin", "wrong")).status_code == 401
-    auth = (settings.FLOWER_USER, settings.FLOWER_PASSWORD)
-    response = httpx.get(f"{flower_url}/workers", auth=auth)
-    assert response.status_code == 200 and "Flower" in response.text
+@pytest.mark.parametrize(
+    "path", ["/", "/workers", "/tasks", "/api/workers", "/api/tasks", "/api/queues/length", "/metrics"]
+)
+def test_flower_and_its_api_need_the_password(flower_url: str, settings: Settings, path: str) -> None:
+    assert httpx.get(f"{flower_url}{path}").status_code == 401
+    assert httpx.get(f"{flower_url}{path}", auth=(settings.FLOWER_USER, "wrong")).status_code == 401
+    response = httpx.get(f"{flower_url}{path}", auth=(settings.FLOWER_USER, settings.FLOWER_PASSWORD))
+    assert response.status_code == 200

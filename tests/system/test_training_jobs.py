@@ -13,6 +13,8 @@ import pytest
 
 from blip2.data.formats import dataset_path, open_dataset
 from blip2.data.records import Split
+from jobs.catalog import tenant_data_dir
+from tests.support.auth import TENANT
 from tests.support.jobs import run_job as run
 from tests.support.jobs import wait_for_job
 
@@ -57,7 +59,8 @@ def test_train_then_serve_and_evaluate_the_new_model(http: httpx.Client, shapes:
     assert models["shapes-test-captioner"]["trained"] and models["shapes-test-captioner"]["family"] == "opt"
 
     # Served by name at once: its base model's workers load it on its first job.
-    record = open_dataset(dataset_path(worker_settings.BLIP2_DATA_DIR, "shapes")).captions(Split.TEST)[0]
+    tenant_dir = tenant_data_dir(worker_settings.BLIP2_DATA_DIR, TENANT)
+    record = open_dataset(dataset_path(tenant_dir, "shapes")).captions(Split.TEST)[0]
     image = http.post("/v1/images", files={"file": ("s.png", record.image_path.read_bytes())}).json()["id"]
     captioned = run(http, {"kind": "caption", "model": "shapes-test-captioner", "input": {"image_id": image}})
     assert captioned["status"] == "succeeded", captioned["error"]

@@ -1,6 +1,7 @@
 """`blip2-jobs up` on a fresh machine: embedded Postgres and Redis, API, worker, Flower; all stopped on SIGTERM."""
 
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -9,6 +10,7 @@ import httpx
 import psutil
 import pytest
 
+from tests.support.auth import bearer
 from tests.support.images import png_bytes
 from tests.support.jobs import run_job
 from tests.support.processes import CLI, free_port, stop, wait_for_http, wait_for_log
@@ -41,9 +43,12 @@ def test_up_runs_everything_and_stops_everything(tmp_path: Path, models_dir: Pat
         wait_for_log(log, f"http://127.0.0.1:{port}", up, timeout_s=120)
         api = f"http://127.0.0.1:{port}"
         wait_for_http(f"{api}/healthz", up)
-        image = httpx.post(f"{api}/v1/images", files={"file": ("x.png", png_bytes())}).json()["id"]
-        caption = {"kind": "caption", "input": {"image_id": image, "decoding": {"max_new_tokens": 3}}}
-        with httpx.Client(base_url=api, timeout=60) as http:
+        key = development_key_in(log.read_text())
+        assert (tmp_path / "data" / "dev-api-key").read_text().strip() == key
+        assert httpx.post(f"{api}/v1/images", files={"file": ("x.png", png_bytes())}).status_code == 401
+        with httpx.Client(base_url=api, timeout=60, headers=bearer(key)) as http:
+            image = http.post("/v1/images", files={"file": ("x.png", png_bytes())}).json()["id"]
+            caption = {"kind": "caption", "input": {"image_id": image, "decoding": {"max_new_tokens": 3}}}
             assert run_job(http, caption, polls=6)["status"] == "succeeded"
             # The one worker `up` starts serves every tiny model, so every kind works out of the box.
             match = {"kind": "match", "model": "tiny-itm", "input": {"image_id": image, "texts": ["a", "b"]}}
@@ -56,6 +61,13 @@ def test_up_runs_everything_and_stops_everything(tmp_path: Path, models_dir: Pat
     time.sleep(1)
     assert not [pid for pid in family if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
     assert not _servers_using(tmp_path / "data")
+
+
+def development_key_in(log: str) -> str:
+    """The key `up` printed for the embedded default."""
+    found = re.search(r"API key\s+(b2j_\S+)", log)
+    assert found, log[-3000:]
+    return found.group(1)
 
 
 def _servers_using(data_dir: Path) -> list[int]:

@@ -13,6 +13,7 @@ from jobs.schemas import JOB_CREATE_ADAPTER, JobCreateBase
 from jobs.settings import Settings
 from jobs.status import JobStatus
 from jobs.submission import Submission, submit_job
+from tests.support.auth import TENANT
 from tests.support.images import png_base64
 from tests.support.waiting import wait_terminal
 
@@ -30,7 +31,7 @@ def request(kind: str, model: str, **job_input: object) -> JobCreateBase:
 
 
 def test_a_job_runs_to_its_result(ctx: Submission) -> None:
-    job = submit_job(ctx, request("caption", "tiny-opt", decoding={"max_new_tokens": 5, "num_beams": 2})).job
+    job = submit_job(ctx, TENANT, request("caption", "tiny-opt", decoding={"max_new_tokens": 5, "num_beams": 2})).job
     done = wait_terminal(ctx.sessions, job.id)
     assert done.status is JobStatus.SUCCEEDED, done.error_message
     assert isinstance(done.result, dict) and len(done.result["captions"]) == 1
@@ -38,14 +39,14 @@ def test_a_job_runs_to_its_result(ctx: Submission) -> None:
 
 
 def test_duplicate_delivery_runs_once(ctx: Submission, dispatcher: Dispatcher, worker: Path) -> None:
-    job = submit_job(ctx, request("vqa", "tiny-t5", question="what colour?")).job
+    job = submit_job(ctx, TENANT, request("vqa", "tiny-t5", question="what colour?")).job
     dispatcher.send(job.id, job.queue)  # the broker delivers the same message again
     dispatcher.send(job.id, job.queue)
     done = wait_terminal(ctx.sessions, job.id)
     assert done.status is JobStatus.SUCCEEDED and done.attempts == 1
     assert isinstance(done.result, dict) and isinstance(done.result["answer"], str)
     # A marker job behind the duplicates: once it is done, the duplicates have been handled too.
-    marker = submit_job(ctx, request("vqa", "tiny-t5", question="and now?")).job
+    marker = submit_job(ctx, TENANT, request("vqa", "tiny-t5", question="and now?")).job
     wait_terminal(ctx.sessions, marker.id)
     with session_scope(ctx.sessions) as session:
         assert get_job(session, job.id).attempts == 1
@@ -53,20 +54,22 @@ def test_duplicate_delivery_runs_once(ctx: Submission, dispatcher: Dispatcher, w
 
 
 def test_model_error_fails_the_job_and_the_worker_lives_on(ctx: Submission) -> None:
-    wrong = submit_job(ctx, request("embed", "tiny-opt", image=None, mode="text", text="a cat")).job
+    wrong = submit_job(ctx, TENANT, request("embed", "tiny-opt", image=None, mode="text", text="a cat")).job
     failed = wait_terminal(ctx.sessions, wrong.id)
     assert (failed.status, failed.error_code) == (JobStatus.FAILED, "unsupported_operation")
     assert failed.error_message
-    after = submit_job(ctx, request("instruct", "tiny-instruct", instruction="describe it")).job
+    after = submit_job(ctx, TENANT, request("instruct", "tiny-instruct", instruction="describe it")).job
     assert wait_terminal(ctx.sessions, after.id).status is JobStatus.SUCCEEDED
 
 
 def test_canceled_job_never_runs(ctx: Submission, dispatcher: Dispatcher) -> None:
     with session_scope(ctx.sessions) as session:
-        job = add_job(session, kind="caption", model="tiny-opt", queue=queue_for_model("tiny-opt"), input={})
-        cancel_job(session, job.id)
+        job = add_job(
+            session, tenant=TENANT, kind="caption", model="tiny-opt", queue=queue_for_model("tiny-opt"), input={}
+        )
+        cancel_job(session, job.id, TENANT)
     dispatcher.send(job.id, job.queue)
-    marker = submit_job(ctx, request("caption", "tiny-opt", decoding={"max_new_tokens": 3})).job
+    marker = submit_job(ctx, TENANT, request("caption", "tiny-opt", decoding={"max_new_tokens": 3})).job
     wait_terminal(ctx.sessions, marker.id)
     with session_scope(ctx.sessions) as session:
         assert (get_job(session, job.id).status, get_job(session, job.id).attempts) == (JobStatus.CANCELED, 0)
@@ -75,13 +78,13 @@ def test_canceled_job_never_runs(ctx: Submission, dispatcher: Dispatcher) -> Non
 def test_message_without_a_row_is_dropped(ctx: Submission, dispatcher: Dispatcher, worker: Path) -> None:
     ghost = uuid4()
     dispatcher.send(ghost, queue_for_model("tiny-opt"))
-    marker = submit_job(ctx, request("caption", "tiny-opt", decoding={"max_new_tokens": 3})).job
+    marker = submit_job(ctx, TENANT, request("caption", "tiny-opt", decoding={"max_new_tokens": 3})).job
     assert wait_terminal(ctx.sessions, marker.id).status is JobStatus.SUCCEEDED
     assert f"job {ghost} is not queued" in worker.read_text()
 
 
 def test_match_ranks_texts(ctx: Submission) -> None:
-    job = submit_job(ctx, request("match", "tiny-itm", texts=["a red square", "a dog", "a tree"], top_k=2)).job
+    job = submit_job(ctx, TENANT, request("match", "tiny-itm", texts=["a red square", "a dog", "a tree"], top_k=2)).job
     done = wait_terminal(ctx.sessions, job.id)
     assert done.status is JobStatus.SUCCEEDED, done.error_message
     assert isinstance(done.result, dict)
