@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException
 
 from blip2.errors import (
     Blip2Error,
+    ForbiddenUrl,
     ImageTooLarge,
     InvalidArgument,
     InvalidImage,
@@ -28,6 +29,7 @@ from jobs.errors import (
     ApiKeyNotFound,
     BatchTooLarge,
     DatasetNotFound,
+    FetchFailed,
     IdempotencyKeyReused,
     ImageNotFound,
     InvalidCursor,
@@ -62,10 +64,12 @@ STATUS_BY_ERROR: dict[type[Exception], int] = {
     DatasetNotFound: 422,
     ModelNameTaken: 409,
     UploadTooLarge: 413,
+    FetchFailed: 422,
     NotReady: 503,
     JobsError: 400,
     ModelNotFound: 422,
     ImageTooLarge: 413,
+    ForbiddenUrl: 422,
     UnsupportedImageFormat: 415,
     InvalidImage: 422,
     InvalidArgument: 422,
@@ -122,6 +126,8 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
 
 def field_path(error: Mapping[str, Any]) -> str:
     """A pydantic error's location as a dotted field name, without "body" and the job-kind tag."""
+    if error["type"] == "json_invalid":
+        return "body"  # its loc is a character offset into the body, not a field
     parts = list(error["loc"])
     if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
         parts.append(str(error["ctx"]["discriminator"]).strip("'"))
@@ -142,6 +148,10 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
+    if exc.status_code == 400:
+        # FastAPI's own 400: a body that is not even text (e.g. bytes that are not UTF-8 JSON).
+        message = f"body: could not be parsed ({exc.detail})"
+        return JSONResponse(error_body("invalid_request", message, "body"), status_code=422)
     code = "not_found" if exc.status_code == 404 else f"http_{exc.status_code}"
     return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
 

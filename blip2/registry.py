@@ -149,7 +149,7 @@ class Registry:
             return self._specs[name]
         if is_checkpoint_dir(Path(name)):
             return ModelSpec(name=name, checkpoint=str(Path(name).resolve()), family=None)
-        if _HUB_ID.match(name) and not Path(name).exists():
+        if _HUB_ID.match(name) and not _exists(Path(name)):
             return ModelSpec(name=name, checkpoint=name, family=None)
         raise ModelNotFound(
             f"unknown model {name!r}: not a registry name ({', '.join(sorted(self._specs))}), "
@@ -162,7 +162,7 @@ class Registry:
         Local directories are for the operator (the CLI, the registry file): a service that loaded
         any path a client named would read whatever the server's disk holds, other tenants' too.
         """
-        return name in self._specs or bool(_HUB_ID.match(name) and not Path(name).exists())
+        return name in self._specs or bool(_HUB_ID.match(name) and not _exists(Path(name)))
 
     def is_known(self, name: str) -> bool:
         try:
@@ -173,7 +173,22 @@ class Registry:
 
 
 def is_checkpoint_dir(path: Path) -> bool:
-    return (path / "config.json").is_file()
+    return _is_file(path / "config.json")
+
+
+def _is_file(path: Path) -> bool:
+    """Like Path.is_file, but False for a name the OS refuses outright (too long, NUL bytes)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
 
 
 def family_of_config(config: dict[str, object]) -> Family:

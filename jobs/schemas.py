@@ -10,7 +10,7 @@ from uuid import UUID
 
 from pydantic import Base64Bytes, BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
-from blip2.decoding import DecodingOptions
+from blip2.decoding import MAX_BEAMS, MAX_NEW_TOKENS, MAX_RETURN_SEQUENCES, DecodingOptions
 from blip2.errors import InvalidArgument
 from jobs.status import JobStatus
 
@@ -62,16 +62,17 @@ class DecodingInput(_Strict):
     The bounds are the library's own: the options are checked by building a DecodingOptions.
     """
 
-    max_new_tokens: int | None = None
-    min_new_tokens: int | None = None
-    num_beams: int | None = None
+    # Per-field bounds, so a 422 names the field; the validator below adds the rules across fields.
+    max_new_tokens: int | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS)
+    min_new_tokens: int | None = Field(default=None, ge=0, le=MAX_NEW_TOKENS)
+    num_beams: int | None = Field(default=None, ge=1, le=MAX_BEAMS)
     use_nucleus_sampling: bool | None = None
-    top_p: float | None = None
-    temperature: float | None = None
-    repetition_penalty: float | None = None
-    length_penalty: float | None = None
-    num_captions: int | None = None
-    seed: int | None = None
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    temperature: float | None = Field(default=None, gt=0, le=10)
+    repetition_penalty: float | None = Field(default=None, gt=0, le=10)
+    length_penalty: float | None = Field(default=None, ge=-10, le=10)
+    num_captions: int | None = Field(default=None, ge=1, le=MAX_RETURN_SEQUENCES)
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
 
     @model_validator(mode="after")
     def _within_library_bounds(self) -> Self:
@@ -87,10 +88,18 @@ class DecodingInput(_Strict):
 
 
 class ImageFields(_Strict):
-    """One image: `image_id` of an upload, or `image` inline as base64 (stored on submission)."""
+    """One image: `image_id` of an upload, `image` inline as base64, or `image_url` to fetch.
+
+    An inline or fetched image is stored on submission like an upload, so a job runs on an image_id.
+    """
 
     image_id: UUID | None = None
     image: Base64Bytes | None = None
+    image_url: str | None = Field(default=None, pattern=r"^https?://", max_length=2000)
+
+    def images_given(self) -> int:
+        """How many of image_id, image and image_url are set (one, for an input about one image)."""
+        return sum(value is not None for value in (self.image_id, self.image, self.image_url))
 
     def referenced_image_ids(self) -> list[UUID]:
         """Every uploaded image this input names."""
@@ -98,12 +107,12 @@ class ImageFields(_Strict):
 
 
 class _ImageRef(ImageFields):
-    """An input about one image, given by exactly one of `image_id` or `image`."""
+    """An input about one image, given by exactly one of `image_id`, `image` or `image_url`."""
 
     @model_validator(mode="after")
     def _one_image(self) -> Self:
-        if self.image_needed() and (self.image_id is None) == (self.image is None):
-            raise ValueError("give exactly one of image_id or image")
+        if self.image_needed() and self.images_given() != 1:
+            raise ValueError("give exactly one of image_id, image or image_url")
         return self
 
     def image_needed(self) -> bool:
@@ -171,7 +180,7 @@ class EmbedInput(_ImageRef):
 
     @model_validator(mode="after")
     def _fits_mode(self) -> Self:
-        if self.mode == "text" and (self.image_id is not None or self.image is not None):
+        if self.mode == "text" and self.images_given():
             raise ValueError("mode 'text' takes no image")
         if (self.mode == "image") != (self.text is None):
             raise ValueError("give text with mode 'text' or 'multimodal', and only with those")
@@ -190,13 +199,12 @@ class MatchInput(ImageFields):
 
     @model_validator(mode="after")
     def _one_direction(self) -> Self:
-        one_image = (self.image_id is not None) + (self.image is not None)
         if self.texts is not None and (self.text is None and self.image_ids is None):
-            if one_image != 1:
-                raise ValueError("give exactly one of image_id or image with texts")
+            if self.images_given() != 1:
+                raise ValueError("give exactly one of image_id, image or image_url with texts")
         elif self.text is not None and self.image_ids is not None and self.texts is None:
-            if one_image:
-                raise ValueError("give image_ids, not image_id or image, with text")
+            if self.images_given():
+                raise ValueError("give image_ids, not image_id, image or image_url, with text")
         else:
             raise ValueError("give either an image with texts, or text with image_ids")
         return self

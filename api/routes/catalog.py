@@ -3,11 +3,17 @@
 from fastapi import APIRouter, Depends
 
 from api.deps import ContextDep, CurrentPrincipal, SessionDep, get_principal
+from api.responses import COMMON_ERRORS, error_responses
 from blip2.registry import ModelSpec
 from jobs.catalog import list_datasets, list_trained_models, trained_spec
 from jobs.schemas import DatasetPublic, DatasetsPublic, ModelPublic, ModelsPublic
 
-router = APIRouter(prefix="/v1", tags=["catalog"], dependencies=[Depends(get_principal)])
+router = APIRouter(
+    prefix="/v1",
+    tags=["catalog"],
+    dependencies=[Depends(get_principal)],
+    responses=error_responses(*COMMON_ERRORS),
+)
 
 
 @router.get("/models")

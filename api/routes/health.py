@@ -8,6 +8,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import ContextDep
+from api.responses import ErrorResponse
 from jobs.db import database_reachable
 from jobs.errors import NotReady
 
@@ -37,7 +38,7 @@ def healthz() -> Health:
     return Health()
 
 
-@router.get("/readyz", responses={503: {"description": "Postgres or Redis is unreachable"}})
+@router.get("/readyz", responses={503: {"model": ErrorResponse, "description": "Postgres or Redis is unreachable"}})
 async def readyz(context: ContextDep) -> Health:
     """Postgres and Redis both answer."""
     checks = {

@@ -5,13 +5,19 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, UploadFile
 
 from api.deps import CurrentPrincipal, SessionDep, SettingsDep, get_principal
+from api.responses import COMMON_ERRORS, error_responses
 from jobs.image_store import get_image, store_image
 from jobs.schemas import ImagePublic
 
-router = APIRouter(prefix="/v1/images", tags=["images"], dependencies=[Depends(get_principal)])
+router = APIRouter(
+    prefix="/v1/images",
+    tags=["images"],
+    dependencies=[Depends(get_principal)],
+    responses=error_responses(*COMMON_ERRORS),
+)
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, responses=error_responses(413, 415))
 def upload_image(
     file: UploadFile, session: SessionDep, settings: SettingsDep, principal: CurrentPrincipal
 ) -> ImagePublic:
@@ -23,7 +29,7 @@ def upload_image(
     return ImagePublic.model_validate(image)
 
 
-@router.get("/{image_id}")
+@router.get("/{image_id}", responses=error_responses(404))
 def read_image(image_id: UUID, session: SessionDep, principal: CurrentPrincipal) -> ImagePublic:
     """An uploaded image's size and format (404 for an id this tenant never uploaded)."""
     return ImagePublic.model_validate(get_image(session, image_id, principal.tenant))

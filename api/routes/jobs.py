@@ -7,12 +7,18 @@ from fastapi import APIRouter, Body, Depends, Header, Query, Response
 
 from api.deps import ContextDep, CurrentPrincipal, SessionDep, SubmissionDep, get_principal
 from api.long_poll import wait_for_job
+from api.responses import COMMON_ERRORS, error_responses
 from jobs.repository import cancel_job, list_jobs
 from jobs.schemas import JobCreate, JobKind, JobPublic, JobsPublic
 from jobs.status import JobStatus
 from jobs.submission import submit_job
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(get_principal)])
+router = APIRouter(
+    prefix="/v1/jobs",
+    tags=["jobs"],
+    dependencies=[Depends(get_principal)],
+    responses=error_responses(*COMMON_ERRORS),
+)
 
 IdempotencyKeyHeader = Annotated[
     str | None,
@@ -21,7 +27,7 @@ IdempotencyKeyHeader = Annotated[
 WaitQuery = Annotated[float, Query(ge=0, description="Wait up to this many seconds (at most 30) for a result.")]
 
 
-@router.post("", status_code=202)
+@router.post("", status_code=202, responses=error_responses(409, 413, 415))
 def create_job(
     body: Annotated[JobCreate, Body()],
     submission: SubmissionDep,
@@ -49,7 +55,7 @@ def read_jobs(
     return JobsPublic(data=[JobPublic.from_job(job) for job in page.jobs], next_cursor=page.next_cursor)
 
 
-@router.get("/{job_id}")
+@router.get("/{job_id}", responses=error_responses(404))
 async def read_job(job_id: UUID, context: ContextDep, principal: CurrentPrincipal, wait: WaitQuery = 0) -> JobPublic:
     """A job; with `wait`, answers as soon as it is terminal or when the wait is over."""
     wait_s = min(wait, context.settings.LONG_POLL_MAX_S)
@@ -57,7 +63,7 @@ async def read_job(job_id: UUID, context: ContextDep, principal: CurrentPrincipa
     return JobPublic.from_job(job)
 
 
-@router.post("/{job_id}/cancel")
+@router.post("/{job_id}/cancel", responses=error_responses(404, 409))
 def cancel(job_id: UUID, session: SessionDep, principal: CurrentPrincipal) -> JobPublic:
     """Cancel a job that has not finished (a queued one never runs); 409 once it has."""
     job = cancel_job(session, job_id, principal.tenant)

@@ -74,9 +74,26 @@ def test_idempotency_key(client: TestClient, image_id: str, sessions: SessionFac
         (
             {"kind": "caption", "input": {"image": png_base64(), "decoding": {"num_beams": 99}}},
             "invalid_request",
-            "input.decoding",
+            "input.decoding.num_beams",
         ),
         ({"kind": "caption", "input": {"image": "not base64!"}}, "invalid_request", "input.image"),
+        (
+            {"kind": "caption", "input": {"image": png_base64(), "max_new_tokens": 5_000_000}},
+            "invalid_request",
+            "input.decoding.max_new_tokens",  # flat options are decoding options
+        ),
+        (
+            {"kind": "caption", "input": {"image": png_base64(), "decoding": {"max_new_tokens": 5_000_000}}},
+            "invalid_request",
+            "input.decoding.max_new_tokens",
+        ),
+        (
+            {"kind": "vqa", "input": {"image": png_base64(), "question": ["a", "list"]}},
+            "invalid_request",
+            "input.question",
+        ),
+        ({"kind": "caption", "model": 7, "input": {"image": png_base64()}}, "invalid_request", "model"),
+        ({"kind": "caption", "input": {"image_id": 12345}}, "invalid_request", "input.image_id"),
         ({"kind": "caption", "input": {"image": "aGVsbG8="}}, "invalid_image", None),
         ({"kind": "caption", "model": "no-such-model", "input": {"image": png_base64()}}, "model_not_found", "model"),
         (
@@ -100,6 +117,25 @@ def test_rejected_request_creates_no_row(
     assert error["code"] == code
     assert error.get("field") == field
     assert count(sessions, Job) == count(sessions, Image) == 0
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type"),
+    [
+        (b'{"kind": "caption", "input": ', "application/json"),
+        (b"\xff\xfe\x00garbage", "application/json"),
+        (b"[]", "application/json"),
+        (b"kind=caption", "application/x-www-form-urlencoded"),
+    ],
+)
+def test_malformed_bodies_are_422_naming_the_body(
+    client: TestClient, sessions: SessionFactory, content: bytes, content_type: str
+) -> None:
+    response = client.post("/v1/jobs", content=content, headers={"Content-Type": content_type})
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "invalid_request"
+    assert response.json()["error"]["field"] == "body"
+    assert count(sessions, Job) == 0
 
 
 def test_unknown_job(client: TestClient) -> None:

@@ -55,8 +55,11 @@ def test_exactly_one_image() -> None:
 
 def test_decoding_options_use_the_library_bounds() -> None:
     assert error_locs({"kind": "caption", "input": {"image_id": IMAGE_ID, "decoding": {"num_beams": 99}}}) == [
-        ("caption", "input", "decoding")
+        ("caption", "input", "decoding", "num_beams")
     ]
+    # A rule across fields names the options as a whole.
+    crossed = {"image_id": IMAGE_ID, "decoding": {"num_beams": 2, "num_captions": 3}}
+    assert error_locs({"kind": "caption", "input": crossed}) == [("caption", "input", "decoding")]
     ok = {"image_id": IMAGE_ID, "decoding": {"num_beams": 3, "num_captions": 3}}
     job = JOB_CREATE_ADAPTER.validate_python({"kind": "caption", "input": ok})
     assert isinstance(job, CaptionJobCreate)
@@ -69,7 +72,7 @@ def test_decoding_options_may_also_be_given_flat() -> None:
     assert isinstance(job, CaptionJobCreate)
     assert job.input.decoding.overrides() == {"num_beams": 3, "max_new_tokens": 12, "num_captions": 2}
     too_many = {"image_id": IMAGE_ID, "question": "why?", "max_new_tokens": 5_000_000}
-    assert error_locs({"kind": "vqa", "input": too_many}) == [("vqa", "input", "decoding")]
+    assert error_locs({"kind": "vqa", "input": too_many}) == [("vqa", "input", "decoding", "max_new_tokens")]
 
 
 def test_embed_modes() -> None:
@@ -104,3 +107,32 @@ def test_stored_input_round_trips() -> None:
     )
     stored = job.input.model_dump(mode="json", exclude_none=True)
     assert parse_input("vqa", stored) == job.input
+
+
+def test_image_url_is_one_more_way_to_give_the_image() -> None:
+    url = "https://example.org/cat.jpg"
+    job = JOB_CREATE_ADAPTER.validate_python({"kind": "caption", "input": {"image_url": url}})
+    assert isinstance(job, CaptionJobCreate)
+    assert (job.input.image_url, job.input.images_given()) == (url, 1)
+    assert MatchInput.model_validate({"image_url": url, "texts": ["a cat"]}).images_given() == 1
+
+    for two in ({"image_id": IMAGE_ID}, {"image": png_base64()}):
+        with pytest.raises(ValidationError, match="exactly one of image_id, image or image_url"):
+            CaptionJobCreate.model_validate({"kind": "caption", "input": {"image_url": url} | two})
+    with pytest.raises(ValidationError, match="mode 'text' takes no image"):
+        EmbedInput.model_validate({"mode": "text", "text": "a cat", "image_url": url})
+    with pytest.raises(ValidationError, match="not image_id, image or image_url"):
+        MatchInput.model_validate({"text": "a", "image_ids": [IMAGE_ID], "image_url": url})
+
+
+@pytest.mark.parametrize(
+    "url", ["file:///etc/passwd", "ftp://example.org/cat.jpg", "cat.jpg", "https://x/" + "a" * 2000]
+)
+def test_image_url_must_be_http_and_of_sane_length(url: str) -> None:
+    assert error_locs({"kind": "caption", "input": {"image_url": url}}) == [("caption", "input", "image_url")]
+
+
+def test_image_url_in_the_json_schema() -> None:
+    schema = CaptionJobCreate.model_json_schema()
+    image_url = schema["$defs"]["CaptionInput"]["properties"]["image_url"]
+    assert image_url["anyOf"][0] == {"type": "string", "pattern": "^https?://", "maxLength": 2000}
