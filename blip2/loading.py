@@ -24,7 +24,7 @@ from transformers import (
 )
 
 from blip2.errors import CheckpointUnavailable, InvalidArgument, InvalidCheckpoint, ModelNotFound
-from blip2.quantization import QuantizationPlan, bnb_config, quantize_remaining
+from blip2.quantization import Precision, QuantizationPlan, bnb_config, quantize_remaining
 from blip2.registry import (
     PRETRAINED_DIR,
     Family,
@@ -111,8 +111,8 @@ def load_model(
     source = locate_checkpoint(spec, data_dir)
     family = spec.family or _family_of(source)
     device = resolve_device(options.device)
-    dtype = resolve_dtype(options.dtype, device)
     plan = QuantizationPlan.parse(options.quantize)
+    dtype = resolve_dtype(options.dtype, device, plan)
     model = _load_weights(MODEL_CLASSES[family], source, device, dtype, plan)
     processor = _load_processor(source)
     check_processor_matches(model, processor, source)
@@ -183,11 +183,17 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """`auto` is fp32 on CPU, bf16 on GPUs that support it, fp16 on older GPUs."""
+def resolve_dtype(name: str, device: torch.device, plan: QuantizationPlan | None = None) -> torch.dtype:
+    """`auto` is fp32 on CPU, bf16 on GPUs that support it, fp16 on older GPUs and with int8.
+
+    bitsandbytes' LLM.int8() multiplies in fp16: with bf16 activations it casts them on every
+    call (and warns each time), so an int8 model on a GPU runs in fp16 unless asked otherwise.
+    """
     if name == "auto":
         if device.type != "cuda":
             return torch.float32
+        if plan is not None and Precision.INT8 in plan.precisions():
+            return torch.float16
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if name not in _DTYPES:
         raise InvalidArgument(f"unknown dtype {name!r}; use auto, fp32, fp16 or bf16")

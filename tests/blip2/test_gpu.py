@@ -34,6 +34,8 @@ def test_quantized_on_cuda(tiny_data_dir: Path, photos: dict[str, Image.Image], 
     lm = load_model("tiny-t5", data_dir=tiny_data_dir, options=LoadOptions(quantize=quantize))
     counts = count_quantized_linears(lm.model)
     assert counts["llm"]["int8"] + counts["llm"]["int4"] > 0
+    # LLM.int8() multiplies in fp16, so int8 anywhere means fp16 activations (no per-call casts).
+    assert lm.dtype == (torch.float16 if "int8" in quantize else torch.bfloat16)
     results = caption(lm, list(photos.values()), decoding=GREEDY)
     assert all(r.captions[0] for r in results)
 
