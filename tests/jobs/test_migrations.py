@@ -5,7 +5,7 @@ from collections.abc import Iterator
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, text
 
 from jobs.models import Base
 from jobs.schema_migrations import downgrade, upgrade
@@ -44,3 +44,31 @@ def test_migrated_schema_matches_the_models(empty_database: Settings) -> None:
         diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
     engine.dispose()
     assert diff == []
+
+
+def test_rows_from_before_tenants_belong_to_the_default_tenant(empty_database: Settings) -> None:
+    upgrade(empty_database, "0002")
+    engine = create_engine(empty_database.sqlalchemy_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO jobs (id, kind, model, queue, status, input, attempts, dispatch_count)"
+                    " VALUES (gen_random_uuid(), 'caption', 'tiny-opt', 'infer.tiny-opt', 'succeeded', '{}', 1, 1)"
+                )
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO datasets (name, format, path, tasks, splits, source)"
+                    " VALUES ('old', 'shapes', '/d', '[]', '{}', 'x')"
+                )
+            )
+        upgrade(empty_database)
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT tenant FROM jobs")).scalars().all() == ["default"]
+            assert connection.execute(text("SELECT tenant, name FROM datasets")).all() == [("default", "old")]
+            # New rows must name their tenant: the migration's default is gone again.
+            columns = {c["name"]: c for c in inspect(connection).get_columns("jobs")}
+            assert columns["tenant"]["default"] is None and not columns["tenant"]["nullable"]
+    finally:
+        engine.dispose()
