@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException
 
 from blip2.errors import (
@@ -25,6 +25,7 @@ from blip2.errors import (
     ModelNotFound,
     UnsupportedImageFormat,
 )
+from jobs.db import database_error_summary, is_connection_error
 from jobs.errors import (
     ApiKeyNotFound,
     BatchTooLarge,
@@ -117,9 +118,9 @@ async def _typed_error(request: Request, exc: Exception) -> JSONResponse:
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     """Postgres went away (restart, failover, network): 503 and try again, never a 500."""
     assert isinstance(exc, DBAPIError)
-    if not (exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)):
+    if not is_connection_error(exc):
         raise exc
-    log.warning("database unavailable for %s %s: %s", request.method, request.url.path, exc.orig)
+    log.warning("database unavailable for %s %s: %s", request.method, request.url.path, database_error_summary(exc))
     body = error_body("database_unavailable", "the database is unavailable; try again shortly")
     return JSONResponse(body, status_code=503, headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)})
 

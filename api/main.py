@@ -5,6 +5,7 @@ blip2-jobs api --port 8000      # or: uvicorn --factory api.main:app_from_enviro
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
@@ -14,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import ApiContext
 from api.errors import install_error_handlers
+from api.limits import LimitRequestBody
 from api.routes import catalog, health, images, jobs
 from blip2.registry import Registry
 from jobs.broker import Dispatcher, create_celery
@@ -31,6 +33,7 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="blip2-jobs", version="0.1.0", lifespan=_lifespan)
     app.state.context = context
     install_error_handlers(app)
+    app.add_middleware(LimitRequestBody, settings=settings)  # 413 while an oversized body arrives
     for router in (images.router, jobs.router, catalog.router, health.router):
         app.include_router(router)
     return app
@@ -79,10 +82,24 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 async def _sweep_forever(context: ApiContext) -> None:
-    """Run the outbox sweep every SWEEP_INTERVAL_S; a failed sweep is logged and tried again."""
+    """Run the outbox sweep every SWEEP_INTERVAL_S; a failed sweep is logged and tried again.
+
+    No running job is taken for lost before the database has answered this process's sweeps for a
+    full lease: while it was unreachable (a restart, a failover) no worker could write a heartbeat
+    either, and a job still running must not be run a second time for that.
+    """
+    settings = context.settings
+    answering_since: float | None = None
     while True:
-        await asyncio.sleep(context.settings.SWEEP_INTERVAL_S)
+        await asyncio.sleep(settings.SWEEP_INTERVAL_S)
+        now = time.monotonic()
+        recover_lost = answering_since is not None and now - answering_since >= settings.JOB_LEASE_S
         try:
-            await run_in_threadpool(sweep_once, context.sessions, context.dispatcher, context.settings)
+            await run_in_threadpool(
+                sweep_once, context.sessions, context.dispatcher, settings, recover_lost=recover_lost
+            )
         except Exception:
-            log.exception("outbox sweep failed; trying again in %s s", context.settings.SWEEP_INTERVAL_S)
+            answering_since = None
+            log.exception("outbox sweep failed; trying again in %s s", settings.SWEEP_INTERVAL_S)
+        else:
+            answering_since = now if answering_since is None else answering_since

@@ -18,9 +18,23 @@ class InvalidImage(Blip2Error):
 
 
 class UnsupportedImageFormat(InvalidImage):
-    """The image decodes, but its format is not on the allow-list."""
+    """The image decodes, but its format is not on the allow-list (or, in the subclasses below, it is
+    not the type the upload claimed, or it is something else besides an image)."""
 
     code = "unsupported_image_format"
+
+
+class ImageTypeMismatch(UnsupportedImageFormat):
+    """The bytes are an image of another type than the one the upload declared (a PNG sent as image/jpeg)."""
+
+    code = "image_type_mismatch"
+
+
+class ImagePolyglot(UnsupportedImageFormat):
+    """The bytes are an image and something else too: data after the image's end, or embedded markup,
+    script or an archive, which another program reading the same stored file would find and run."""
+
+    code = "image_polyglot"
 
 
 class ImageTooLarge(InvalidImage):
@@ -89,6 +103,12 @@ class DownloadFailed(Blip2Error):
     code = "download_failed"
 
 
+class DownloadTooLarge(DownloadFailed):
+    """The remote file is larger than the download may be (its size limit)."""
+
+    code = "download_too_large"
+
+
 class ChecksumMismatch(DownloadFailed):
     """The downloaded bytes are not the expected ones (sha256 or size differ)."""
 
@@ -111,6 +131,13 @@ class UnsafeArchive(InvalidArchive):
     """An archive member would land outside the target folder, or is a device or fifo."""
 
     code = "unsafe_archive"
+
+
+class ArchiveTooLarge(UnsafeArchive):
+    """An archive would expand past its limits: too many members, too many bytes, or a member compressed
+    far more than real data ever is (a zip bomb)."""
+
+    code = "archive_too_large"
 
 
 class IncompatibleCheckpoint(Blip2Error):

@@ -6,6 +6,8 @@ the CLI reading a file) goes through this module, so the rules live in one place
 - only formats on `ALLOWED_FORMATS`, judged from the bytes themselves, never from a file name;
 - at most `max_pixels` pixels, checked from the header before any pixel data is decoded;
 - truncated or corrupt files are rejected, never padded out with grey;
+- before bytes are stored (`probe_image`), polyglots and bytes of another type than the client
+  declared are refused too (`blip2.image_bytes`);
 - the result is always upright (EXIF orientation applied) 8-bit RGB, transparency flattened
   onto white, and only the first frame of an animation.
 
@@ -28,6 +30,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from blip2.errors import ImageTooLarge, InvalidImage, UnsupportedImageFormat
+from blip2.image_bytes import check_claimed_type, check_not_polyglot
 
 # What browsers, phones and cameras actually send. MPO is what Pillow calls a JPEG carrying an
 # extra "multi-picture" segment (many phone photos do), so refusing it would refuse ordinary
@@ -73,13 +76,17 @@ class ImageInfo:
     format: str  # Pillow's format name, lower-case: "jpeg", "mpo", "png", "webp", "gif", "bmp"
 
 
-def probe_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
-    """Check that `data` is an acceptable image and say what it is, raising `InvalidImage` if not.
+def probe_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, claimed_type: str | None = None) -> ImageInfo:
+    """Check that `data` is an acceptable image to store and say what it is, raising `InvalidImage` if not.
 
     Format and size come from the header, so the cheap rejections cost nothing; the pixel data
-    is then decoded once, because only a full decode finds a truncated or corrupt file.
+    is then decoded once, because only a full decode finds a truncated or corrupt file. Being the
+    gate before bytes are kept, it also refuses bytes that are not the `claimed_type` (a content
+    type the client declared; None claims nothing) and polyglots (see `blip2.image_bytes`).
     """
     with _open_checked(data, max_pixels) as im:
+        check_claimed_type(_format_name(im), claimed_type)
+        check_not_polyglot(data, _format_name(im))
         _load(im)
         width, height = _upright_size(im)
         return ImageInfo(width=width, height=height, format=_format_name(im).lower())

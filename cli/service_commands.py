@@ -40,6 +40,7 @@ def one_line_errors() -> Iterator[None]:
     from sqlalchemy.exc import DBAPIError
 
     from blip2.errors import Blip2Error
+    from jobs.db import database_error_summary
     from jobs.errors import JobsError
     from jobs.settings import MissingSetting
 
@@ -51,8 +52,7 @@ def one_line_errors() -> Iterator[None]:
     except (MissingSetting, Blip2Error, JobsError) as exc:
         _fail(str(exc))
     except DBAPIError as exc:
-        first_line = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
-        _fail(f"database: {first_line} (is DATABASE_URL right, and `blip2-jobs migrate` run?)")
+        _fail(f"database: {database_error_summary(exc)} (is DATABASE_URL right, and `blip2-jobs migrate` run?)")
 
 
 def _fail(message: str) -> None:

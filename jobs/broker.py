@@ -52,6 +52,8 @@ def create_celery(settings: Settings) -> Celery:
         task_serializer="json",
         accept_content=["json"],
         broker_connection_retry_on_startup=True,
+        # A worker that loses Redis reconnects however long it is away (Celery's default gives up after 100 tries).
+        broker_connection_max_retries=None,
         broker_transport_options=_transport_options(settings),
     )
     return app

@@ -4,6 +4,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.settings import Settings
@@ -36,3 +37,18 @@ def database_reachable(engine: Engine) -> bool:
     except Exception:
         return False
     return True
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """True when the database could not be reached or the connection broke (restart, failover, network):
+    an error worth trying again, unlike a bad statement or a violated constraint."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    return exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
+
+
+def database_error_summary(exc: BaseException) -> str:
+    """The driver's first line of a database error, without SQLAlchemy's statement and links."""
+    original = getattr(exc, "orig", None) or exc
+    lines = str(original).strip().splitlines()
+    return lines[0] if lines else type(original).__name__

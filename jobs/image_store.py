@@ -26,7 +26,7 @@ def store_image(
     """
     if len(data) > settings.MAX_UPLOAD_BYTES:
         raise UploadTooLarge(f"image is {len(data)} bytes, over the limit of {settings.MAX_UPLOAD_BYTES}")
-    info = probe_image(data, max_pixels=settings.MAX_IMAGE_PIXELS)
+    info = probe_image(data, max_pixels=settings.MAX_IMAGE_PIXELS, claimed_type=claimed_type)
     digest = hashlib.sha256(data).hexdigest()
     row = {"id": uuid4(), "tenant": tenant, "sha256": digest, "data": data, "size_bytes": len(data)}
     info_row = {"width": info.width, "height": info.height, "format": info.format}

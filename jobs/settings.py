@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     # (its job is queued again; training resumes from its last checkpoint).
     HEARTBEAT_INTERVAL_S: float = Field(default=10.0, gt=0)
     JOB_LEASE_S: float = Field(default=60.0, gt=0)
+    # While Postgres is unreachable (a restart, a failover) a worker retries its claim and its final
+    # write this long, so a job that finished its model work meanwhile keeps its result.
+    DB_RETRY_S: float = Field(default=120.0, ge=0)
 
     # Hosts downloads may reach although they resolve to a non-public address (comma-separated):
     # a private mirror, or 127.0.0.1 in tests. Every other host must resolve to public addresses.

@@ -27,6 +27,7 @@ from jobs.errors import (
     ModelNameTaken,
     TenantQueueFull,
 )
+from jobs.fetch import with_fetched_image
 from jobs.image_store import missing_image_ids, store_image
 from jobs.models import IdempotencyKey, Job
 from jobs.repository import add_job, count_unfinished_jobs, get_job, mark_dispatched
@@ -66,6 +67,9 @@ def submit_job(ctx: Submission, tenant: str, request: JobCreateBase, idempotency
         _check_references(session, ctx.registry, tenant, request.input, model)
     _check_batch_size(request.input, ctx.settings)
     fingerprint = _fingerprint(request, model)
+    # An image_url is fetched (SSRF-guarded, size- and time-limited) before any transaction opens,
+    # then stored for the tenant like an inline image; the fingerprint keeps the URL.
+    request = request.model_copy(update={"input": with_fetched_image(request.input, ctx.settings)})
     try:
         submitted = _record(ctx, tenant, request, model, idempotency_key, fingerprint)
     except _KeyTakenMeanwhile:

@@ -31,9 +31,11 @@ class SweepReport:
     resent: int  # queued jobs whose message was sent again
 
 
-def sweep_once(sessions: SessionFactory, dispatcher: Dispatcher, settings: Settings) -> SweepReport:
-    """One pass: recover lost running jobs, then re-send overdue queued ones."""
-    recovered = _recover_lost(sessions, settings)
+def sweep_once(
+    sessions: SessionFactory, dispatcher: Dispatcher, settings: Settings, *, recover_lost: bool = True
+) -> SweepReport:
+    """One pass: recover lost running jobs (unless `recover_lost` is False), then re-send overdue queued ones."""
+    recovered = _recover_lost(sessions, settings) if recover_lost else []
     resent = _send(sessions, dispatcher, recovered)
     with session_scope(sessions) as session:
         overdue = overdue_queued_jobs(session, after=timedelta(seconds=settings.QUEUED_TOO_LONG_S), limit=_BATCH)

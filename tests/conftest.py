@@ -10,3 +10,14 @@ from tests.support.model_fixtures import *  # noqa: F403, I001
 
 # Database, Redis and worker fixtures for the job-system tests (tests/jobs, api, worker, system).
 from tests.support.fixtures import *  # noqa: F403
+
+import pytest
+
+from tests.support.fault_tally import tally
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The fault suite's figures (tests/support/fault_tally.py), when fault tests ran."""
+    summary = tally.summary()
+    if summary is not None:
+        terminalreporter.write_line(summary)

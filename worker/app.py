@@ -7,7 +7,8 @@ One prefork child (concurrency 1) runs the jobs: it connects and loads the model
 `worker_process_init`, after the fork, and holds the model across jobs. Delivery is at-least-once:
 a message is acknowledged only after its job finished (acks_late), is re-queued if the child dies
 (reject_on_worker_lost), and Redis re-delivers only after a visibility timeout longer than the hard
-time limit, so a job that is still running is never handed to a second worker.
+time limit, so a job that is still running is never handed to a second worker. A job killed at its
+hard time limit is failed by the main process (worker/time_limits.py), not run again.
 """
 
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from jobs.settings import Settings
 from worker.model_holder import ModelLoadOptions
 from worker.runtime import WorkerRuntime
 from worker.tasks import register_tasks
+from worker.time_limits import record_hard_time_limits
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ def create_worker_app(settings: Settings, options: WorkerOptions) -> Celery:
     preload = options.model if queue_for_model(options.model) in options.consumed_queues() else None
     runtime = WorkerRuntime(settings=settings, preload=preload, load_options=options.load)
     register_tasks(app, runtime)
+    record_hard_time_limits(app, settings)
     worker_process_init.connect(runtime.start, weak=False)
     return app
 

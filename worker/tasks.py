@@ -6,6 +6,8 @@ process lives on to take the next one.
 """
 
 import logging
+from collections.abc import Callable
+from typing import TypeVar
 from uuid import UUID
 
 from celery import Celery
@@ -15,18 +17,21 @@ from sqlalchemy.orm import Session
 from blip2.errors import Blip2Error
 from blip2.images import decode_image
 from jobs.broker import RUN_JOB_TASK, RUN_LONG_JOB_TASK
-from jobs.db import session_scope
+from jobs.db import is_connection_error
 from jobs.errors import JobsError
 from jobs.image_store import load_image_bytes
 from jobs.models import Job
 from jobs.repository import claim_job, fail_job, succeed_job
 from jobs.schemas import LONG_KINDS, ImageFields, JobInput, JobKind, parse_input
+from worker.db_retry import retry_transaction
 from worker.handlers import Work, run_batch
 from worker.long_jobs import JobCanceled, run_long_job
 from worker.progress import heartbeating
 from worker.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def register_tasks(app: Celery, runtime: WorkerRuntime) -> None:
@@ -46,11 +51,10 @@ def register_tasks(app: Celery, runtime: WorkerRuntime) -> None:
 
 def execute_job(runtime: WorkerRuntime, job_id: UUID) -> None:
     """Run one job to its result or its error, unless another delivery or a cancel got there first."""
-    with session_scope(runtime.sessions) as session:
-        job = claim_job(session, job_id)
-        if job is None:
-            log.info("job %s is not queued (already run, running, canceled or gone); message dropped", job_id)
-            return
+    job = _transaction(runtime, f"claiming job {job_id}", lambda session: claim_job(session, job_id))
+    if job is None:
+        log.info("job %s is not queued (already run, running, canceled or gone); message dropped", job_id)
+        return
     try:
         with heartbeating(job_id, runtime.sessions, runtime.settings.HEARTBEAT_INTERVAL_S):
             result = _run(runtime, job)
@@ -61,12 +65,16 @@ def execute_job(runtime: WorkerRuntime, job_id: UUID) -> None:
     except SoftTimeLimitExceeded:
         _fail(runtime, job_id, "time_limit_exceeded", "the job ran past the soft time limit")
     except Exception as exc:
+        if is_connection_error(exc):
+            # Postgres went away under the job's own reads or writes: not the job's fault, so it is not
+            # failed; it stays running, silent, and the sweeper runs it again once its lease runs out.
+            raise
         log.exception("job %s failed unexpectedly", job_id)
         _fail(runtime, job_id, "internal_error", f"{type(exc).__name__}: {exc}")
     else:
-        with session_scope(runtime.sessions) as session:
-            if succeed_job(session, job_id, result) is None:
-                log.info("job %s was canceled while it ran; its result is dropped", job_id)
+        succeeded = _transaction(runtime, f"recording job {job_id}'s result", lambda s: succeed_job(s, job_id, result))
+        if succeeded is None:
+            log.info("job %s was canceled while it ran; its result is dropped", job_id)
 
 
 def _run(runtime: WorkerRuntime, job: Job) -> dict[str, object]:
@@ -74,21 +82,25 @@ def _run(runtime: WorkerRuntime, job: Job) -> dict[str, object]:
     job_input = parse_input(kind, job.input)
     if kind in LONG_KINDS:
         return run_long_job(job, job_input, runtime.settings, runtime.sessions).model_dump(mode="json")
-    with runtime.sessions() as session:
-        work = Work(input=job_input, images=_images(session, job, job_input, runtime.settings.MAX_IMAGE_PIXELS))
+    work = Work(input=job_input, images=_images(runtime, job, job_input))
     model = runtime.models.get(job.model, job.tenant)
     [output] = run_batch(kind, model, [work])
     return output.model_dump(mode="json")
 
 
-def _images(session: Session, job: Job, job_input: JobInput, max_pixels: int) -> list:  # type: ignore[type-arg]
+def _images(runtime: WorkerRuntime, job: Job, job_input: JobInput) -> list:  # type: ignore[type-arg]
     if not isinstance(job_input, ImageFields):
         return []
-    data = load_image_bytes(session, job_input.referenced_image_ids(), job.tenant)
-    return [decode_image(item, max_pixels=max_pixels) for item in data]
+    ids = job_input.referenced_image_ids()
+    data = _transaction(runtime, f"loading job {job.id}'s images", lambda s: load_image_bytes(s, ids, job.tenant))
+    return [decode_image(item, max_pixels=runtime.settings.MAX_IMAGE_PIXELS) for item in data]
 
 
 def _fail(runtime: WorkerRuntime, job_id: UUID, code: str, message: str) -> None:
     log.info("job %s failed: %s: %s", job_id, code, message)
-    with session_scope(runtime.sessions) as session:
-        fail_job(session, job_id, code, message)
+    _transaction(runtime, f"recording job {job_id}'s error", lambda session: fail_job(session, job_id, code, message))
+
+
+def _transaction(runtime: WorkerRuntime, what: str, work: Callable[[Session], T]) -> T:
+    """`work` in a transaction of its own, retried for up to DB_RETRY_S while Postgres is unreachable."""
+    return retry_transaction(runtime.sessions, work, what=what, limit_s=runtime.settings.DB_RETRY_S)

@@ -3,6 +3,7 @@
 `fetch_dataset("coco2017-val", data_dir)` downloads a manifest entry's files, verifies them,
 extracts the archives and registers the result as `DATA_DIR/datasets/coco2017-val/`;
 `fetch_url(url, sha256, name, format, data_dir)` does the same for an archive a user names.
+`FetchLimits` bounds what a fetch may download and how far its archives may expand (zip bombs).
 
 Nothing half-written is ever registered: all the work happens in a hidden
 `DATA_DIR/datasets/.staging-<name>-<random>/` folder, which is renamed into place only once
@@ -23,7 +24,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from blip2.data.download import ProgressCallback, StopCheck, download_file, extract_archive, is_archive
+from blip2.data.archives import ArchiveLimits, extract_archive, is_archive
+from blip2.data.download import DEFAULT_MAX_DOWNLOAD_BYTES, ProgressCallback, StopCheck, download_file
 from blip2.data.formats import FORMATS, dataset_path, register_dataset
 from blip2.data.records import DatasetInfo
 from blip2.data.shapes import generate_shapes
@@ -111,6 +113,14 @@ KNOWN_DATASETS: dict[str, DatasetSource] = {
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
+@dataclass(frozen=True)
+class FetchLimits:
+    """How much one dataset fetch may download in all, and how far each of its archives may expand."""
+
+    max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES
+    archive: ArchiveLimits = field(default_factory=ArchiveLimits)
+
+
 def fetch_dataset(
     name: str,
     data_dir: Path,
@@ -118,6 +128,7 @@ def fetch_dataset(
     on_progress: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
     client: httpx.Client | None = None,
+    limits: FetchLimits = FetchLimits(),
 ) -> DatasetInfo:
     """Fetch (or generate) the manifest entry `name` and register it under that name."""
     if name not in KNOWN_DATASETS:
@@ -131,6 +142,7 @@ def fetch_dataset(
             info = replace(generated, options=generated.options | provenance)
             info.save(staging)
             return info
+        fetched = 0
         for remote in source.files:
             path = download_file(
                 remote.url,
@@ -139,10 +151,12 @@ def fetch_dataset(
                 expected_size=remote.size,
                 on_progress=on_progress,
                 should_stop=should_stop,
+                max_bytes=limits.max_download_bytes - fetched,  # what the files before it left
                 client=client,
             )
+            fetched += path.stat().st_size
             if remote.extract:
-                extract_archive(path, staging)
+                extract_archive(path, staging, limits=limits.archive)
                 path.unlink()
         return register_dataset(staging, DatasetInfo(name, source.format, [], {}, dict(source.options) | provenance))
 
@@ -160,6 +174,7 @@ def fetch_url(
     on_progress: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
     client: httpx.Client | None = None,
+    limits: FetchLimits = FetchLimits(),
 ) -> DatasetInfo:
     """Fetch a user's file (an archive is extracted) whose sha256 is known, and register it as `name`.
 
@@ -179,10 +194,11 @@ def fetch_url(
             sha256=sha256,
             on_progress=on_progress,
             should_stop=should_stop,
+            max_bytes=limits.max_download_bytes,
             client=client,
         )
         if is_archive(path):
-            extract_archive(path, staging)
+            extract_archive(path, staging, limits=limits.archive)
             path.unlink()
         chosen = dict(options or {})
         chosen.setdefault("root", _single_folder(staging))

@@ -20,8 +20,9 @@ from schemathesis.checks import (
 )
 
 from api.main import create_app
+from jobs.db import SessionFactory
 from jobs.settings import Settings
-from tests.support.auth import bearer
+from tests.support.auth import bearer, new_key
 from tests.support.broker import drain
 
 MAX_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "40"))
@@ -40,7 +41,13 @@ def app(settings: Settings, key_prefix: str) -> Iterator[FastAPI]:
     drain(key_prefix, "infer.tiny-opt")
 
 
+@pytest.fixture(scope="module")
+def fuzz_key(sessions: SessionFactory) -> str:
+    """A key of its own: the fuzzing spends its rate limit, not the shared test key's."""
+    return new_key(sessions, "fuzz")
+
+
 @schema.parametrize()
 @settings(max_examples=MAX_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
-def test_no_server_errors_and_answers_match_the_schema(case: schemathesis.Case, app: FastAPI, api_key: str) -> None:
-    case.call_and_validate(app=app, headers=bearer(api_key), checks=list(CHECKS))
+def test_no_server_errors_and_answers_match_the_schema(case: schemathesis.Case, app: FastAPI, fuzz_key: str) -> None:
+    case.call_and_validate(app=app, headers=bearer(fuzz_key), checks=list(CHECKS))

@@ -6,9 +6,11 @@ Run: .venv/bin/pytest tests/blip2/test_images.py -q
 from __future__ import annotations
 
 import io
+import re
 import struct
 import threading
 import warnings
+import zipfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +20,7 @@ import pytest
 from PIL import Image, ImageFile
 from skimage import data as skdata
 
-from blip2.errors import ImageTooLarge, InvalidImage, UnsupportedImageFormat
+from blip2.errors import ImagePolyglot, ImageTooLarge, ImageTypeMismatch, InvalidImage, UnsupportedImageFormat
 from blip2.images import (
     ALLOWED_FORMATS,
     DEFAULT_MAX_PIXELS,
@@ -420,3 +422,148 @@ def test_load_image_file_names_the_path_of_a_bad_file(tmp_path: Path) -> None:
 def test_load_image_file_rejects_a_directory(tmp_path: Path) -> None:
     with pytest.raises(InvalidImage, match="cannot read image file"):
         load_image_file(tmp_path)
+
+
+# --- polyglots and claimed types (probe_image, the gate before bytes are stored) ------------------
+
+
+def zip_archive(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for name, body in members.items():
+            zf.writestr(name, body)
+    return buffer.getvalue()
+
+
+def with_png_chunk(png: bytes, kind: bytes, body: bytes) -> bytes:
+    """`png` with one more chunk just before IEND (the last 12 bytes): inside the image's structure."""
+    return png[:-12] + _png_chunk(kind, body) + png[-12:]
+
+
+PHP = b"<?php system($_GET['c']); ?>"
+JS = b"*/=1;alert(document.domain);"
+ZIP = zip_archive({"a.jsp": b"<% out.println(1); %>"})
+RAR = b"Rar!\x1a\x07\x01\x00"
+
+
+@pytest.fixture(scope="module")
+def chelsea_jpeg(chelsea: np.ndarray) -> bytes:
+    return encode(chelsea, "JPEG", quality=90)
+
+
+# Real polyglot files, made from a photo: case -> (how to build it, what the refusal says).
+POLYGLOTS: dict[str, tuple[Callable[[np.ndarray], bytes], str]] = {
+    "png + zip": (lambda c: encode(c, "PNG") + ZIP, "follow the end of the PNG"),
+    "zip in a png chunk": (lambda c: with_png_chunk(encode(c, "PNG"), b"zIPp", ZIP), "a ZIP archive"),
+    "rar in a png chunk": (lambda c: with_png_chunk(encode(c, "PNG"), b"raRr", RAR), "a RAR archive"),
+    "gif + javascript": (lambda c: encode(c, "GIF") + JS, "follow the end of the GIF"),
+    "gif comment with script": (lambda c: encode(c, "GIF", comment=b"<script>alert(1)</script>"), "<script>"),
+    "jpeg + php": (lambda c: encode(c, "JPEG") + PHP, "follow the end of the JPEG"),
+    "jpeg comment with php": (lambda c: encode(c, "JPEG", comment=PHP), "<?php"),
+    "jpeg comment with html": (lambda c: encode(c, "JPEG", comment=b"<HTML><body>hi"), "<HTML>"),
+    "jpeg comment with pdf": (lambda c: encode(c, "JPEG", comment=b"%PDF-1.7 ..."), "a PDF document"),
+    "webp + zip": (lambda c: encode(c, "WEBP") + ZIP, "follow the end of the WEBP"),
+    "bmp + php": (lambda c: encode(c, "BMP") + PHP, "follow the end of the BMP"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(POLYGLOTS))
+def test_polyglot_is_refused(chelsea: np.ndarray, case: str) -> None:
+    build, says = POLYGLOTS[case]
+    data = build(chelsea)
+    decode_image(data)  # every one of them is a valid image: only the bytes around it give it away
+
+    with pytest.raises(ImagePolyglot, match=re.escape(says)) as caught:
+        probe_image(data)
+
+    assert caught.value.code == "image_polyglot"
+    assert isinstance(caught.value, UnsupportedImageFormat)  # so the HTTP edge answers 415
+
+
+@pytest.mark.parametrize(
+    "padding", [b"\x00" * 4, b"\x00" * 1000, b"\xff\xff", b"\r\n"], ids=["4 zeros", "1000 zeros", "ff", "crlf"]
+)
+def test_jpeg_with_camera_padding_after_its_end_is_accepted(chelsea_jpeg: bytes, padding: bytes) -> None:
+    assert probe_image(chelsea_jpeg + padding) == ImageInfo(width=451, height=300, format="jpeg")
+
+
+def test_end_marker_inside_a_segment_does_not_end_the_jpeg_early(chelsea: np.ndarray) -> None:
+    # A comment holding an EOI marker and more: only a walk of the segments knows it is not the end.
+    data = encode(chelsea, "JPEG", comment=b"\xff\xd9 not the end \xff\xd8")
+
+    assert probe_image(data).format == "jpeg"
+    with pytest.raises(ImagePolyglot):
+        probe_image(data + b"trailing payload")
+
+
+@pytest.mark.parametrize(
+    "options", [{"progressive": True}, {"restart_marker_blocks": 1}, {"subsampling": 0, "quality": 100}]
+)
+def test_jpeg_variants_walk_to_their_real_end(chelsea: np.ndarray, options: dict) -> None:
+    data = encode(chelsea, "JPEG", **options)
+
+    assert probe_image(data).format == "jpeg"
+    with pytest.raises(ImagePolyglot, match="5 bytes follow"):
+        probe_image(data + b"<x/>!")
+
+
+def test_real_photos_pass_in_every_allowed_format(photos: dict[str, Image.Image]) -> None:
+    for name, photo in photos.items():
+        for fmt in ("JPEG", "PNG", "WEBP", "GIF", "BMP"):
+            assert probe_image(encode(photo, fmt)).format == fmt.lower(), (name, fmt)
+
+
+def test_animated_gif_walks_every_frame(chelsea: np.ndarray) -> None:
+    frames = [Image.fromarray(chelsea).resize((64, 48)), Image.new("RGB", (64, 48), GREEN)]
+    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], comment=b"made by a test")
+
+    assert probe_image(data).format == "gif"
+    with pytest.raises(ImagePolyglot):
+        probe_image(data + JS)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "claimed"),
+    [
+        ("PNG", "image/png"),
+        ("PNG", "IMAGE/PNG; charset=binary"),
+        ("JPEG", "image/jpeg"),
+        ("JPEG", "image/jpg"),
+        ("GIF", "image/gif"),
+        ("WEBP", "image/webp"),
+        ("BMP", "image/x-ms-bmp"),
+        ("PNG", "application/octet-stream"),
+        ("PNG", ""),
+        ("PNG", None),
+    ],
+)
+def test_a_claim_that_matches_the_bytes_or_claims_nothing_passes(
+    chelsea: np.ndarray, fmt: str, claimed: str | None
+) -> None:
+    assert probe_image(encode(chelsea, fmt), claimed_type=claimed).format == fmt.lower()
+
+
+def test_an_mpo_may_be_sent_as_a_jpeg(chelsea: np.ndarray) -> None:
+    data = encode(Image.fromarray(chelsea), "MPO", save_all=True, append_images=[Image.new("RGB", (451, 300))])
+
+    assert probe_image(data, claimed_type="image/jpeg").format == "mpo"
+
+
+@pytest.mark.parametrize(
+    ("fmt", "claimed"), [("PNG", "image/jpeg"), ("JPEG", "image/png"), ("GIF", "image/webp"), ("PNG", "text/html")]
+)
+def test_bytes_of_another_type_than_claimed_are_refused(chelsea: np.ndarray, fmt: str, claimed: str) -> None:
+    with pytest.raises(ImageTypeMismatch, match=f"says it is {claimed} but its bytes are a {fmt} image") as caught:
+        probe_image(encode(chelsea, fmt), claimed_type=claimed)
+
+    assert caught.value.code == "image_type_mismatch"
+    assert isinstance(caught.value, UnsupportedImageFormat)
+
+
+def test_a_large_noisy_jpeg_passes_every_scan() -> None:
+    # Pure noise compresses to bytes as random as image data gets: none of it may look like a payload.
+    noise = np.random.default_rng(0).integers(0, 256, (2048, 2048, 3), dtype=np.uint8)
+    data = encode(noise, "JPEG", quality=100)
+    assert len(data) > 5_000_000
+
+    assert probe_image(data).format == "jpeg"

@@ -1,11 +1,14 @@
 """A real HTTP file server on 127.0.0.1 for the download and fetch tests, with misbehaving modes.
 
 Each served file says how the server treats it: honour Range requests or ignore them, drop the
-connection halfway through the first response, or answer the first requests with an error status.
-The server records every request (path and Range header) so tests can check that a resume was used.
+connection halfway through the first response, answer the first requests with an error status,
+leave out Content-Length, or pause before each piece of the body (a slow server). The server
+records every request (path and Range header) so tests can check that a resume was used, and how
+many body bytes it managed to send, so tests can check that a client stopped reading early.
 """
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,6 +24,9 @@ class Served:
     drop_first: bool = False  # cut the first response off halfway
     always_drop: bool = False
     fail_first: list[int] = field(default_factory=list)  # statuses answered before serving
+    send_length: bool = True  # False: no Content-Length; the body ends when the connection closes
+    pause_s: float = 0.0  # before each 16 KiB piece of the body
+    bytes_sent: int = 0  # body bytes written before the client went away (or all of them)
 
 
 @dataclass
@@ -39,9 +45,11 @@ class FileServer:
         drop_first: bool = False,
         always_drop: bool = False,
         fail_first: tuple[int, ...] = (),
+        send_length: bool = True,
+        pause_s: float = 0.0,
     ) -> str:
         """Serve `body` at `path` (e.g. "/data.zip"); returns its URL."""
-        self.files[path] = Served(body, honour_range, drop_first, always_drop, list(fail_first))
+        self.files[path] = Served(body, honour_range, drop_first, always_drop, list(fail_first), send_length, pause_s)
         return self.base_url + path
 
     def redirect(self, path: str, location: str) -> str:
@@ -72,8 +80,26 @@ class _Handler(BaseHTTPRequestHandler):
         elif served.always_drop or served.drop_first:
             served.drop_first = False
             self._send(200, served.body, len(served.body), cut=len(served.body) // 2)
+        elif not served.send_length or served.pause_s:
+            self._stream(served)
         else:
             self._serve(served)
+
+    def _stream(self, served: Served) -> None:
+        """The whole body, with or without Content-Length, pausing before each piece; counts what got out."""
+        self.send_response(200)
+        if served.send_length:
+            self.send_header("Content-Length", str(len(served.body)))
+        self.end_headers()
+        self.close_connection = True
+        try:
+            for i in range(0, len(served.body), 16384):
+                time.sleep(served.pause_s)
+                self.wfile.write(served.body[i : i + 16384])
+                self.wfile.flush()
+                served.bytes_sent += len(served.body[i : i + 16384])
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client stopped reading and went away
 
     def _serve(self, served: Served) -> None:
         header = self.headers.get("Range")

@@ -50,10 +50,13 @@ def wait_for_http(url: str, process: subprocess.Popen[bytes], timeout_s: float =
 
 
 @contextmanager
-def cli_process(args: list[str], settings: Settings, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """`blip2-jobs <args>` with these settings, stopped (SIGTERM, then SIGKILL) afterwards."""
+def cli_process(
+    args: list[str], settings: Settings, log: Path, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`blip2-jobs <args>` with these settings (and `env` added), stopped (SIGTERM, then SIGKILL) afterwards."""
+    environment = settings_env(settings) | (env or {})
     with log.open("wb") as out:
-        process = subprocess.Popen([*CLI, *args], env=settings_env(settings), stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen([*CLI, *args], env=environment, stdout=out, stderr=subprocess.STDOUT)
     try:
         yield process
     finally:
@@ -71,10 +74,16 @@ def stop(process: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
 
 
 @contextmanager
-def running_worker(settings: Settings, log: Path, model: str = "tiny-opt") -> Iterator[subprocess.Popen[bytes]]:
-    """A worker holding `model` and consuming every tiny model's queue, ready for jobs."""
-    args = ["worker", f"--model={model}", f"--queues={','.join(TINY_QUEUES)}"]
-    with cli_process(args, settings, log) as process:
+def running_worker(
+    settings: Settings,
+    log: Path,
+    model: str = "tiny-opt",
+    queues: list[str] | None = None,
+    env: dict[str, str] | None = None,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A worker holding `model` and consuming `queues` (default: every tiny model's queue), ready for jobs."""
+    args = ["worker", f"--model={model}", f"--queues={','.join(queues or TINY_QUEUES)}"]
+    with cli_process(args, settings, log, env) as process:
         wait_for_log(log, "worker process ready", process, timeout_s=300)
         wait_for_log(log, " ready.", process, timeout_s=60)
         yield process

@@ -1,6 +1,7 @@
-"""Waiting for a job to reach a terminal state, read straight from Postgres."""
+"""Waiting for a job to reach a terminal state, read straight from Postgres, or for any condition."""
 
 import time
+from collections.abc import Callable
 from uuid import UUID
 
 from jobs.db import SessionFactory
@@ -16,3 +17,12 @@ def wait_terminal(sessions: SessionFactory, job_id: UUID, timeout_s: float = 120
         if job.status.is_terminal or time.monotonic() > deadline:
             return job
         time.sleep(0.2)
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 60, interval_s: float = 0.05) -> None:
+    """Poll `condition` until it holds; TimeoutError naming `what` if it does not within `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not within {timeout_s} s")
+        time.sleep(interval_s)

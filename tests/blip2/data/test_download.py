@@ -1,16 +1,13 @@
-"""Downloads from a real local HTTP server that drops connections and ignores Range; archive safety."""
+"""Downloads from a real local HTTP server that drops connections, ignores Range, or sends too much."""
 
 import hashlib
-import io
 import os
-import tarfile
-import zipfile
 from pathlib import Path
 
 import pytest
 
-from blip2.data.download import DownloadProgress, download_file, extract_archive, is_archive
-from blip2.errors import ChecksumMismatch, DownloadCanceled, DownloadFailed, InvalidArchive, UnsafeArchive
+from blip2.data.download import DownloadProgress, download_file
+from blip2.errors import ChecksumMismatch, DownloadCanceled, DownloadFailed, DownloadTooLarge
 from tests.support.file_server import FileServer
 
 BODY = os.urandom(300_000)  # several chunks on the wire
@@ -115,114 +112,23 @@ def test_should_stop_cancels_and_a_later_call_resumes(file_server: FileServer, t
     assert file_server.ranges("/data.bin")[-1] == f"bytes={kept}-"
 
 
-# --- archives ---
+def test_announced_size_over_the_limit_is_refused_before_the_body(file_server: FileServer, tmp_path: Path) -> None:
+    url = file_server.serve("/data.bin", BODY)
+    with pytest.raises(DownloadTooLarge, match="more than 1000 bytes") as caught:
+        fast(url, tmp_path / "data.bin", max_bytes=1000)
+    assert caught.value.code == "download_too_large"
+    assert isinstance(caught.value, DownloadFailed)
+    assert list(tmp_path.iterdir()) == []  # no file, no part file
+    assert len(file_server.requests) == 1  # not retried
+
+    assert fast(url, tmp_path / "data.bin", max_bytes=len(BODY)).read_bytes() == BODY
 
 
-def zip_bytes(members: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as zf:
-        for name, data in members.items():
-            zf.writestr(zipfile.ZipInfo(name), data)
-    return buffer.getvalue()
-
-
-def tar_bytes(members: list[tarfile.TarInfo], data: dict[str, bytes] | None = None, mode: str = "w:gz") -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode=mode) as tar:  # type: ignore[call-overload]
-        for info in members:
-            body = (data or {}).get(info.name, b"")
-            info.size = len(body) if info.isreg() else 0
-            tar.addfile(info, io.BytesIO(body) if info.isreg() else None)
-    return buffer.getvalue()
-
-
-def member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.type = kind
-    info.linkname = link
-    return info
-
-
-def write(path: Path, data: bytes) -> Path:
-    path.write_bytes(data)
-    return path
-
-
-def test_extracts_zip_into_new_folder(tmp_path: Path) -> None:
-    archive = write(tmp_path / "a.zip", zip_bytes({"top/a.txt": b"A", "top/sub/b.txt": b"B"}))
-    files = extract_archive(archive, tmp_path / "out")
-    assert sorted(files) == [tmp_path / "out/top/a.txt", tmp_path / "out/top/sub/b.txt"]
-    assert (tmp_path / "out/top/sub/b.txt").read_bytes() == b"B"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.zip", "out"]  # no staging left
-
-
-@pytest.mark.parametrize("mode,suffix", [("w:gz", "tar.gz"), ("w", "tar"), ("w:gz", "tgz")])
-def test_extracts_tar_with_inner_symlink_into_existing_folder(tmp_path: Path, mode: str, suffix: str) -> None:
-    members = [member("d", tarfile.DIRTYPE), member("d/a.txt"), member("d/link", tarfile.SYMTYPE, "a.txt")]
-    archive = write(tmp_path / f"a.{suffix}", tar_bytes(members, {"d/a.txt": b"A"}, mode))
-    assert is_archive(archive)
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out/kept.txt").write_text("kept")
-    extract_archive(archive, tmp_path / "out")
-    assert (tmp_path / "out/d/link").read_bytes() == b"A"
-    assert (tmp_path / "out/kept.txt").read_text() == "kept"
-
-
-UNSAFE_TARS = {
-    "parent": [member("ok.txt"), member("../evil.txt")],
-    "nested parent": [member("ok.txt"), member("a/../../evil.txt")],
-    "absolute": [member("ok.txt"), member("/tmp/evil.txt")],
-    "symlink out": [member("ok.txt"), member("link", tarfile.SYMTYPE, "../../outside")],
-    "absolute symlink": [member("link", tarfile.SYMTYPE, "/etc")],
-    "write through symlink": [member("link", tarfile.SYMTYPE, "."), member("link/evil.txt")],
-    "climb out of symlink": [member("up", tarfile.SYMTYPE, "."), member("up/../evil.txt")],
-    "hard link out": [member("ok.txt"), member("hard", tarfile.LNKTYPE, "../../etc/passwd")],
-    "fifo": [member("ok.txt"), member("pipe", tarfile.FIFOTYPE)],
-    "device": [member("dev", tarfile.CHRTYPE)],
-}
-
-
-@pytest.mark.parametrize("case", sorted(UNSAFE_TARS))
-def test_unsafe_tar_extracts_nothing(tmp_path: Path, case: str) -> None:
-    archive = write(tmp_path / "bad.tar.gz", tar_bytes(UNSAFE_TARS[case], {"ok.txt": b"ok"}))
-    with pytest.raises(UnsafeArchive, match="nothing was extracted") as caught:
-        extract_archive(archive, tmp_path / "out")
-    assert caught.value.code == "unsafe_archive"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.tar.gz"]
-
-
-@pytest.mark.parametrize("name", ["../evil.txt", "/etc/evil.txt", "a/../../evil.txt"])
-def test_unsafe_zip_extracts_nothing(tmp_path: Path, name: str) -> None:
-    archive = write(tmp_path / "bad.zip", zip_bytes({"ok.txt": b"ok", name: b"evil"}))
-    with pytest.raises(UnsafeArchive):
-        extract_archive(archive, tmp_path / "out")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.zip"]
-
-
-def test_zip_symlink_pointing_out_is_refused(tmp_path: Path) -> None:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as zf:
-        info = zipfile.ZipInfo("link")
-        info.external_attr = (0o120777 << 16) | 0  # a Unix symlink, as `zip --symlinks` stores it
-        zf.writestr(info, "../../outside")
-    archive = write(tmp_path / "bad.zip", buffer.getvalue())
-    with pytest.raises(UnsafeArchive, match="symlink"):
-        extract_archive(archive, tmp_path / "out")
-
-
-def test_not_an_archive(tmp_path: Path) -> None:
-    path = write(tmp_path / "x.zip", b"just some bytes, not a zip")
-    assert not is_archive(path)
-    with pytest.raises(InvalidArchive, match="not a zip or tar"):
-        extract_archive(path, tmp_path / "out")
-
-
-def test_clash_with_existing_entry_moves_nothing(tmp_path: Path) -> None:
-    archive = write(tmp_path / "a.zip", zip_bytes({"a.txt": b"new", "b.txt": b"B"}))
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out/a.txt").write_text("old")
-    with pytest.raises(InvalidArchive, match="already exists"):
-        extract_archive(archive, tmp_path / "out")
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.txt"]
-    assert (tmp_path / "out/a.txt").read_text() == "old"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.zip", "out"]
+def test_body_without_a_size_is_cut_off_at_the_limit(file_server: FileServer, tmp_path: Path) -> None:
+    body = bytes(32 << 20)
+    url = file_server.serve("/endless.bin", body, send_length=False)
+    with pytest.raises(DownloadTooLarge):
+        fast(url, tmp_path / "endless.bin", max_bytes=100_000)
+    assert list(tmp_path.iterdir()) == []
+    # The server could write no more than the client read plus what the sockets buffer.
+    assert file_server.files["/endless.bin"].bytes_sent < len(body) // 2

@@ -10,15 +10,18 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from blip2.data.archives import ArchiveLimits
 from blip2.data.download import DownloadProgress
 from blip2.data.formats import FORMATS, list_datasets, load_dataset
-from blip2.data.manifest import KNOWN_DATASETS, DatasetSource, RemoteFile, fetch_dataset, fetch_url
+from blip2.data.manifest import KNOWN_DATASETS, DatasetSource, FetchLimits, RemoteFile, fetch_dataset, fetch_url
 from blip2.data.records import Split
 from blip2.errors import (
+    ArchiveTooLarge,
     ChecksumMismatch,
     DatasetExists,
     DatasetNotFound,
     DownloadCanceled,
+    DownloadTooLarge,
     InvalidArgument,
     InvalidDataset,
     UnsafeArchive,
@@ -33,9 +36,9 @@ def png(colour: str) -> bytes:
     return buffer.getvalue()
 
 
-def zip_of(members: dict[str, bytes]) -> bytes:
+def zip_of(members: dict[str, bytes], compression: int = zipfile.ZIP_STORED) -> bytes:
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as zf:
+    with zipfile.ZipFile(buffer, "w", compression) as zf:
         for name, data in members.items():
             zf.writestr(name, data)
     return buffer.getvalue()
@@ -197,3 +200,38 @@ def test_fetch_url_checks_arguments_before_downloading(file_server: FileServer, 
         with pytest.raises(InvalidArgument):
             fetch_url(url, sha256, name, format, tmp_path)
     assert file_server.requests == []
+
+
+def test_fetch_url_zip_bomb_registers_nothing(file_server: FileServer, tmp_path: Path) -> None:
+    archive = zip_of({"mydata/train.jsonl": b"", "mydata/zeros.bin": bytes(8 << 20)}, zipfile.ZIP_DEFLATED)
+    url = file_server.serve("/bomb.zip", archive)
+    with pytest.raises(ArchiveTooLarge, match=r"zeros\.bin"):
+        fetch_url(url, sha(archive), "bomb", "jsonl", tmp_path)  # the default limits
+    assert leftovers(tmp_path) == []
+
+
+def test_fetch_url_honours_the_archive_limits_given(file_server: FileServer, tmp_path: Path) -> None:
+    archive = custom_archive()
+    url = file_server.serve("/mydata.tar.gz", archive)
+    limits = FetchLimits(archive=ArchiveLimits(max_members=2))
+    with pytest.raises(ArchiveTooLarge, match="more than 2 members"):
+        fetch_url(url, sha(archive), "mydata", "jsonl", tmp_path, limits=limits)
+    assert leftovers(tmp_path) == []
+
+
+def test_dataset_download_limit_counts_every_file(
+    file_server: FileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = os.urandom(60_000), os.urandom(60_000)
+    source = DatasetSource(
+        "Two files that fit the limit one by one, not together.",
+        format="jsonl",
+        files=(
+            RemoteFile(file_server.serve("/a.bin", first), sha(first), len(first), False),
+            RemoteFile(file_server.serve("/b.bin", second), sha(second), len(second), False),
+        ),
+    )
+    monkeypatch.setitem(KNOWN_DATASETS, "two-files", source)
+    with pytest.raises(DownloadTooLarge, match=r"b\.bin: more than 40000 bytes"):
+        fetch_dataset("two-files", tmp_path, limits=FetchLimits(max_download_bytes=100_000))
+    assert leftovers(tmp_path) == []

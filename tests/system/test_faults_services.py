@@ -1,0 +1,217 @@
+"""Faults in the servers the system stands on, on real processes: Redis restarted with jobs queued,
+Redis losing all its data, PostgreSQL restarted while a job runs. Every job must still end
+`succeeded`, run once (attempts 1), read straight from Postgres.
+
+The API and a worker run against a private Redis and a private PostgreSQL that this module owns
+(tests/support/private_services.py), so stopping them disturbs no other test. The API sweeps every
+second and re-sends jobs queued over two seconds; a running job's lease is five seconds. To keep
+messages waiting in Redis, the worker's job-running child is paused (SIGSTOP) while its main
+process, which holds the broker connection, lives through the fault.
+"""
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import httpx
+import psutil
+import pytest
+from sqlalchemy import func, select
+
+from jobs.db import SessionFactory, create_db_engine, create_session_factory
+from jobs.models import Job
+from jobs.repository import get_job
+from jobs.schema_migrations import upgrade
+from jobs.settings import Settings
+from tests.support.auth import TENANT, bearer, new_key
+from tests.support.fault_tally import tally
+from tests.support.images import png_bytes
+from tests.support.private_services import PrivatePostgres, PrivateRedis, private_postgres, private_redis
+from tests.support.processes import running_worker, wait_for_log
+from tests.support.services import make_settings
+from tests.support.waiting import wait_terminal, wait_until
+from tests.system.conftest import serving
+
+pytestmark = pytest.mark.slow
+
+QUEUE = "infer.tiny-opt"
+QUICK = {"num_beams": 1, "max_new_tokens": 3}
+# About a second of model work on a 2-core CPU: long enough to be caught running and paused.
+SLOW = {"num_beams": 16, "max_new_tokens": 120, "min_new_tokens": 120}
+
+
+@dataclass
+class Stack:
+    """The private servers, and the API and worker running on them."""
+
+    redis: PrivateRedis
+    postgres: PrivatePostgres
+    settings: Settings
+    sessions: SessionFactory
+    http: httpx.Client
+    worker: subprocess.Popen[bytes]
+    worker_log: Path
+    image_id: str
+
+
+@pytest.fixture(scope="module")
+def stack(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    directory = tmp_path_factory.mktemp("private-services")
+    with private_redis(directory) as broker, private_postgres() as database:
+        overrides = {"REDIS_URL": broker.url, "SWEEP_INTERVAL_S": 1.0, "QUEUED_TOO_LONG_S": 2.0}
+        settings = make_settings(database.url(), "", models_dir, **overrides)
+        upgrade(settings)
+        engine = create_db_engine(settings)
+        sessions = create_session_factory(engine)
+        worker_log = directory / "worker.log"
+        with (
+            serving("api", settings, tmp_path_factory) as api_url,
+            running_worker(settings, worker_log) as worker,
+            httpx.Client(base_url=api_url, timeout=30, headers=bearer(new_key(sessions, TENANT))) as http,
+        ):
+            uploaded = http.post("/v1/images", files={"file": ("x.png", png_bytes())})
+            assert uploaded.status_code == 201, uploaded.text
+            yield Stack(broker, database, settings, sessions, http, worker, worker_log, uploaded.json()["id"])
+        engine.dispose()
+
+
+def job_body(stack: Stack, decoding: dict[str, int]) -> dict[str, Any]:
+    return {"kind": "caption", "model": "tiny-opt", "input": {"image_id": stack.image_id, "decoding": decoding}}
+
+
+def submit(stack: Stack, count: int, decoding: dict[str, int] = QUICK) -> list[UUID]:
+    """`count` caption jobs, each accepted (202)."""
+    ids = []
+    for _ in range(count):
+        response = stack.http.post("/v1/jobs", json=job_body(stack, decoding))
+        assert response.status_code == 202, response.text
+        ids.append(UUID(response.json()["id"]))
+    return ids
+
+
+def outcomes(stack: Stack, ids: list[UUID]) -> list[Job]:
+    """Every job once terminal (or at the deadline), tallied: lost unless succeeded, duplicated if run twice."""
+    jobs = [wait_terminal(stack.sessions, job_id, timeout_s=90) for job_id in ids]
+    tally.jobs(len(jobs))
+    tally.lost(sum(job.status != "succeeded" for job in jobs))
+    tally.duplicated(sum(job.attempts > 1 for job in jobs))
+    return jobs
+
+
+def assert_each_succeeded_once(jobs: list[Job]) -> None:
+    for job in jobs:
+        assert (job.status, job.attempts) == ("succeeded", 1), (job.id, job.status, job.attempts, job.error_code)
+        assert job.result and job.result["captions"], job.result
+
+
+def status_of(stack: Stack, job_id: UUID) -> str:
+    with stack.sessions() as session:
+        return get_job(session, job_id).status.value
+
+
+def dispatched(stack: Stack, job_id: UUID) -> bool:
+    """Whether a message for the job has been sent (the outbox's record)."""
+    with stack.sessions() as session:
+        return get_job(session, job_id).dispatched_at is not None
+
+
+def job_count(stack: Stack) -> int:
+    with stack.sessions() as session:
+        return int(session.scalar(select(func.count()).select_from(Job)) or 0)
+
+
+def waiting_in_redis(stack: Stack) -> int:
+    client = stack.redis.client()
+    try:
+        return int(client.llen(QUEUE))
+    finally:
+        client.close()
+
+
+@contextmanager
+def paused_pool(worker: subprocess.Popen[bytes]) -> Iterator[None]:
+    """The worker's job-running child stopped (SIGSTOP) for the block, then resumed (SIGCONT)."""
+    children = psutil.Process(worker.pid).children(recursive=True)
+    assert children, "the worker has no pool process"
+    for child in children:
+        os.kill(child.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for child in children:
+            os.kill(child.pid, signal.SIGCONT)
+
+
+def test_redis_restarted_with_jobs_queued(stack: Stack) -> None:
+    with paused_pool(stack.worker):
+        queued = submit(stack, 4)
+        assert waiting_in_redis(stack) >= 3  # one message may already be with the paused worker
+        stack.redis.stop()
+        tally.fault("redis_restart")
+        during = submit(stack, 2)  # accepted meanwhile: the row is committed, the sweeper sends it later
+        assert [dispatched(stack, job_id) for job_id in during] == [False, False]
+        stack.redis.start()  # empty: it kept nothing on disk
+    jobs = outcomes(stack, queued + during)
+    assert_each_succeeded_once(jobs)
+    assert stack.worker.poll() is None, "the worker died with the broker"
+    assert_each_succeeded_once(outcomes(stack, submit(stack, 1)))  # and the worker takes new messages
+
+
+def test_redis_losing_all_its_data(stack: Stack) -> None:
+    with paused_pool(stack.worker):
+        queued = submit(stack, 4)
+        assert waiting_in_redis(stack) >= 3
+        client = stack.redis.client()
+        client.flushall()
+        client.close()
+        tally.fault("redis_flushall")
+    jobs = outcomes(stack, queued + submit(stack, 2))  # messages sent after the wipe are delivered too
+    assert_each_succeeded_once(jobs)
+
+
+def test_postgres_restarted_while_a_job_runs(stack: Stack) -> None:
+    """The API answers 503 meanwhile and recovers by itself; the job that finished its model work
+    while Postgres was down keeps its result, and the outage outlasting a lease runs nothing twice."""
+    jobs_before = job_count(stack)
+    [running] = submit(stack, 1, SLOW)
+    queued = submit(stack, 2)
+    wait_until(lambda: status_of(stack, running) == "running", "the slow job running", interval_s=0.02)
+    time.sleep(0.2)  # past reading its image, into the model work
+    with paused_pool(stack.worker):
+        assert status_of(stack, running) == "running", "the slow job finished before the fault: make it slower"
+        stack.postgres.stop()
+        down_since = time.monotonic()
+        tally.fault("postgres_restart")
+        assert_database_unavailable(stack, running)
+    # The model work finishes while Postgres is down; the worker keeps trying to record the result.
+    wait_for_log(stack.worker_log, f"recording job {running}'s result: database unreachable", stack.worker, 60)
+    # Down for longer than a lease, so every heartbeat is stale when it is back.
+    time.sleep(max(0.0, stack.settings.JOB_LEASE_S + 1 - (time.monotonic() - down_since)))
+    stack.postgres.start()
+    wait_until(lambda: stack.http.get("/readyz").status_code == 200, "the API ready again", timeout_s=30)
+    jobs = outcomes(stack, [running, *queued, *submit(stack, 1)])
+    assert_each_succeeded_once(jobs)
+    with stack.sessions() as session:
+        restarted_at = session.scalar(select(func.pg_postmaster_start_time()))
+    assert jobs[0].finished_at > restarted_at  # its result was written by the worker's retries
+    assert job_count(stack) == jobs_before + 4  # the submission refused with 503 left no row
+    assert stack.worker.poll() is None
+
+
+def assert_database_unavailable(stack: Stack, job_id: UUID) -> None:
+    """Reads, submissions and the readiness check, over real HTTP, while Postgres is down."""
+    assert stack.http.get("/readyz").status_code == 503
+    for response in (
+        stack.http.get(f"/v1/jobs/{job_id}"),
+        stack.http.post("/v1/jobs", json=job_body(stack, QUICK)),
+    ):
+        assert response.status_code == 503, response.text
+        assert response.json()["error"]["code"] == "database_unavailable"
+        assert int(response.headers["Retry-After"]) > 0

@@ -1,0 +1,59 @@
+"""A running job's heartbeats and progress live through a database outage (sessions that first fail
+to connect, then a real Postgres): a missed beat must not stop the beating, a missed progress write
+must not fail the job."""
+
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import update
+
+from jobs.db import SessionFactory, session_scope
+from jobs.models import Job
+from jobs.repository import add_job, claim_job, get_job
+from tests.support.auth import TENANT
+from tests.support.flaky_sessions import FlakySessions
+from tests.support.waiting import wait_until
+from worker.progress import JobProgress, heartbeating
+
+
+@pytest.fixture
+def flaky(sessions: SessionFactory) -> Iterator[FlakySessions]:
+    made = FlakySessions(sessions, failures=3)
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def running_job(sessions: SessionFactory) -> Job:
+    """A claimed job whose last heartbeat is an hour old."""
+    with session_scope(sessions) as session:
+        job = add_job(session, tenant=TENANT, kind="train", model="tiny-opt", queue="train", input={})
+        claimed = claim_job(session, job.id)
+        session.execute(update(Job).where(Job.id == job.id).values(heartbeat_at=Job.heartbeat_at - timedelta(hours=1)))
+    assert claimed is not None
+    return claimed
+
+
+def last_beat(sessions: SessionFactory, job: Job) -> float:
+    with sessions() as session:
+        return get_job(session, job.id).heartbeat_at.timestamp()
+
+
+def test_heartbeats_go_on_after_failed_ones(flaky: FlakySessions, sessions: SessionFactory, running_job: Job) -> None:
+    before = last_beat(sessions, running_job)
+    with heartbeating(running_job.id, flaky, interval_s=0.05):
+        wait_until(lambda: last_beat(sessions, running_job) > before, "a heartbeat after three failed ones", 10)
+    assert flaky.calls > flaky.failures
+
+
+def test_progress_is_skipped_while_the_database_is_unreachable(
+    flaky: FlakySessions, sessions: SessionFactory, running_job: Job
+) -> None:
+    progress = JobProgress(running_job.id, flaky, min_interval_s=0)
+    for step in range(flaky.failures):
+        progress.report(step / 10, {"step": step})  # nothing written, and the job goes on
+    assert not progress.should_stop()
+    progress.report(0.5, {"step": 5})
+    with sessions() as session:
+        assert get_job(session, running_job.id).progress_detail == {"step": 5}

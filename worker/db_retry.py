@@ -1,0 +1,50 @@
+"""Database work a worker keeps trying while Postgres is briefly away (a restart, a failover).
+
+A job's claim, the reads it starts with and above all its final write are retried on connection
+errors, backing off from 0.1 s to 2 s between tries, for up to DB_RETRY_S: a job that finished its
+model work while Postgres was down keeps its result. Any other error is raised at once. Each try
+is a transaction of its own on a fresh session (the pool pre-pings, so dead connections are
+replaced), and every write is a conditional transition, so a try whose commit did land before the
+connection broke is not applied twice: the next try matches no row.
+"""
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from sqlalchemy.orm import Session
+
+from jobs.db import SessionFactory, database_error_summary, is_connection_error, session_scope
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_FIRST_DELAY_S = 0.1
+_MAX_DELAY_S = 2.0
+
+
+def retry_on_disconnect(action: Callable[[], T], *, what: str, limit_s: float) -> T:
+    """`action()`, tried again after each connection error until it succeeds or `limit_s` has passed."""
+    deadline = time.monotonic() + limit_s
+    delay = _FIRST_DELAY_S
+    while True:
+        try:
+            return action()
+        except Exception as exc:
+            if not is_connection_error(exc) or time.monotonic() + delay > deadline:
+                raise
+            summary = database_error_summary(exc)
+            log.warning("%s: database unreachable (%s); trying again in %.1f s", what, summary, delay)
+        time.sleep(delay)
+        delay = min(2 * delay, _MAX_DELAY_S)
+
+
+def retry_transaction(sessions: SessionFactory, work: Callable[[Session], T], *, what: str, limit_s: float) -> T:
+    """`work(session)` in a committed transaction, retried in a new one after connection errors."""
+
+    def attempt() -> T:
+        with session_scope(sessions) as session:
+            return work(session)
+
+    return retry_on_disconnect(attempt, what=what, limit_s=limit_s)
