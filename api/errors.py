@@ -96,7 +96,7 @@ def status_for(exc: Exception) -> int:
 def _field_of(exc: JobsError | Blip2Error) -> str | None:
     if isinstance(exc, _MODEL_FIELD_ERRORS):
         return "model"
-    return getattr(exc, "field", None)
+    return exc.field
 
 
 def _headers_of(exc: JobsError | Blip2Error) -> dict[str, str]:

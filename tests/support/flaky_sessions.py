@@ -4,7 +4,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
 from jobs.db import SessionFactory, create_session_factory
-from tests.support.processes import free_port
+from jobs.embedded import free_port
 
 
 class FlakySessions:

@@ -27,7 +27,8 @@ import psycopg
 import redis
 
 from api.routes.health import broker_reachable
-from tests.support.processes import free_port, stop
+from jobs.embedded import free_port
+from tests.support.processes import stop
 from tests.support.waiting import wait_until
 
 _START_TIMEOUT_S = 60

@@ -1,6 +1,5 @@
 """Real service processes for tests: `blip2-jobs worker`, `api` and `flower` as subprocesses."""
 
-import socket
 import subprocess
 import sys
 import time
@@ -15,12 +14,6 @@ from tests.support.services import settings_env
 
 CLI = [str(Path(sys.executable).with_name("blip2-jobs"))]
 TINY_QUEUES = ["infer.tiny-opt", "infer.tiny-t5", "infer.tiny-instruct", "infer.tiny-itm"]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def wait_for_log(log: Path, needle: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:

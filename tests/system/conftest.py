@@ -8,9 +8,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from jobs.embedded import free_port
 from jobs.settings import Settings
 from tests.support.auth import bearer
-from tests.support.processes import cli_process, free_port, wait_for_http, wait_for_log
+from tests.support.processes import cli_process, wait_for_http, wait_for_log
 
 
 @contextmanager

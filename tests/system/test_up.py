@@ -10,10 +10,11 @@ import httpx
 import psutil
 import pytest
 
+from jobs.embedded import free_port
 from tests.support.auth import bearer
 from tests.support.images import png_bytes
 from tests.support.jobs import run_job
-from tests.support.processes import CLI, free_port, stop, wait_for_http, wait_for_log
+from tests.support.processes import CLI, stop, wait_for_http, wait_for_log
 
 pytestmark = pytest.mark.slow
 
