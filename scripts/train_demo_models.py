@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,10 @@ from typing import Any
 
 import httpx
 
+from jobs.api_keys import DEVELOPMENT_TENANT
+from jobs.catalog import tenant_data_dir
+from jobs.embedded import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 PRETRAINED = REPO / "blip2" / "pretrained"
 CLI = str(Path(sys.executable).with_name("blip2-jobs"))
@@ -32,14 +35,16 @@ CLI = str(Path(sys.executable).with_name("blip2-jobs"))
 def main() -> None:
     args = _arguments()
     with tempfile.TemporaryDirectory(prefix="blip2-demo-") as scratch:
-        port = _free_port()
+        port = free_port()
         service = _start_service(Path(scratch), port)
         try:
-            results = _train_and_evaluate(f"http://127.0.0.1:{port}", args)
+            # `up` on its embedded servers saves a development key (tenant dev) in its data directory.
+            key = (Path(scratch) / "data" / "dev-api-key").read_text().strip()
+            results = _train_and_evaluate(f"http://127.0.0.1:{port}", key, args)
         finally:
             service.send_signal(signal.SIGTERM)
             service.wait(timeout=120)
-        _publish(Path(scratch) / "data", results, args)
+        _publish(tenant_data_dir(Path(scratch) / "data", DEVELOPMENT_TENANT), results, args)
     print(json.dumps(results, indent=2))
 
 
@@ -51,9 +56,9 @@ def _arguments() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def _train_and_evaluate(api: str, args: argparse.Namespace) -> dict[str, Any]:
+def _train_and_evaluate(api: str, key: str, args: argparse.Namespace) -> dict[str, Any]:
     # Trained under names of their own: the registry already names the published copies.
-    with httpx.Client(base_url=api, timeout=60) as http:
+    with httpx.Client(base_url=api, timeout=60, headers={"Authorization": f"Bearer {key}"}) as http:
         _run(http, "download shapes", {"kind": "download", "input": {"dataset": "shapes"}})
         captioner = _run(
             http, "train shapes-blip2", _train("tiny-opt", _trained("shapes-blip2"), "caption_vqa", args.caption_steps)
@@ -134,7 +139,7 @@ def _publish(data_dir: Path, results: dict[str, Any], args: argparse.Namespace) 
 def _start_service(scratch: Path, port: int) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     env |= {"BLIP2_DATA_DIR": str(scratch / "data"), "BLIP2_DEFAULT_MODEL": "tiny-opt"}
-    args = [CLI, "up", f"--port={port}", f"--flower-port={_free_port()}", "--models=tiny-opt,tiny-itm"]
+    args = [CLI, "up", f"--port={port}", f"--flower-port={free_port()}", "--models=tiny-opt,tiny-itm"]
     service = subprocess.Popen(args, env=env)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -148,12 +153,6 @@ def _start_service(scratch: Path, port: int) -> subprocess.Popen[bytes]:
         time.sleep(1)
     service.terminate()
     raise SystemExit("blip2-jobs up did not become ready in 3 minutes")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _seconds(start: str, end: str) -> float:
