@@ -14,6 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from api.job_events import JobEvents
 from blip2.registry import Registry
 from jobs.api_keys import Principal, authenticate
 from jobs.broker import Dispatcher
@@ -35,6 +36,7 @@ class ApiContext:
     dispatcher: Dispatcher
     registry: Registry
     rate_limiter: RateLimiter
+    events: JobEvents  # wakes long-polls and event streams when their job changes
 
     @property
     def submission(self) -> Submission:

@@ -3,7 +3,7 @@
 `field`, where an error is about one input field, names it ("input.question", "model", "limit").
 Errors that pass (429, 503) carry `Retry-After`; a 401 carries `WWW-Authenticate: Bearer`.
 Postgres unreachable is a 503 `database_unavailable`, never a 500: the API recovers by itself once
-the database is back (the engine's pool pre-pings and reconnects).
+the database is back (the error empties the engine's pool, and the next request reconnects).
 """
 
 import logging
@@ -18,18 +18,19 @@ from starlette.exceptions import HTTPException
 
 from blip2.errors import (
     Blip2Error,
+    DatasetNotFound,
     ForbiddenUrl,
     ImageTooLarge,
     InvalidArgument,
     InvalidImage,
     ModelNotFound,
     UnsupportedImageFormat,
+    UnsupportedOperation,
 )
 from jobs.db import database_error_summary, is_connection_error
 from jobs.errors import (
     ApiKeyNotFound,
     BatchTooLarge,
-    DatasetNotFound,
     FetchFailed,
     IdempotencyKeyReused,
     ImageNotFound,
@@ -39,14 +40,14 @@ from jobs.errors import (
     JobNotFound,
     JobsError,
     ModelNameTaken,
-    NoSuchImage,
     NotReady,
     RateLimited,
     TenantQueueFull,
     Unauthorized,
+    UnknownImage,
     UploadTooLarge,
 )
-from jobs.schemas import JOB_KINDS
+from jobs.kinds import JobKind
 
 # Looked up along the exception's MRO, so the most specific entry wins.
 STATUS_BY_ERROR: dict[type[Exception], int] = {
@@ -54,21 +55,22 @@ STATUS_BY_ERROR: dict[type[Exception], int] = {
     RateLimited: 429,
     TenantQueueFull: 503,
     JobNotFound: 404,
-    NoSuchImage: 404,
+    ImageNotFound: 404,
     ApiKeyNotFound: 404,
     InvalidTenant: 422,
     JobNotCancelable: 409,
     IdempotencyKeyReused: 422,
-    ImageNotFound: 422,
+    UnknownImage: 422,
     InvalidCursor: 422,
     BatchTooLarge: 422,
-    DatasetNotFound: 422,
     ModelNameTaken: 409,
     UploadTooLarge: 413,
     FetchFailed: 422,
     NotReady: 503,
     JobsError: 400,
     ModelNotFound: 422,
+    DatasetNotFound: 422,
+    UnsupportedOperation: 422,
     ImageTooLarge: 413,
     ForbiddenUrl: 422,
     UnsupportedImageFormat: 415,
@@ -76,7 +78,6 @@ STATUS_BY_ERROR: dict[type[Exception], int] = {
     InvalidArgument: 422,
     Blip2Error: 400,
 }
-_MODEL_FIELD_ERRORS = (ModelNotFound,)
 DATABASE_RETRY_AFTER_S = 2
 log = logging.getLogger(__name__)
 
@@ -93,17 +94,11 @@ def status_for(exc: Exception) -> int:
     return next(STATUS_BY_ERROR[c] for c in type(exc).__mro__ if c in STATUS_BY_ERROR)
 
 
-def _field_of(exc: JobsError | Blip2Error) -> str | None:
-    if isinstance(exc, _MODEL_FIELD_ERRORS):
-        return "model"
-    return exc.field
-
-
 def _headers_of(exc: JobsError | Blip2Error) -> dict[str, str]:
     headers = {}
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = "Bearer"
-    retry_after = getattr(exc, "retry_after_s", None)
+    retry_after = exc.retry_after_s if isinstance(exc, JobsError) else None
     if retry_after is not None:
         headers["Retry-After"] = str(retry_after)
     return headers
@@ -111,7 +106,7 @@ def _headers_of(exc: JobsError | Blip2Error) -> dict[str, str]:
 
 async def _typed_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, JobsError | Blip2Error)
-    body = error_body(exc.code, str(exc), _field_of(exc))
+    body = error_body(exc.code, str(exc), exc.field)
     return JSONResponse(body, status_code=status_for(exc), headers=_headers_of(exc))
 
 
@@ -134,7 +129,7 @@ def field_path(error: Mapping[str, Any]) -> str:
         parts.append(str(error["ctx"]["discriminator"]).strip("'"))
     if parts and parts[0] in ("body", "query", "path", "header"):
         parts = parts[1:]
-    if parts and parts[0] in JOB_KINDS:
+    if parts and parts[0] in set(JobKind):
         parts = parts[1:]
     return ".".join(str(p) for p in parts) or "body"
 

@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import ApiContext
 from api.errors import install_error_handlers
+from api.job_events import JobEvents
 from api.limits import LimitRequestBody
 from api.routes import catalog, health, images, jobs
 from blip2.registry import Registry
@@ -62,20 +63,23 @@ def build_context(settings: Settings) -> ApiContext:
             window_s=settings.RATE_LIMIT_WINDOW_S,
             key_prefix=settings.REDIS_KEY_PREFIX,
         ),
+        events=JobEvents(settings.DATABASE_URL),
     )
 
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     context: ApiContext = app.state.context
-    sweeper = asyncio.create_task(_sweep_forever(context)) if context.settings.SWEEP_INTERVAL_S > 0 else None
+    background = [asyncio.create_task(context.events.listen_forever())]
+    if context.settings.SWEEP_INTERVAL_S > 0:
+        background.append(asyncio.create_task(_sweep_forever(context)))
     try:
         yield
     finally:
-        if sweeper is not None:
-            sweeper.cancel()
+        for task in background:
+            task.cancel()
             with suppress(asyncio.CancelledError):
-                await sweeper
+                await task
         context.celery.close()
         context.rate_limiter.close()
         context.engine.dispose()

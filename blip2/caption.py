@@ -1,6 +1,6 @@
 """Captioning: one or more captions per image, unconditional or continuing a prompt.
 
-results = caption(model, [image], style="detailed", decoding=DecodingOptions(num_beams=3))
+results = caption(model, [image], style="detailed", decoding={"num_beams": 3})
 results[0].captions  # ["a cat lying on a couch ..."]
 """
 
@@ -10,7 +10,7 @@ from enum import StrEnum
 
 from PIL.Image import Image
 
-from blip2.decoding import DecodingOptions
+from blip2.decoding import Decoding, resolve
 from blip2.errors import InvalidArgument
 from blip2.generation import generate_texts, require_same_length
 from blip2.loading import LoadedModel
@@ -33,14 +33,17 @@ def caption(
     *,
     prompts: Sequence[str | None] | None = None,
     style: str = CaptionStyle.SHORT,
-    decoding: DecodingOptions | None = None,
+    decoding: Decoding = None,
 ) -> list[CaptionResult]:
-    """Caption each image; `prompts[i]` (when given and not None) replaces the style's prompt for image i."""
+    """Caption each image; `prompts[i]` (when given and not None) replaces the style's prompt for image i.
+
+    `decoding`: full options, or the ones to change from the model's captioning defaults.
+    """
     prompts = list(prompts) if prompts is not None else [None] * len(images)
     require_same_length(images, prompts, "prompts")
     default_prompt = style_prompt(lm, style)
     full_prompts = [p if p is not None else default_prompt for p in prompts]
-    texts = generate_texts(lm, images, full_prompts, decoding or lm.spec.caption_defaults)
+    texts = generate_texts(lm, images, full_prompts, resolve(lm.spec.caption_defaults, decoding))
     return [CaptionResult(captions=t, prompt=p) for t, p in zip(texts, full_prompts, strict=True)]
 
 

@@ -1,10 +1,13 @@
-"""Decoding options shared by every generating operation (caption, vqa, instruct).
+"""Decoding options shared by every generating operation (caption, vqa, instruct): bounds, defaults, merging.
 
-Torch-free on purpose: the registry stores per-model defaults in this type, and the HTTP
-API (which never imports torch) validates job inputs against the same bounds.
+Torch-free on purpose: the registry stores per-model defaults in this type, and the HTTP API (which
+never imports torch) builds its request schema from `LIMITS`, so a bound is written here once.
+
+    options = resolve(lm.spec.caption_defaults, {"num_beams": 3})   # the model's defaults, then the request's
 """
 
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from blip2.errors import InvalidArgument
@@ -13,6 +16,37 @@ from blip2.errors import InvalidArgument
 MAX_NEW_TOKENS = 512
 MAX_BEAMS = 16
 MAX_RETURN_SEQUENCES = 16
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values one option may take: `low` to `high`, `low` itself excluded when `open_low`."""
+
+    low: float
+    high: float
+    open_low: bool = False
+
+    def contains(self, value: float) -> bool:
+        return (self.low < value if self.open_low else self.low <= value) and value <= self.high
+
+    def describe(self, name: str) -> str:
+        if self.open_low:
+            return f"{name} must be in ({self.low:g}, {self.high:g}]"
+        return f"{name} must be between {self.low:g} and {self.high:g}"
+
+
+# Every numeric option's range, read by the checks below and by the HTTP schema (jobs/inputs.py).
+LIMITS: dict[str, Range] = {
+    "max_new_tokens": Range(1, MAX_NEW_TOKENS),
+    "min_new_tokens": Range(0, MAX_NEW_TOKENS),
+    "num_beams": Range(1, MAX_BEAMS),
+    "top_p": Range(0, 1, open_low=True),
+    "temperature": Range(0, 10, open_low=True),
+    "repetition_penalty": Range(0, 10, open_low=True),
+    "length_penalty": Range(-10, 10),
+    "num_captions": Range(1, MAX_RETURN_SEQUENCES),
+    "seed": Range(0, 2**32 - 1),
+}
 
 
 @dataclass(frozen=True)
@@ -36,28 +70,48 @@ class DecodingOptions:
 
     def with_overrides(self, **overrides: Any) -> "DecodingOptions":
         """A copy with the given (non-None) fields replaced, validated again."""
+        unknown = overrides.keys() - OPTION_NAMES
+        if unknown:
+            raise InvalidArgument(f"unknown decoding options: {', '.join(sorted(unknown))}")
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def sequences_per_input(self) -> int:
+        """How many sequences the model carries per input while generating (beams, or samples)."""
+        return self.num_captions if self.use_nucleus_sampling else max(self.num_beams, self.num_captions)
+
+
+OPTION_NAMES = frozenset(f.name for f in fields(DecodingOptions))
+# What callers pass: full options (used as they are), the options they set (over the model's defaults), or nothing.
+Decoding = DecodingOptions | Mapping[str, Any] | None
+
+
+def resolve(defaults: DecodingOptions, requested: Decoding) -> DecodingOptions:
+    """The options an operation runs with: the model's defaults for it, with what the caller set.
+
+    This is the one place where defaults and a request's options are merged.
+    """
+    if requested is None:
+        return defaults
+    if isinstance(requested, DecodingOptions):
+        return requested
+    return defaults.with_overrides(**requested)
+
 
 def _problems(o: DecodingOptions) -> list[str]:
-    checks = [
-        (1 <= o.max_new_tokens <= MAX_NEW_TOKENS, f"max_new_tokens must be between 1 and {MAX_NEW_TOKENS}"),
-        (0 <= o.min_new_tokens <= o.max_new_tokens, "min_new_tokens must be between 0 and max_new_tokens"),
-        (1 <= o.num_beams <= MAX_BEAMS, f"num_beams must be between 1 and {MAX_BEAMS}"),
-        (0.0 < o.top_p <= 1.0, "top_p must be in (0, 1]"),
-        (0.0 < o.temperature <= 10.0, "temperature must be in (0, 10]"),
-        (0.0 < o.repetition_penalty <= 10.0, "repetition_penalty must be in (0, 10]"),
-        (-10.0 <= o.length_penalty <= 10.0, "length_penalty must be in [-10, 10]"),
-        (
-            1 <= o.num_captions <= MAX_RETURN_SEQUENCES,
-            f"num_captions must be between 1 and {MAX_RETURN_SEQUENCES}",
-        ),
+    ranged = [
+        LIMITS[name].describe(name)
+        for name, value in asdict(o).items()
+        if name in LIMITS and value is not None and not LIMITS[name].contains(value)
+    ]
+    rules = [
+        (o.min_new_tokens <= o.max_new_tokens, "min_new_tokens must be between 0 and max_new_tokens"),
         (
             o.use_nucleus_sampling or o.num_captions <= o.num_beams,
             "num_captions cannot exceed num_beams with beam search",
         ),
     ]
-    return [message for ok, message in checks if not ok]
+    return ranged + [message for ok, message in rules if not ok]

@@ -6,10 +6,13 @@ codes and HTTP statuses in one place each; every error carries a stable `code`.
 
 
 class Blip2Error(Exception):
-    """Base class for every error this library raises on purpose."""
+    """Base class for every error this library raises on purpose; `field` names the argument at fault, where one is."""
 
     code = "blip2_error"
-    field: str | None = None  # the input at fault, where a caller knows it (e.g. "input.image_url")
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class InvalidImage(Blip2Error):

@@ -33,7 +33,7 @@ R = TypeVar("R", CaptionRecord, VqaRecord)
 
 def evaluate(
     lm: LoadedModel,
-    records: Sequence[CaptionRecord] | Sequence[VqaRecord],
+    records: Sequence[CaptionRecord | VqaRecord],
     task: str,
     *,
     batch_size: int = 16,

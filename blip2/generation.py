@@ -7,6 +7,7 @@ on the right. With the right side, a prompt answered in a batch gets the same gr
 as alone.
 """
 
+import unicodedata
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -35,13 +36,42 @@ def generate_texts(
     if not images:
         return []
     inputs = _encode(lm, images, prompts)
+    _check_positions(lm, inputs["input_ids"].shape[1], decoding)
     with torch.inference_mode(), _seeded(decoding.seed), _quiet():
         output_ids = lm.model.generate(**inputs, **_generate_kwargs(decoding))
     if _decoder_only(lm):
         output_ids = output_ids[:, inputs["input_ids"].shape[1] :]  # decoder-only output repeats the prompt
     texts = lm.tokenizer.batch_decode(output_ids, skip_special_tokens=True)
     n = decoding.num_captions
-    return [[t.strip() for t in texts[i * n : (i + 1) * n]] for i in range(len(images))]
+    return [[clean_text(t) for t in texts[i * n : (i + 1) * n]] for i in range(len(images))]
+
+
+def clean_text(text: str) -> str:
+    """Generated text without the characters no client wants: NUL and the other control characters
+    (a random or half-trained model emits them, and Postgres refuses NUL in JSON). Tabs and newlines stay."""
+    kept = "".join(c for c in text if c in "\t\n" or unicodedata.category(c) != "Cc")
+    return kept.strip()
+
+
+def text_positions(lm: LoadedModel) -> int | None:
+    """How many positions the language model reads in all (prompt, image tokens and new tokens), or
+    None when it has no fixed limit (T5's relative positions)."""
+    config = lm.model.config.text_config
+    if config.is_encoder_decoder:
+        return None
+    return getattr(config, "max_position_embeddings", None)
+
+
+def _check_positions(lm: LoadedModel, prompt_tokens: int, decoding: DecodingOptions) -> None:
+    """Refuse a generation that would run past the model's positions (an IndexError deep in the model)."""
+    positions = text_positions(lm)
+    if positions is not None and prompt_tokens + decoding.max_new_tokens > positions:
+        error = InvalidArgument(
+            f"max_new_tokens: at most {positions - prompt_tokens} for model {lm.name!r} with this prompt "
+            f"(its language model reads {positions} positions, {prompt_tokens} of them the image and prompt)"
+        )
+        error.field = "max_new_tokens"
+        raise error
 
 
 def require_same_length(images: Sequence[object], others: Sequence[object], what: str) -> None:

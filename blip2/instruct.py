@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from PIL.Image import Image
 
-from blip2.decoding import DecodingOptions
+from blip2.decoding import Decoding, resolve
 from blip2.errors import InvalidArgument
 from blip2.generation import generate_texts, require_same_length
 from blip2.loading import LoadedModel
@@ -26,12 +26,12 @@ def instruct(
     images: Sequence[Image],
     instructions: Sequence[str],
     *,
-    decoding: DecodingOptions | None = None,
+    decoding: Decoding = None,
 ) -> list[GeneratedText]:
     """Follow `instructions[i]` about `images[i]`."""
     require_same_length(images, instructions, "instructions")
     if any(not i.strip() for i in instructions):
         raise InvalidArgument("an instruction is empty")
-    decoding = (decoding or lm.spec.instruct_defaults).with_overrides(num_captions=1)
+    decoding = resolve(lm.spec.instruct_defaults, decoding).with_overrides(num_captions=1)
     texts = generate_texts(lm, images, [i.strip() for i in instructions], decoding)
     return [GeneratedText(text=t[0]) for t in texts]

@@ -6,10 +6,15 @@
   queries that attend to the text and the image together. Slower but sharper.
 
 Ranking follows BLIP-2's retrieval: ITC over all candidates, then ITM re-ranks the top k.
+
+`rank_texts_many` / `rank_images_many` rank several requests in one pass each: every distinct image
+and text among them is encoded once, and every ITM pair of every request goes through one Q-Former
+pass, so requests about the same image (or the same texts) share its encoding.
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import torch
 from PIL.Image import Image
@@ -19,6 +24,8 @@ from blip2.features import image_projection, text_embeddings
 from blip2.loading import LoadedModel
 from blip2.qformer import EncodedTexts, image_queries, joint_queries, text_tokens
 from blip2.registry import Family
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -34,32 +41,66 @@ class ScoreMatrix:
     itm: list[list[float]]  # [image][text]
 
 
+@dataclass(frozen=True)
+class TextRanking:
+    """One request of `rank_texts_many`: rank `texts` against `image`."""
+
+    image: Image
+    texts: Sequence[str]
+    top_k: int | None = None
+
+
+@dataclass(frozen=True)
+class ImageRanking:
+    """One request of `rank_images_many`: rank `images` against `text`."""
+
+    text: str
+    images: Sequence[Image]
+    top_k: int | None = None
+
+
 def rank_texts(lm: LoadedModel, image: Image, texts: Sequence[str], *, top_k: int | None = None) -> list[MatchScore]:
     """Texts for one image, best first: ITC for all, ITM re-ranks the ITC top k (all when None)."""
-    _require_itm(lm)
-    _require_items(texts, "texts")
-    with torch.inference_mode():
-        encoded_image = image_queries(lm, [image])
-        encoded_texts = text_tokens(lm, list(texts))
-        itc = _itc(lm, encoded_image.queries, encoded_texts)[0]
-        candidates = _top(itc, top_k)
-        vision = encoded_image.vision.expand(len(candidates), -1, -1)
-        itm = _itm(lm, vision, _select(encoded_texts, candidates))
-    return _sorted_scores(candidates, itc, itm)
+    return rank_texts_many(lm, [TextRanking(image, texts, top_k)])[0]
 
 
 def rank_images(lm: LoadedModel, text: str, images: Sequence[Image], *, top_k: int | None = None) -> list[MatchScore]:
     """Images for one text, best first: ITC for all, ITM re-ranks the ITC top k (all when None)."""
+    return rank_images_many(lm, [ImageRanking(text, images, top_k)])[0]
+
+
+def rank_texts_many(lm: LoadedModel, requests: Sequence[TextRanking]) -> list[list[MatchScore]]:
+    """`rank_texts` for each request, sharing one encoding of each distinct image and text among them."""
+    for request in requests:
+        _require_items(request.texts, "texts")
+    return _rank_many(lm, [([r.image], r.texts, r.top_k) for r in requests])
+
+
+def rank_images_many(lm: LoadedModel, requests: Sequence[ImageRanking]) -> list[list[MatchScore]]:
+    """`rank_images` for each request, sharing one encoding of each distinct image and text among them."""
+    for request in requests:
+        _require_items(request.images, "images")
+    return _rank_many(lm, [(r.images, [r.text], r.top_k) for r in requests])
+
+
+def _rank_many(
+    lm: LoadedModel, requests: Sequence[tuple[Sequence[Image], Sequence[str], int | None]]
+) -> list[list[MatchScore]]:
+    """Rank each request's candidates (its images x its texts, one side a single item), best first:
+    ITC over every distinct image and text at once, then one ITM pass over every request's top k."""
     _require_itm(lm)
-    _require_items(images, "images")
+    images = _distinct(image for request_images, _, _ in requests for image in request_images)
+    texts = _distinct(text for _, request_texts, _ in requests for text in request_texts)
     with torch.inference_mode():
-        encoded_images = image_queries(lm, list(images))
-        encoded_text = text_tokens(lm, [text])
-        itc = _itc(lm, encoded_images.queries, encoded_text)[:, 0]
-        candidates = _top(itc, top_k)
-        texts = _select(encoded_text, [0] * len(candidates))
-        itm = _itm(lm, encoded_images.vision[candidates], texts)
-    return _sorted_scores(candidates, itc, itm)
+        encoded_images = image_queries(lm, images.items)
+        encoded_texts = text_tokens(lm, texts.items)
+        itc = _itc(lm, encoded_images.queries, encoded_texts)  # (distinct images, distinct texts)
+        pairs = [[(images.index(i), texts.index(t)) for i in imgs for t in txts] for imgs, txts, _ in requests]
+        request_itc = [itc[[i for i, _ in p], [t for _, t in p]] for p in pairs]
+        candidates = [_top(scores, top_k) for scores, (_, _, top_k) in zip(request_itc, requests, strict=True)]
+        chosen = [p[c] for p, cs in zip(pairs, candidates, strict=True) for c in cs]
+        itm = _itm(lm, encoded_images.vision[[i for i, _ in chosen]], _select(encoded_texts, [t for _, t in chosen]))
+    return _split_scores(candidates, request_itc, itm)
 
 
 def score_matrix(lm: LoadedModel, images: Sequence[Image], texts: Sequence[str]) -> ScoreMatrix:
@@ -106,6 +147,42 @@ def _select(texts: EncodedTexts, rows: list[int]) -> EncodedTexts:
 def _sorted_scores(candidates: list[int], itc: torch.Tensor, itm: torch.Tensor) -> list[MatchScore]:
     scores = [MatchScore(index=c, itc=float(itc[c]), itm=float(itm[n])) for n, c in enumerate(candidates)]
     return sorted(scores, key=lambda s: (-s.itm, -s.itc))
+
+
+def _split_scores(candidates: list[list[int]], itc: list[torch.Tensor], itm: torch.Tensor) -> list[list[MatchScore]]:
+    """Each request's scores, from the ITM probabilities of all requests' pairs in order."""
+    ranked, start = [], 0
+    for chosen, scores in zip(candidates, itc, strict=True):
+        ranked.append(_sorted_scores(chosen, scores, itm[start : start + len(chosen)]))
+        start += len(chosen)
+    return ranked
+
+
+@dataclass
+class _Distinct(Generic[T]):
+    """The distinct items of a list in first-seen order, and where each is (by identity for images,
+    by value for texts: a decoded image shared by two requests is one object)."""
+
+    items: list[T]
+    positions: dict[object, int]
+
+    def index(self, item: T) -> int:
+        return self.positions[_identity(item)]
+
+
+def _distinct(values: Iterable[T]) -> _Distinct[T]:
+    items: list[T] = []
+    positions: dict[object, int] = {}
+    for value in values:
+        key = _identity(value)
+        if key not in positions:
+            positions[key] = len(items)
+            items.append(value)
+    return _Distinct(items, positions)
+
+
+def _identity(value: object) -> object:
+    return value if isinstance(value, str) else id(value)
 
 
 def _require_itm(lm: LoadedModel) -> None:

@@ -17,6 +17,7 @@ format works, and users add their own names in a TOML file without touching code
 Torch-free: the HTTP API validates model names with this module.
 """
 
+import functools
 import json
 import re
 import tomllib
@@ -77,13 +78,19 @@ class ModelSpec:
     caption_defaults: DecodingOptions = field(default=CAPTION_DEFAULTS)
     vqa_defaults: DecodingOptions = field(default=VQA_DEFAULTS)
     instruct_defaults: DecodingOptions = field(default=INSTRUCT_DEFAULTS)
+    # The language model's positions (image tokens, prompt and new tokens together) and how many image
+    # tokens it reads; None: no fixed limit (T5's relative positions), or read from a local config.json.
+    text_positions: int | None = None
+    query_tokens: int = 32
 
     def templates_for(self, family: Family) -> Templates:
         return self.templates or FAMILY_TEMPLATES[family]
 
 
-def _hub(name: str, family: Family, description: str) -> ModelSpec:
-    return ModelSpec(name=name, checkpoint=f"Salesforce/{name}", family=family, description=description)
+def _hub(name: str, family: Family, description: str, positions: int | None = None) -> ModelSpec:
+    return ModelSpec(
+        name=name, checkpoint=f"Salesforce/{name}", family=family, description=description, text_positions=positions
+    )
 
 
 # Models trained by this project on the synthetic `shapes` data (scripts/train_demo_models.py).
@@ -94,20 +101,34 @@ def _pretrained(name: str, family: Family, description: str) -> ModelSpec:
     return ModelSpec(name=name, checkpoint=str(PRETRAINED_DIR / name), family=family, description=description)
 
 
+# The tiny checkpoints' OPT reads this many positions, 8 of them image tokens (blip2/tiny.py builds them so).
+TINY_TEXT_POSITIONS = 256
+TINY_QUERY_TOKENS = 8
+
+
 def _tiny(family: Family, description: str) -> ModelSpec:
     name = f"tiny-{family.value}"
-    return ModelSpec(name=name, checkpoint=name, family=family, description=description, tiny=True)
+    positions = TINY_TEXT_POSITIONS if family is Family.OPT else None
+    return ModelSpec(
+        name=name,
+        checkpoint=name,
+        family=family,
+        description=description,
+        tiny=True,
+        text_positions=positions,
+        query_tokens=TINY_QUERY_TOKENS,
+    )
 
 
 BUILTIN: tuple[ModelSpec, ...] = (
-    _hub("blip2-opt-2.7b", Family.OPT, "BLIP-2, OPT-2.7b language model (pre-trained)"),
-    _hub("blip2-opt-6.7b", Family.OPT, "BLIP-2, OPT-6.7b language model (pre-trained)"),
-    _hub("blip2-opt-2.7b-coco", Family.OPT, "BLIP-2, OPT-2.7b, fine-tuned on COCO captions"),
+    _hub("blip2-opt-2.7b", Family.OPT, "BLIP-2, OPT-2.7b language model (pre-trained)", 2048),
+    _hub("blip2-opt-6.7b", Family.OPT, "BLIP-2, OPT-6.7b language model (pre-trained)", 2048),
+    _hub("blip2-opt-2.7b-coco", Family.OPT, "BLIP-2, OPT-2.7b, fine-tuned on COCO captions", 2048),
     _hub("blip2-flan-t5-xl", Family.T5, "BLIP-2, Flan-T5-XL language model"),
     _hub("blip2-flan-t5-xxl", Family.T5, "BLIP-2, Flan-T5-XXL language model"),
     _hub("blip2-itm-vit-g", Family.ITM, "BLIP-2 retrieval: ITC/ITM heads and features, ViT-g"),
     _hub("instructblip-flan-t5-xl", Family.INSTRUCT, "InstructBLIP, Flan-T5-XL"),
-    _hub("instructblip-vicuna-7b", Family.INSTRUCT, "InstructBLIP, Vicuna-7b"),
+    _hub("instructblip-vicuna-7b", Family.INSTRUCT, "InstructBLIP, Vicuna-7b", 2048),
     _tiny(Family.OPT, "tiny BLIP-2 with OPT, random weights, built offline (tests, demos)"),
     _tiny(Family.T5, "tiny BLIP-2 with Flan-T5, random weights, built offline"),
     _tiny(Family.INSTRUCT, "tiny InstructBLIP with Flan-T5, random weights, built offline"),
@@ -170,6 +191,26 @@ class Registry:
         except ModelNotFound:
             return False
         return True
+
+
+def generation_limit(spec: ModelSpec) -> int | None:
+    """At most how many new tokens the model can generate after its image tokens (a prompt takes some
+    of the rest), or None when it has no fixed limit or it is not known without loading the model."""
+    positions, query_tokens = spec.text_positions, spec.query_tokens
+    if positions is None and is_checkpoint_dir(Path(spec.checkpoint)):
+        positions, query_tokens = _config_positions(str(Path(spec.checkpoint) / "config.json"))
+    return None if positions is None else positions - query_tokens
+
+
+@functools.lru_cache(maxsize=256)
+def _config_positions(config_file: str) -> tuple[int | None, int]:
+    """A local checkpoint's (decoder-only) language model positions and image tokens, from its config.json."""
+    config = json.loads(Path(config_file).read_text())
+    text = config.get("text_config") or {}
+    if not isinstance(text, dict) or text.get("is_encoder_decoder") or text.get("model_type") in _ENCODER_DECODER_TYPES:
+        return None, int(config.get("num_query_tokens", 32))
+    positions = text.get("max_position_embeddings")
+    return (int(positions) if positions else None), int(config.get("num_query_tokens", 32))
 
 
 def is_checkpoint_dir(path: Path) -> bool:

@@ -35,12 +35,12 @@ from transformers import (
 
 from blip2 import vocab
 from blip2.errors import InvalidArgument
-from blip2.registry import is_checkpoint_dir
+from blip2.registry import TINY_QUERY_TOKENS, TINY_TEXT_POSITIONS, is_checkpoint_dir
 
 TINY_NAMES = ("tiny-opt", "tiny-t5", "tiny-instruct", "tiny-itm")
 SEED = 1234
 IMAGE_SIZE = 64  # pixels; 8x8 patches of 8 pixels
-NUM_QUERY_TOKENS = 8
+NUM_QUERY_TOKENS = TINY_QUERY_TOKENS
 WIDTH = 64  # hidden size of every component: the smallest bitsandbytes 4-bit accepts on CPU
 FFN = 128
 # CLIP's normalisation, as every BLIP-2 checkpoint's image processor uses.
@@ -133,7 +133,7 @@ def _opt_config(tokenizer: PreTrainedTokenizerBase) -> OPTConfig:
         ffn_dim=FFN,
         num_hidden_layers=2,
         num_attention_heads=4,
-        max_position_embeddings=256,
+        max_position_embeddings=TINY_TEXT_POSITIONS,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

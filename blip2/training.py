@@ -137,8 +137,8 @@ class Example:
 
 def train(
     lm: LoadedModel,
-    train_records: Sequence[CaptionRecord] | Sequence[VqaRecord],
-    val_records: Sequence[CaptionRecord] | Sequence[VqaRecord],
+    train_records: Sequence[CaptionRecord | VqaRecord],
+    val_records: Sequence[CaptionRecord | VqaRecord],
     config: TrainConfig,
     *,
     output_dir: Path,
@@ -225,7 +225,7 @@ def _check_model(lm: LoadedModel, config: TrainConfig) -> None:
 # -- Examples and their order ----------------------------------------------------------------
 
 
-def make_examples(lm: LoadedModel, records: Sequence[CaptionRecord] | Sequence[VqaRecord], task: str) -> list[Example]:
+def make_examples(lm: LoadedModel, records: Sequence[CaptionRecord | VqaRecord], task: str) -> list[Example]:
     """Captions train with the family's short-caption prompt ("" for BLIP-2: unconditional), one
     example per caption; questions with the VQA template and the most common human answer."""
     examples: list[Example] = []

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from PIL.Image import Image
 
-from blip2.decoding import DecodingOptions
+from blip2.decoding import Decoding, resolve
 from blip2.errors import InvalidArgument
 from blip2.generation import generate_texts, require_same_length
 from blip2.loading import LoadedModel
@@ -37,13 +37,13 @@ def answer(
     questions: Sequence[str],
     *,
     examples: Sequence[QAExample] = (),
-    decoding: DecodingOptions | None = None,
+    decoding: Decoding = None,
 ) -> list[Answer]:
     """Answer `questions[i]` about `images[i]`."""
     require_same_length(images, questions, "questions")
     template = lm.templates.vqa
     prompts = [build_prompt(template, q, examples) for q in questions]
-    decoding = (decoding or lm.spec.vqa_defaults).with_overrides(num_captions=1)
+    decoding = resolve(lm.spec.vqa_defaults, decoding).with_overrides(num_captions=1)
     texts = generate_texts(lm, images, prompts, decoding)
     return [Answer(text=clean_answer(t[0], template), prompt=p) for t, p in zip(texts, prompts, strict=True)]
 

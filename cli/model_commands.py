@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from blip2.decoding import resolve
 from blip2.errors import Blip2Error
 from blip2.registry import ModelSpec, is_checkpoint_dir
 
@@ -142,11 +143,11 @@ def caption(
     """Caption images."""
     pictures = _read_images(images)
     loader = Loader(model or default_model, quantize, device, dtype, data_dir, models_file)
-    decoding = loader.spec.caption_defaults.with_overrides(
+    decoding = resolve(loader.spec.caption_defaults, dict(
         max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, num_beams=num_beams,
         use_nucleus_sampling=sample or None, top_p=top_p, temperature=temperature,
         repetition_penalty=repetition_penalty, length_penalty=length_penalty, num_captions=num_captions, seed=seed,
-    )  # fmt: skip
+    ))  # fmt: skip
     from blip2.caption import caption as run
 
     lm = loader.load()
@@ -176,7 +177,7 @@ def vqa(
     pictures = _read_images(images)
     examples = [_parse_example(e) for e in example or []]
     loader = Loader(model or default_model, quantize, device, dtype, data_dir, models_file)
-    decoding = loader.spec.vqa_defaults.with_overrides(max_new_tokens=max_new_tokens, num_beams=num_beams)
+    decoding = resolve(loader.spec.vqa_defaults, {"max_new_tokens": max_new_tokens, "num_beams": num_beams})
     from blip2.vqa import answer
 
     lm = loader.load()
@@ -201,7 +202,7 @@ def instruct(
     """Follow an instruction about each image (InstructBLIP models pass it to the Q-Former too)."""
     pictures = _read_images(images)
     loader = Loader(model or "tiny-instruct", quantize, device, dtype, data_dir, models_file)
-    decoding = loader.spec.instruct_defaults.with_overrides(max_new_tokens=max_new_tokens, num_beams=num_beams)
+    decoding = resolve(loader.spec.instruct_defaults, {"max_new_tokens": max_new_tokens, "num_beams": num_beams})
     from blip2.instruct import instruct as run
 
     lm = loader.load()

@@ -78,6 +78,7 @@ def migrate() -> None:
 def api(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="API processes sharing the port.")] = 1,
 ) -> None:
     """Serve the HTTP API (uvicorn)."""
     import uvicorn
@@ -86,7 +87,12 @@ def api(
 
     with one_line_errors():
         app = create_app(settings_from_environment())
-    uvicorn.run(app, host=host, port=port)
+    # No line per request: at hundreds of requests a second that is most of the API's work; metrics count them.
+    if workers == 1:
+        uvicorn.run(app, host=host, port=port, access_log=False)
+        return
+    # Several processes: each builds its own app (and connections) from the same environment.
+    uvicorn.run("api.main:app_from_environment", factory=True, host=host, port=port, workers=workers, access_log=False)
 
 
 def worker(
@@ -99,13 +105,27 @@ def worker(
     ] = "none",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto (fp32 on CPU, bf16/fp16 on GPU), fp32, fp16 or bf16.")] = "auto",
+    batch_size: Annotated[
+        int,
+        typer.Option(min=0, help="Most rows in one forward pass (a job takes one per beam); 0: 16 on CPU, 64 on GPU."),
+    ] = 0,
+    batch_wait_ms: Annotated[
+        float, typer.Option(min=0, help="How long a batch with room waits for more jobs (0: never waits).")
+    ] = 10.0,
+    gpus: Annotated[
+        str | None, typer.Option(help="'all' or indices like 0,1: one worker process per GPU, each pinned to it.")
+    ] = None,
+    instance: Annotated[
+        str, typer.Option(hidden=True, help="Tells apart several workers of one queue on a host.")
+    ] = "",
 ) -> None:
-    """Run a worker that holds one model in memory and runs its jobs."""
+    """Run a worker that holds one model in memory and runs its jobs in batches."""
     from blip2.errors import ModelNotFound
     from blip2.quantization import QuantizationPlan
     from blip2.registry import Registry
     from worker.app import WorkerOptions, run_worker
     from worker.model_holder import ModelLoadOptions
+    from worker.runtime import BatchOptions
 
     with one_line_errors():
         settings = settings_from_environment()
@@ -115,9 +135,17 @@ def worker(
         chosen = [q.strip() for item in queues or [] for q in item.split(",") if q.strip()]
         QuantizationPlan.parse(quantize)  # torch-free: a typo fails here, not in the child process
         load = ModelLoadOptions(device=device, dtype=dtype, quantize=quantize)
-        options = WorkerOptions(model=name, queues=chosen, load=load)
+        batch = BatchOptions(size=batch_size, wait_ms=batch_wait_ms)
+        options = WorkerOptions(model=name, queues=chosen, load=load, batch=batch, instance=instance)
         settings.require("REDIS_URL")
         settings.require("DATABASE_URL")
+        if gpus is not None:
+            from cli.gpu_workers import gpu_indices, per_gpu_workers
+
+            args = [f"--model={name}", f"--queues={','.join(options.consumed_queues())}", f"--quantize={quantize}",
+                    f"--dtype={dtype}", f"--batch-size={batch_size}", f"--batch-wait-ms={batch_wait_ms}"]  # fmt: skip
+            _supervise(per_gpu_workers(gpu_indices(gpus), args), dict(os.environ))
+            return
     run_worker(settings, options)
 
 
@@ -147,8 +175,8 @@ def up(
     ] = None,
 ) -> None:
     """Migrate, then run the API, one worker and Flower (with embedded Postgres/Redis if their URLs are unset)."""
-    from jobs.broker import queue_for_model
     from jobs.embedded import services_for
+    from jobs.queues import queue_for_model
     from jobs.schema_migrations import upgrade
 
     with one_line_errors():
@@ -159,7 +187,7 @@ def up(
         env = os.environ | {"DATABASE_URL": str(running.DATABASE_URL), "REDIS_URL": str(running.REDIS_URL)}
         served = _served_models(models, running.BLIP2_DEFAULT_MODEL)
         queues = ",".join(queue_for_model(m) for m in served)
-        children = {
+        commands = {
             f"API      http://{host}:{port} (docs: /docs)": ["api", f"--host={host}", f"--port={port}"],
             f"worker   models {', '.join(served)}": ["worker", f"--model={served[0]}", f"--queues={queues}"],
             "worker   queues train, download (training, evaluation, datasets)": ["worker", "--queues=train,download"],
@@ -167,6 +195,7 @@ def up(
                 "flower", f"--address={host}", f"--port={flower_port}",
             ],
         }  # fmt: skip
+        children: dict[str, tuple[list[str], dict[str, str]]] = {label: (args, {}) for label, args in commands.items()}
         _supervise(children, env)
 
 
@@ -205,10 +234,13 @@ def _self_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-c", "from cli.main import app; app()"]
 
 
-def _supervise(children: dict[str, list[str]], env: dict[str, str]) -> None:
-    """Start the children, wait until one exits or we are told to stop, then stop them all."""
+def _supervise(children: dict[str, tuple[list[str], dict[str, str]]], env: dict[str, str]) -> None:
+    """Start the children (each with its arguments and environment over `env`), wait until one exits or
+    we are told to stop, then stop them all."""
     stop = _stop_on_signals()
-    processes = {label: subprocess.Popen([*_self_command(), *args], env=env) for label, args in children.items()}
+    processes = {
+        label: subprocess.Popen([*_self_command(), *args], env=env | extra) for label, (args, extra) in children.items()
+    }
     for label in processes:
         typer.echo(f"  {label}")
     typer.echo("Ctrl-C stops everything.")

@@ -1,47 +1,42 @@
-"""The Celery app both sides share, the queue routing, and sending a job's message.
+"""The Celery app both sides share, and sending a job's message.
 
-Routing: inference jobs go to one queue per model, `infer.<model>`, so a worker holding a model
-only receives that model's jobs; training and evaluation go to `train`, downloads to `download`. A message carries only
-the job id; the job itself (input, state, result) lives in Postgres.
+A message carries only the job id, on the queue the job was routed to (jobs/queues.py), named by the
+task of its kind (`blip2.caption` ...); the job itself (input, state, result) lives in Postgres.
+The job id is also the message's task id, so Flower lists one task per job, however many times the
+sweeper sends it again, and shows the job's kind and model beside its id.
 """
 
 import logging
-import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from uuid import UUID
 
 from celery import Celery
 
+from jobs.kinds import KINDS, JobKind
 from jobs.settings import Settings
+
+if TYPE_CHECKING:
+    from jobs.models import Job
 
 log = logging.getLogger(__name__)
 
-RUN_JOB_TASK = "blip2.run_job"
-# The same work for jobs that run for hours: a task of its own, so it can have its own time limits.
-RUN_LONG_JOB_TASK = "blip2.run_long_job"
-INFERENCE_QUEUE_PREFIX = "infer."
-TRAIN_QUEUE = "train"  # training and evaluation
-DOWNLOAD_QUEUE = "download"
-_UNSAFE_QUEUE_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 # Sending gives up quickly: the job row is already committed, and the sweeper re-sends it later.
 _PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
 
 
-def queue_for_model(model: str) -> str:
-    """The inference queue of a model name (a hub id or a path is made queue-name safe)."""
-    return INFERENCE_QUEUE_PREFIX + _UNSAFE_QUEUE_CHARS.sub("_", model)
+@dataclass(frozen=True)
+class JobMessage:
+    """What a job's message needs: where it goes, which task it names, and what Flower shows of it."""
 
+    job_id: UUID
+    queue: str
+    kind: JobKind
+    model: str
 
-def queue_for_job(kind: str, model: str) -> str:
-    """Where a job runs: long jobs on `train` / `download`, so they never block inference workers."""
-    if kind == "download":
-        return DOWNLOAD_QUEUE
-    if kind in ("train", "evaluate"):
-        return TRAIN_QUEUE
-    return queue_for_model(model)
-
-
-def task_for_queue(queue: str) -> str:
-    return RUN_LONG_JOB_TASK if queue in (TRAIN_QUEUE, DOWNLOAD_QUEUE) else RUN_JOB_TASK
+    @classmethod
+    def of(cls, job: "Job") -> "JobMessage":
+        return cls(job.id, job.queue, job.kind, job.model)
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -67,21 +62,29 @@ def _transport_options(settings: Settings) -> dict[str, object]:
 
 
 class Dispatcher:
-    """Sends `run_job(job_id)` messages to a job's queue."""
+    """Sends a job's message to its queue."""
 
     def __init__(self, celery: Celery) -> None:
         self._celery = celery
 
-    def send(self, job_id: UUID, queue: str) -> None:
+    def send(self, message: JobMessage) -> None:
         """Publish the job's message; raises if the broker cannot be reached."""
-        task = task_for_queue(queue)
-        self._celery.send_task(task, args=[str(job_id)], queue=queue, retry=True, retry_policy=_PUBLISH_RETRY)
+        self._celery.send_task(
+            KINDS[message.kind].task_name,
+            args=[str(message.job_id)],
+            task_id=str(message.job_id),
+            argsrepr=f"job={message.job_id} kind={message.kind.value} model={message.model or '-'}",
+            queue=message.queue,
+            retry=True,
+            retry_policy=_PUBLISH_RETRY,
+        )
 
-    def try_send(self, job_id: UUID, queue: str) -> bool:
+    def try_send(self, message: JobMessage) -> bool:
         """Publish, logging instead of raising on a broker failure (the sweeper will re-send)."""
         try:
-            self.send(job_id, queue)
+            self.send(message)
         except Exception:
-            log.warning("could not send job %s to %s; the sweeper will re-send it", job_id, queue, exc_info=True)
+            log.warning("could not send job %s to %s; the sweeper will re-send it", message.job_id, message.queue,
+                        exc_info=True)  # fmt: skip
             return False
         return True

@@ -69,12 +69,15 @@ def resolve_trained(session: Session, registry: Registry, name: str, tenant: str
     return registry if model is None else registry.with_spec(trained_spec(model))
 
 
-def serving_model(session: Session, name: str, tenant: str) -> str:
+def serving_model(session: Session, registry: Registry, name: str, tenant: str) -> str:
     """The model whose workers serve `name`: a trained model runs where its base model runs.
 
     A model trained here has no workers of its own on the day it is made; the workers of its
-    base model (same family, same hardware) load it on its first job and keep it.
+    base model (same family, same hardware) load it on its first job and keep it. A registry name
+    is served by its own workers (and costs no query: no trained model takes a registry name).
     """
+    if registry.is_known(name):
+        return name
     for _ in range(16):  # a chain of fine-tunes of fine-tunes, never a cycle (names are never reused)
         model = get_trained_model(session, tenant, name)
         if model is None:

@@ -13,8 +13,13 @@ SessionFactory = sessionmaker[Session]
 
 
 def create_db_engine(settings: Settings) -> Engine:
-    """An engine for DATABASE_URL; `pool_pre_ping` so a restarted Postgres does not fail the next request."""
-    return create_engine(settings.sqlalchemy_url, pool_pre_ping=True)
+    """An engine for DATABASE_URL.
+
+    No ping before each checkout (a round trip per request): a connection that died with a restarted
+    Postgres fails its first statement instead, and that error empties the pool of every connection
+    older than it, so one request answers 503 (or one worker write is retried) and the next reconnect.
+    """
+    return create_engine(settings.sqlalchemy_url, pool_size=10, max_overflow=20)
 
 
 def create_session_factory(engine: Engine) -> SessionFactory:

@@ -22,10 +22,10 @@ class JobNotFound(JobsError):
     code = "job_not_found"
 
 
-class ImageNotFound(JobsError):
-    """A job names an image id that was never uploaded."""
+class UnknownImage(JobsError):
+    """A job names an image id that this tenant never uploaded."""
 
-    code = "image_not_found"
+    code = "unknown_image"
 
 
 class JobNotCancelable(JobsError):
@@ -64,12 +64,6 @@ class NotReady(JobsError):
     code = "not_ready"
 
 
-class DatasetNotFound(JobsError):
-    """A training or evaluation job names a dataset that was never downloaded."""
-
-    code = "dataset_not_found"
-
-
 class ModelNameTaken(JobsError):
     """A training job's output_model is already the name of a model."""
 
@@ -106,7 +100,7 @@ class ApiKeyNotFound(JobsError):
     code = "api_key_not_found"
 
 
-class NoSuchImage(JobsError):
+class ImageNotFound(JobsError):
     """GET /v1/images/{id}: no image of this tenant has the id."""
 
     code = "image_not_found"

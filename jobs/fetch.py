@@ -26,7 +26,7 @@ import httpx
 from blip2.data.url_guard import guarded_client
 from blip2.errors import DownloadFailed, ForbiddenUrl
 from jobs.errors import FetchFailed, UploadTooLarge
-from jobs.schemas import ImageFields, JobInput
+from jobs.inputs import ImageFields, JobInput
 from jobs.settings import Settings
 
 MAX_REDIRECTS = 5
@@ -60,11 +60,7 @@ def with_fetched_image(job_input: JobInput, settings: Settings) -> JobInput:
         return job_input
     try:
         data = fetch_image(job_input.image_url, settings)
-    except ForbiddenUrl as exc:
-        forbidden = ForbiddenUrl(f"{_FIELD}: {exc}")
-        forbidden.field = _FIELD
-        raise forbidden from exc
-    except (FetchFailed, UploadTooLarge) as exc:
+    except (ForbiddenUrl, FetchFailed, UploadTooLarge) as exc:
         raise type(exc)(str(exc), field=_FIELD) from exc
     return job_input.model_copy(update={"image": data, "image_url": None})
 

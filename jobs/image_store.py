@@ -1,15 +1,15 @@
 """Uploaded images, stored once per tenant by content hash in Postgres so any worker on any machine reads them."""
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable
 from uuid import UUID, uuid4
 
-from sqlalchemy import select
+from sqlalchemy import select, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from blip2.images import probe_image
-from jobs.errors import ImageNotFound, NoSuchImage, UploadTooLarge
+from jobs.errors import ImageNotFound, UploadTooLarge
 from jobs.models import Image
 from jobs.settings import Settings
 
@@ -37,10 +37,10 @@ def store_image(
 
 
 def get_image(session: Session, image_id: UUID, tenant: str) -> Image:
-    """The tenant's image with this id, or NoSuchImage (another tenant's image is not found either)."""
+    """The tenant's image with this id, or ImageNotFound (another tenant's image is not found either)."""
     image = session.scalars(select(Image).where(Image.id == image_id, Image.tenant == tenant)).one_or_none()
     if image is None:
-        raise NoSuchImage(f"no image with id {image_id}")
+        raise ImageNotFound(f"no image with id {image_id}")
     return image
 
 
@@ -53,11 +53,9 @@ def missing_image_ids(session: Session, ids: Iterable[UUID], tenant: str) -> set
     return wanted - set(found)
 
 
-def load_image_bytes(session: Session, ids: Sequence[UUID], tenant: str) -> list[bytes]:
-    """The stored bytes of each of the tenant's images, in the order asked (ids may repeat)."""
-    rows = session.execute(select(Image.id, Image.data).where(Image.id.in_(set(ids)), Image.tenant == tenant))
-    by_id = {image_id: data for image_id, data in rows}
-    missing = [str(image_id) for image_id in ids if image_id not in by_id]
-    if missing:
-        raise ImageNotFound(f"no uploaded image with id {', '.join(missing)}")
-    return [by_id[image_id] for image_id in ids]
+def load_images(session: Session, wanted: Collection[tuple[UUID, str]]) -> dict[UUID, bytes]:
+    """The stored bytes of each (image id, tenant) that exists; ids of another tenant's images are left out."""
+    if not wanted:
+        return {}
+    pairs = tuple_(Image.id, Image.tenant).in_(list(wanted))
+    return {image_id: data for image_id, data in session.execute(select(Image.id, Image.data).where(pairs))}

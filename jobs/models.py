@@ -8,14 +8,17 @@ The schema itself is created only by the Alembic migrations in `migrations/`; th
 match them (tests/jobs/test_migrations.py checks that they do).
 """
 
+from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 from uuid import UUID, uuid4
 
-from sqlalchemy import DateTime, Enum, ForeignKey, Index, LargeBinary, String, UniqueConstraint, func
+from sqlalchemy import DateTime, Enum, ForeignKey, Index, LargeBinary, String, UniqueConstraint, func, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from jobs.kinds import JobKind
 from jobs.status import JobStatus
 
 
@@ -33,6 +36,11 @@ TENANT_LENGTH = 64
 
 def _tenant_column() -> Mapped[str]:
     return mapped_column(String(TENANT_LENGTH))
+
+
+def _string_enum(enum: type[StrEnum], length: int) -> Enum:
+    """A StrEnum stored as its values in a VARCHAR (no database enum type to migrate when a member is added)."""
+    return Enum(enum, native_enum=False, length=length, values_callable=lambda e: [m.value for m in e])
 
 
 class ApiKey(Base):
@@ -68,11 +76,22 @@ class Image(Base):
     created_at: Mapped[datetime] = _now_column()
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """One run of a job: its id and its attempt number (`jobs.attempts` once claimed), the token every
+    write of that run is checked against, so a run that lost its job can never overwrite the next one's."""
+
+    job_id: UUID
+    number: int
+
+
 class Job(Base):
     """One unit of work: its typed input, where it is in its lifecycle, and its result or error.
 
     `dispatched_at` / `dispatch_count` are the outbox: a queued job whose last send is too old is
-    sent again by the sweeper, so a lost message never strands a job.
+    sent again by the sweeper, so a lost message never strands a job. `batch_key` says which queued
+    jobs may share a forward pass (jobs/kinds.py); `batch_id` names the claim (the Celery task) that
+    took the job into its batch, and `attempts` doubles as the attempt token every worker write checks.
     """
 
     __tablename__ = "jobs"
@@ -81,17 +100,19 @@ class Job(Base):
         Index("ix_jobs_status_created_at", "status", "created_at"),
         Index("ix_jobs_tenant_created_at_id", "tenant", "created_at", "id"),
         Index("ix_jobs_tenant_status", "tenant", "status"),
+        # The claim reads a queue's queued jobs in order; the index holds only those.
+        Index("ix_jobs_queued", "queue", "created_at", postgresql_where=text("status = 'queued'")),
+        Index("ix_jobs_batch_id", "batch_id", postgresql_where=text("status = 'running'")),
     )
+    # Server defaults (created_at ...) come back with the INSERT itself (RETURNING), not a second query.
+    __mapper_args__ = {"eager_defaults": True}  # noqa: RUF012
 
     id: Mapped[UUID] = mapped_column(primary_key=True, default=uuid4)
     tenant: Mapped[str] = _tenant_column()
-    kind: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[JobKind] = mapped_column(_string_enum(JobKind, 32))
     model: Mapped[str] = mapped_column(String(500))
     queue: Mapped[str] = mapped_column(String(600))
-    status: Mapped[JobStatus] = mapped_column(
-        Enum(JobStatus, native_enum=False, length=16, values_callable=lambda e: [m.value for m in e]),
-        default=JobStatus.QUEUED,
-    )
+    status: Mapped[JobStatus] = mapped_column(_string_enum(JobStatus, 16), default=JobStatus.QUEUED)
     input: Mapped[dict[str, Any]] = mapped_column(JSONB)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     error_code: Mapped[str | None] = mapped_column(String(64))
@@ -107,6 +128,23 @@ class Job(Base):
     dispatch_count: Mapped[int] = mapped_column(default=0)
     # Refreshed by the worker while the job runs; a stale one means the worker is gone.
     heartbeat_at: Mapped[datetime | None] = _now_column(nullable=True)
+    batch_key: Mapped[str | None] = mapped_column(String(32))
+    batch_id: Mapped[str | None] = mapped_column(String(64))
+
+    @property
+    def attempt(self) -> Attempt:
+        """This run of the job (after its claim): the token its worker's writes carry."""
+        return Attempt(self.id, self.attempts)
+
+
+class TenantQueue(Base):
+    """How many jobs a tenant has queued or running, kept by a trigger on `jobs` (migration 0004), so
+    the per-tenant limit is one row read at submission, not a count over the table."""
+
+    __tablename__ = "tenant_queues"
+
+    tenant: Mapped[str] = mapped_column(String(TENANT_LENGTH), primary_key=True)
+    unfinished: Mapped[int] = mapped_column(default=0)
 
 
 class IdempotencyKey(Base):

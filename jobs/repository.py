@@ -7,17 +7,19 @@ run a job twice or overwrite a finished one: the loser's UPDATE matches no row.
 
 import base64
 import binascii
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Select, func, select, tuple_, update
+from sqlalchemy import ColumnElement, Integer, Select, Uuid, column, func, select, tuple_, update, values
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
 from jobs.errors import InvalidCursor, JobNotCancelable, JobNotFound
-from jobs.models import Job
+from jobs.kinds import JobKind
+from jobs.models import Attempt, Job, TenantQueue
 from jobs.status import JobStatus
 
 _UNFINISHED = (JobStatus.QUEUED, JobStatus.RUNNING)
@@ -31,13 +33,40 @@ class JobPage:
     next_cursor: str | None
 
 
-def add_job(session: Session, *, tenant: str, kind: str, model: str, queue: str, input: dict[str, Any]) -> Job:
-    """A new queued job of `tenant`, flushed so it has its id and timestamps (committed by the caller)."""
-    job = Job(tenant=tenant, kind=kind, model=model, queue=queue, input=input, status=JobStatus.QUEUED)
+def add_job(
+    session: Session,
+    *,
+    tenant: str,
+    kind: JobKind,
+    model: str,
+    queue: str,
+    input: dict[str, Any],
+    batch_key: str | None = None,
+) -> Job:
+    """A new queued job of `tenant`, flushed so it has its id and timestamps (committed by the caller).
+
+    It counts as sent from now on (the outbox): the caller sends its message right after committing,
+    and if that send is lost, the sweeper sends it again once QUEUED_TOO_LONG_S have passed.
+    """
+    job = Job(
+        tenant=tenant,
+        kind=kind,
+        model=model,
+        queue=queue,
+        input=input,
+        status=JobStatus.QUEUED,
+        batch_key=batch_key,
+        dispatched_at=func.now(),
+        dispatch_count=1,
+    )
     session.add(job)
     session.flush()
-    session.refresh(job)
     return job
+
+
+def find_job(session: Session, job_id: UUID) -> Job | None:
+    """The job with this id, read afresh, or None."""
+    return session.get(Job, job_id, populate_existing=True)
 
 
 def get_job(session: Session, job_id: UUID, tenant: str | None = None) -> Job:
@@ -49,9 +78,8 @@ def get_job(session: Session, job_id: UUID, tenant: str | None = None) -> Job:
 
 
 def count_unfinished_jobs(session: Session, tenant: str) -> int:
-    """How many of the tenant's jobs are queued or running."""
-    query = select(func.count()).select_from(Job).where(Job.tenant == tenant, Job.status.in_(_UNFINISHED))
-    return int(session.scalar(query) or 0)
+    """How many of the tenant's jobs are queued or running (a counter the jobs table's trigger keeps)."""
+    return int(session.scalar(select(TenantQueue.unfinished).where(TenantQueue.tenant == tenant)) or 0)
 
 
 def list_jobs(
@@ -61,7 +89,7 @@ def list_jobs(
     limit: int,
     cursor: str | None = None,
     status: JobStatus | None = None,
-    kind: str | None = None,
+    kind: JobKind | None = None,
 ) -> JobPage:
     """The tenant's jobs newest first, filtered by status and kind, after `cursor` when given."""
     query = _filtered(select(Job).where(Job.tenant == tenant), status, kind)
@@ -74,7 +102,7 @@ def list_jobs(
     return JobPage(jobs=page, next_cursor=_encode_cursor(page[-1]) if more else None)
 
 
-def _filtered(query: Select[Job], status: JobStatus | None, kind: str | None) -> Select[Job]:
+def _filtered(query: Select[Job], status: JobStatus | None, kind: JobKind | None) -> Select[Job]:
     if status is not None:
         query = query.where(Job.status == status)
     if kind is not None:
@@ -96,73 +124,110 @@ def _decode_cursor(cursor: str) -> tuple[datetime, UUID]:
         raise InvalidCursor("cursor is not one this API returned", field="cursor") from exc
 
 
-def _transition(session: Session, job_id: UUID, leaving: Sequence[JobStatus], **values: Any) -> Job | None:
-    """Apply `values` if the job is in one of the `leaving` states; the updated job, or None."""
+def _transition(session: Session, where: Sequence[ColumnElement[bool]], **values: Any) -> list[Job]:
+    """Apply `values` to the jobs matching `where` (which names the states they leave); the updated jobs."""
+    statement = update(Job).where(*where).values(**values).returning(Job).execution_options(populate_existing=True)
+    return list(session.scalars(statement))
+
+
+def _one(jobs: list[Job]) -> Job | None:
+    return jobs[0] if jobs else None
+
+
+def _running(attempt: Attempt) -> list[ColumnElement[bool]]:
+    """This attempt of the job, still running: a write by a worker that lost the job (its lease ran
+    out and another run took it, or it was canceled) matches nothing."""
+    return [Job.id == attempt.job_id, Job.attempts == attempt.number, Job.status == JobStatus.RUNNING]
+
+
+def _claim_values(batch_id: str | None) -> dict[str, Any]:
+    return {
+        "status": JobStatus.RUNNING,
+        "started_at": func.now(),
+        "attempts": Job.attempts + 1,
+        "progress": 0.0,
+        "heartbeat_at": func.now(),
+        "batch_id": batch_id,
+    }
+
+
+def claim_job(session: Session, job_id: UUID, batch_id: str | None = None) -> Job | None:
+    """Mark a queued job running for its next attempt; None if it is not queued (run, canceled, gone)."""
+    return _one(_transition(session, [Job.id == job_id, Job.status == JobStatus.QUEUED], **_claim_values(batch_id)))
+
+
+def claim_jobs(session: Session, job_ids: Sequence[UUID], batch_id: str) -> list[Job]:
+    """Mark these queued jobs running as one batch; those no longer queued are left out."""
+    if not job_ids:
+        return []
+    where = [Job.id.in_(job_ids), Job.status == JobStatus.QUEUED]
+    claimed = {job.id: job for job in _transition(session, where, **_claim_values(batch_id))}
+    return [claimed[job_id] for job_id in job_ids if job_id in claimed]
+
+
+def heartbeat(session: Session, attempts: Sequence[Attempt]) -> list[Attempt]:
+    """Note that these jobs' worker is alive; returns those still running this attempt (not canceled or lost)."""
+    if not attempts:
+        return []
+    pairs = tuple_(Job.id, Job.attempts).in_([(a.job_id, a.number) for a in attempts])
+    alive = _transition(session, [pairs, Job.status == JobStatus.RUNNING], heartbeat_at=func.now())
+    return [job.attempt for job in alive]
+
+
+def report_progress(session: Session, attempt: Attempt, fraction: float, detail: dict[str, Any]) -> bool:
+    """Record a running job's progress (a heartbeat too); False once this attempt is no longer running."""
+    values = {"progress": min(max(fraction, 0.0), 1.0), "progress_detail": detail, "heartbeat_at": func.now()}
+    return bool(_transition(session, _running(attempt), **values))
+
+
+def succeed_job(session: Session, attempt: Attempt, result: dict[str, Any]) -> Job | None:
+    """Record the result of this attempt of a running job; None if it no longer runs (canceled, lost)."""
+    return _one(succeed_jobs(session, {attempt: result}))
+
+
+def succeed_jobs(session: Session, results: Mapping[Attempt, dict[str, Any]]) -> list[Job]:
+    """Record the results of a batch in one statement; returns the jobs that took theirs (the others were
+    canceled or lost meanwhile)."""
+    if not results:
+        return []
+    rows = values(column("id", Uuid()), column("attempt", Integer()), column("result", JSONB()), name="results").data(
+        [(a.job_id, a.number, result) for a, result in results.items()]
+    )
     statement = (
         update(Job)
-        .where(Job.id == job_id, Job.status.in_(leaving))
-        .values(**values)
+        .where(Job.id == rows.c.id, Job.attempts == rows.c.attempt, Job.status == JobStatus.RUNNING)
+        .values(status=JobStatus.SUCCEEDED, result=rows.c.result, finished_at=func.now(), progress=1.0)
         .returning(Job)
         .execution_options(populate_existing=True)
     )
-    return session.scalars(statement).one_or_none()
+    return list(session.scalars(statement))
 
 
-def claim_job(session: Session, job_id: UUID) -> Job | None:
-    """Mark a queued job running for this attempt; None if it is not queued (run, canceled, gone)."""
-    return _transition(
-        session,
-        job_id,
-        [JobStatus.QUEUED],
-        status=JobStatus.RUNNING,
-        started_at=func.now(),
-        attempts=Job.attempts + 1,
-        progress=0.0,
-        heartbeat_at=func.now(),
-    )
+def fail_job(session: Session, attempt: Attempt, code: str, message: str) -> Job | None:
+    """Record why this attempt of a running job failed; None if it no longer runs (canceled, lost, finished)."""
+    return _one(_transition(session, _running(attempt), **_failed(code, message)))
 
 
-def heartbeat(session: Session, job_id: UUID) -> bool:
-    """Note that the job's worker is alive; False once the job is no longer running (e.g. canceled)."""
-    return _transition(session, job_id, [JobStatus.RUNNING], heartbeat_at=func.now()) is not None
+def fail_unfinished_job(session: Session, job_id: UUID, code: str, message: str) -> Job | None:
+    """Fail a job whatever attempt it is on (an operator's or the API's decision); None once it finished."""
+    return _one(_transition(session, [Job.id == job_id, Job.status.in_(_UNFINISHED)], **_failed(code, message)))
 
 
-def report_progress(session: Session, job_id: UUID, fraction: float, detail: dict[str, Any]) -> bool:
-    """Record a running job's progress (a heartbeat too); False once it is no longer running."""
-    values = {"progress": min(max(fraction, 0.0), 1.0), "progress_detail": detail, "heartbeat_at": func.now()}
-    return _transition(session, job_id, [JobStatus.RUNNING], **values) is not None
+def fail_batch(session: Session, batch_id: str, code: str, message: str) -> list[Job]:
+    """Fail every job still running in the batch a claim took (its process was killed at the hard time limit)."""
+    where = [Job.batch_id == batch_id, Job.status == JobStatus.RUNNING]
+    return _transition(session, where, **_failed(code, message))
 
 
-def succeed_job(session: Session, job_id: UUID, result: dict[str, Any]) -> Job | None:
-    """Record the result of a running job; None if it is no longer running (e.g. canceled)."""
-    return _transition(
-        session,
-        job_id,
-        [JobStatus.RUNNING],
-        status=JobStatus.SUCCEEDED,
-        result=result,
-        finished_at=func.now(),
-        progress=1.0,
-    )
-
-
-def fail_job(session: Session, job_id: UUID, code: str, message: str) -> Job | None:
-    """Record why an unfinished job failed; None if it had already finished."""
-    return _transition(
-        session,
-        job_id,
-        _UNFINISHED,
-        status=JobStatus.FAILED,
-        error_code=code,
-        error_message=message,
-        finished_at=func.now(),
-    )
+def _failed(code: str, message: str) -> dict[str, Any]:
+    return {"status": JobStatus.FAILED, "error_code": code, "error_message": message, "finished_at": func.now()}
 
 
 def cancel_job(session: Session, job_id: UUID, tenant: str) -> Job:
     """Cancel the tenant's unfinished job; a queued one will never run. JobNotCancelable once it has finished."""
     existing = get_job(session, job_id, tenant)
-    job = _transition(session, existing.id, _UNFINISHED, status=JobStatus.CANCELED, finished_at=func.now())
+    where = [Job.id == existing.id, Job.status.in_(_UNFINISHED)]
+    job = _one(_transition(session, where, status=JobStatus.CANCELED, finished_at=func.now()))
     if job is not None:
         return job
     finished = get_job(session, job_id, tenant)  # read again: it may have finished since
@@ -210,5 +275,5 @@ def requeue_lost_jobs(session: Session, *, lease: timedelta, max_attempts: int) 
             finished_at=func.now(),
         )
     )
-    requeued = update(Job).where(*lost).values(status=JobStatus.QUEUED, started_at=None).returning(Job)
+    requeued = update(Job).where(*lost).values(status=JobStatus.QUEUED, started_at=None, batch_id=None).returning(Job)
     return list(session.scalars(requeued))

@@ -1,8 +1,13 @@
-"""Accepting a job: validate it, store its inline images, commit its row, then send its message.
+"""Accepting a job: validate it, store its inline image, commit its row, then send its message.
 
-The order is the outbox's guarantee: the row (with any Idempotency-Key) is committed before the
-message is sent, so a worker never receives an id it cannot find; a send that fails, or a process
-that dies before sending, leaves the job queued and unsent, and the sweeper sends it later.
+One transaction per submission: the checks, the stored image, the job row (counted against the
+tenant's limit by the jobs table's own trigger) and its Idempotency-Key commit together, and the
+message is sent after the commit. That order is the outbox's guarantee: a worker never receives an
+id it cannot find, and a send that fails, or a process that dies before sending, leaves the job
+queued, and the sweeper sends it later.
+
+An `image_url` is fetched before the transaction opens (it may take FETCH_TIMEOUT_S), and only when
+the request is not a replay of an Idempotency-Key already seen: a replay fetches nothing.
 """
 
 import hashlib
@@ -10,28 +15,22 @@ import json
 from dataclasses import dataclass
 from uuid import UUID
 
-from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from blip2.errors import InvalidImage, ModelNotFound
-from blip2.registry import Registry
-from jobs.broker import Dispatcher, queue_for_job
+from blip2.errors import DatasetNotFound, InvalidImage, ModelNotFound, UnsupportedOperation
+from blip2.registry import ModelSpec, Registry, generation_limit
+from jobs.broker import Dispatcher, JobMessage
 from jobs.catalog import get_dataset, get_trained_model, resolve_trained, serving_model
-from jobs.db import SessionFactory, session_scope
-from jobs.errors import (
-    BatchTooLarge,
-    DatasetNotFound,
-    IdempotencyKeyReused,
-    ImageNotFound,
-    ModelNameTaken,
-    TenantQueueFull,
-)
+from jobs.db import SessionFactory
+from jobs.errors import BatchTooLarge, IdempotencyKeyReused, ModelNameTaken, TenantQueueFull, UnknownImage
 from jobs.fetch import with_fetched_image
 from jobs.image_store import missing_image_ids, store_image
+from jobs.inputs import EvaluateInput, GeneratingInput, ImageFields, JobInput, MatchInput, TrainInput
+from jobs.kinds import KINDS, JobKind, batch_key
 from jobs.models import IdempotencyKey, Job
-from jobs.repository import add_job, count_unfinished_jobs, get_job, mark_dispatched
-from jobs.schemas import EvaluateInput, ImageFields, JobCreateBase, JobInput, MatchInput, TrainInput
+from jobs.repository import add_job, count_unfinished_jobs, get_job
+from jobs.schemas import JobCreateBase
 from jobs.settings import Settings
 
 
@@ -53,95 +52,145 @@ class Submitted:
     created: bool
 
 
+@dataclass(frozen=True)
+class _Target:
+    """The model a job names, as the registry resolves it for the tenant."""
+
+    name: str
+    spec: ModelSpec | None  # None for a download (no model)
+    owner: str  # the tenant, for the tenant's trained model; "" for a registry model
+
+
+def submit_job(
+    ctx: Submission,
+    tenant: str,
+    request: JobCreateBase,
+    idempotency_key: str | None = None,
+    *,
+    session: Session | None = None,
+) -> Submitted:
+    """Validate and record a job of `tenant` in one transaction, then send its message; returns the
+    existing job for a replayed Idempotency-Key. Runs in `session` (the request's) when given.
+
+    Every name a job refers to (images, datasets, trained models) is looked up among the tenant's own.
+    """
+    if session is None:
+        with ctx.sessions() as own:
+            return submit_job(ctx, tenant, request, idempotency_key, session=own)
+    model = _model_name(ctx, request)
+    fingerprint = _fingerprint(request, model)
+    if idempotency_key is not None and (replayed := _replay(session, tenant, idempotency_key, fingerprint)):
+        return Submitted(replayed, created=False)
+    if isinstance(request.input, ImageFields) and request.input.image_url is not None:
+        session.rollback()  # no transaction stays open while the URL is fetched
+        request = request.model_copy(update={"input": with_fetched_image(request.input, ctx.settings)})
+    try:
+        job = _record(ctx, session, tenant, request, model, idempotency_key, fingerprint)
+        session.commit()
+    except _KeyTakenMeanwhile:
+        session.rollback()
+        return Submitted(_replay_or_fail(session, tenant, str(idempotency_key), fingerprint), created=False)
+    ctx.dispatcher.try_send(JobMessage.of(job))
+    return Submitted(job, created=True)
+
+
 class _KeyTakenMeanwhile(Exception):
     """A concurrent request committed the same Idempotency-Key first."""
 
 
-def submit_job(ctx: Submission, tenant: str, request: JobCreateBase, idempotency_key: str | None = None) -> Submitted:
-    """Validate and record a job of `tenant`, then send its message; returns the existing job for a replayed key.
-
-    Every name a job refers to (images, datasets, trained models) is looked up among the tenant's own.
-    """
-    model = "" if request.kind == "download" else request.model or ctx.settings.BLIP2_DEFAULT_MODEL
-    with session_scope(ctx.sessions) as session:
-        _check_references(session, ctx.registry, tenant, request.input, model)
-    _check_batch_size(request.input, ctx.settings)
-    fingerprint = _fingerprint(request, model)
-    # An image_url is fetched (SSRF-guarded, size- and time-limited) before any transaction opens,
-    # then stored for the tenant like an inline image; the fingerprint keeps the URL.
-    request = request.model_copy(update={"input": with_fetched_image(request.input, ctx.settings)})
-    try:
-        submitted = _record(ctx, tenant, request, model, idempotency_key, fingerprint)
-    except _KeyTakenMeanwhile:
-        with session_scope(ctx.sessions) as session:
-            return Submitted(_replay(session, tenant, str(idempotency_key), fingerprint), created=False)
-    if submitted.created:
-        _dispatch(ctx, submitted.job)
-    return submitted
-
-
 def _record(
-    ctx: Submission, tenant: str, request: JobCreateBase, model: str, key: str | None, fingerprint: str
-) -> Submitted:
-    with session_scope(ctx.sessions) as session:
-        if key is not None and _find_key(session, tenant, key) is not None:
-            return Submitted(_replay(session, tenant, key, fingerprint), created=False)
-        _check_queue_depth(session, tenant, ctx.settings)
-        job_input = _store_inline_images(session, tenant, request.input, ctx.settings)
-        _check_images_exist(session, tenant, job_input)
-        data = job_input.model_dump(mode="json", exclude_none=True)
-        queue = queue_for_job(request.kind, serving_model(session, model, tenant))
-        job = add_job(session, tenant=tenant, kind=request.kind, model=model, queue=queue, input=data)
-        if key is not None and not _claim_key(session, tenant, key, fingerprint, job.id):
-            raise _KeyTakenMeanwhile
-        return Submitted(job, created=True)
+    ctx: Submission,
+    session: Session,
+    tenant: str,
+    request: JobCreateBase,
+    model: str,
+    key: str | None,
+    fingerprint: str,
+) -> Job:
+    target = _resolve_target(session, ctx.registry, tenant, model)
+    _check_request(session, ctx, tenant, request, target)
+    job_input = _store_inline_image(session, tenant, request.input, ctx.settings)
+    _check_images_exist(session, tenant, job_input)
+    kind = JobKind(request.kind)
+    job = add_job(
+        session,
+        tenant=tenant,
+        kind=kind,
+        model=target.name,
+        queue=KINDS[kind].queue(serving_model(session, ctx.registry, target.name, tenant)),
+        input=job_input.model_dump(mode="json", exclude_none=True),
+        batch_key=batch_key(kind, job_input, target.name, target.owner),
+    )
+    if key is not None and not _claim_key(session, tenant, key, fingerprint, job.id):
+        raise _KeyTakenMeanwhile
+    _check_queue_depth(session, tenant, ctx.settings)  # last: the counter's row stays locked until the commit
+    return job
 
 
-def _check_queue_depth(session: Session, tenant: str, settings: Settings) -> None:
-    """TenantQueueFull once the tenant has MAX_UNFINISHED_JOBS_PER_TENANT jobs queued or running.
-
-    A transaction-scoped advisory lock per tenant makes count-then-insert exact: two submissions
-    of one tenant at once are counted one after the other, while other tenants never wait.
-    """
-    session.execute(select(func.pg_advisory_xact_lock(func.hashtext(f"blip2-jobs tenant {tenant}"))))
-    limit = settings.MAX_UNFINISHED_JOBS_PER_TENANT
-    if count_unfinished_jobs(session, tenant) >= limit:
-        raise TenantQueueFull(
-            f"{limit} jobs of this tenant are already queued or running; try again when some finish",
-            retry_after_s=settings.TENANT_QUEUE_FULL_RETRY_AFTER_S,
-        )
+# ---- checks ---------------------------------------------------------------------------------
 
 
-def _dispatch(ctx: Submission, job: Job) -> None:
-    if ctx.dispatcher.try_send(job.id, job.queue):
-        with session_scope(ctx.sessions) as session:
-            mark_dispatched(session, job.id)
+def _model_name(ctx: Submission, request: JobCreateBase) -> str:
+    return "" if request.kind == JobKind.DOWNLOAD else request.model or ctx.settings.BLIP2_DEFAULT_MODEL
 
 
-def _check_references(session: Session, registry: Registry, tenant: str, job_input: JobInput, model: str) -> None:
-    """The model, dataset and output names a job refers to exist for the tenant (or, for an output, are free)."""
-    if model:
-        _check_model(resolve_trained(session, registry, model, tenant), model)
+def _resolve_target(session: Session, registry: Registry, tenant: str, name: str) -> _Target:
+    """The job's model for the tenant: a registry name, a hub id, or one of the tenant's trained models
+    ("" for a download, which names none)."""
+    if not name:
+        return _Target("", None, "")
+    resolved = resolve_trained(session, registry, name, tenant)
+    if not resolved.names_or_hub_id(name):
+        known = ", ".join(sorted(spec.name for spec in registry.specs()))
+        raise ModelNotFound(f"unknown model {name!r} (known: {known}; or a hub id)", field="model")
+    return _Target(name, resolved.resolve(name), "" if registry.is_known(name) else tenant)
+
+
+def _check_request(session: Session, ctx: Submission, tenant: str, request: JobCreateBase, target: _Target) -> None:
+    """Refuse what can only fail: a kind the model cannot run, more new tokens than it has positions,
+    a dataset never downloaded, an output name already taken, more candidates than a batch holds."""
+    job_input = request.input
+    if target.spec is not None:
+        _check_model_fits(target.spec, JobKind(request.kind), job_input)
     if isinstance(job_input, TrainInput | EvaluateInput) and get_dataset(session, tenant, job_input.dataset) is None:
         raise DatasetNotFound(f"no dataset named {job_input.dataset!r}; download it first", field="input.dataset")
     if isinstance(job_input, TrainInput):
         name = job_input.output_model
-        if registry.is_known(name) or get_trained_model(session, tenant, name) is not None:
+        if ctx.registry.is_known(name) or get_trained_model(session, tenant, name) is not None:
             raise ModelNameTaken(f"a model named {name!r} already exists", field="input.output_model")
-
-
-def _check_model(registry: Registry, model: str) -> None:
-    if not registry.names_or_hub_id(model):
-        names = ", ".join(sorted(spec.name for spec in registry.specs()))
-        raise ModelNotFound(f"model: unknown model {model!r} (known: {names}; or a hub id)")
-
-
-def _check_batch_size(job_input: JobInput, settings: Settings) -> None:
-    if isinstance(job_input, MatchInput) and job_input.candidate_count > settings.MAX_BATCH_SIZE:
-        field = "input.texts" if job_input.texts is not None else "input.image_ids"
+    if isinstance(job_input, MatchInput) and job_input.candidate_count > ctx.settings.MAX_BATCH_SIZE:
         raise BatchTooLarge(
-            f"{job_input.candidate_count} candidates, over the limit of {settings.MAX_BATCH_SIZE}",
-            field=field,
+            f"{job_input.candidate_count} candidates, over the limit of {ctx.settings.MAX_BATCH_SIZE}",
+            field=job_input.candidates_field,
+        )
+
+
+def _check_model_fits(spec: ModelSpec, kind: JobKind, job_input: JobInput) -> None:
+    refusal = KINDS[kind].refusal(spec.family, job_input)
+    if refusal is not None:
+        raise UnsupportedOperation(f"model {spec.name!r} cannot run {kind.value} jobs: {refusal}", field="model")
+    limit = generation_limit(spec)
+    requested = job_input.decoding.max_new_tokens if isinstance(job_input, GeneratingInput) else None
+    if limit is not None and requested is not None and requested > limit:
+        raise UnsupportedOperation(
+            f"at most {limit} new tokens for model {spec.name!r} (its language model's positions, less its"
+            f" image tokens); {requested} asked",
+            field="input.decoding.max_new_tokens",
+        )
+
+
+def _check_queue_depth(session: Session, tenant: str, settings: Settings) -> None:
+    """TenantQueueFull once this job takes the tenant past MAX_UNFINISHED_JOBS_PER_TENANT queued or running.
+
+    The counter is kept by the jobs table's trigger, and the insert just made locks the tenant's
+    counter row until this transaction ends: two submissions of one tenant at once are counted one
+    after the other, exactly, while other tenants never wait.
+    """
+    limit = settings.MAX_UNFINISHED_JOBS_PER_TENANT
+    if count_unfinished_jobs(session, tenant) > limit:
+        raise TenantQueueFull(
+            f"{limit} jobs of this tenant are already queued or running; try again when some finish",
+            retry_after_s=settings.TENANT_QUEUE_FULL_RETRY_AFTER_S,
         )
 
 
@@ -150,14 +199,14 @@ def _fingerprint(request: JobCreateBase, model: str) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def _store_inline_images(session: Session, tenant: str, job_input: JobInput, settings: Settings) -> JobInput:
+def _store_inline_image(session: Session, tenant: str, job_input: JobInput, settings: Settings) -> JobInput:
     """The input with an inline base64 `image` replaced by the `image_id` it is stored under."""
     if not isinstance(job_input, ImageFields) or job_input.image is None:
         return job_input
     try:
         stored = store_image(session, tenant, job_input.image, settings)
     except InvalidImage as exc:
-        raise type(exc)(f"input.image: {exc}") from exc
+        raise type(exc)(str(exc), field="input.image") from exc
     return job_input.model_copy(update={"image": None, "image_id": stored.id})
 
 
@@ -167,21 +216,27 @@ def _check_images_exist(session: Session, tenant: str, job_input: JobInput) -> N
     missing = missing_image_ids(session, job_input.referenced_image_ids(), tenant)
     if missing:
         field = "input.image_ids" if isinstance(job_input, MatchInput) and job_input.image_ids else "input.image_id"
-        raise ImageNotFound(f"no uploaded image with id {', '.join(sorted(map(str, missing)))}", field=field)
+        raise UnknownImage(f"no uploaded image with id {', '.join(sorted(map(str, missing)))}", field=field)
 
 
-def _find_key(session: Session, tenant: str, key: str) -> IdempotencyKey | None:
-    return session.get(IdempotencyKey, {"tenant": tenant, "key": key}, populate_existing=True)
+# ---- idempotency keys -----------------------------------------------------------------------
 
 
-def _replay(session: Session, tenant: str, key: str, fingerprint: str) -> Job:
-    """The job first created with this key, if the request is the same one."""
-    record = _find_key(session, tenant, key)
+def _replay(session: Session, tenant: str, key: str, fingerprint: str) -> Job | None:
+    """The job first created with this key if the request is the same one; None for a new key."""
+    record = session.get(IdempotencyKey, {"tenant": tenant, "key": key}, populate_existing=True)
     if record is None:
-        raise _KeyTakenMeanwhile
+        return None
     if record.request_hash != fingerprint:
         raise IdempotencyKeyReused(f"Idempotency-Key {key!r} was used for a different request")
     return get_job(session, record.job_id, tenant)
+
+
+def _replay_or_fail(session: Session, tenant: str, key: str, fingerprint: str) -> Job:
+    job = _replay(session, tenant, key, fingerprint)
+    if job is None:  # the competing request's key row vanished again: its job was deleted
+        raise IdempotencyKeyReused(f"Idempotency-Key {key!r} could not be claimed; send the request again")
+    return job
 
 
 def _claim_key(session: Session, tenant: str, key: str, fingerprint: str, job_id: UUID) -> bool:

@@ -12,7 +12,7 @@ from datetime import timedelta
 
 from sqlalchemy.orm import Session
 
-from jobs.broker import Dispatcher
+from jobs.broker import Dispatcher, JobMessage
 from jobs.db import SessionFactory, session_scope
 from jobs.models import Job
 from jobs.repository import mark_dispatched, overdue_queued_jobs, requeue_lost_jobs
@@ -61,7 +61,7 @@ def _send(sessions: SessionFactory, dispatcher: Dispatcher, jobs: list[Job]) -> 
 def _send_locked(session: Session, dispatcher: Dispatcher, jobs: list[Job]) -> int:
     sent = 0
     for job in jobs:
-        if dispatcher.try_send(job.id, job.queue):
+        if dispatcher.try_send(JobMessage.of(job)):
             mark_dispatched(session, job.id)
             sent += 1
     return sent

@@ -4,7 +4,8 @@
     blip2-jobs worker --queues train,download     # training, evaluation and downloads
 
 One prefork child (concurrency 1) runs the jobs: it connects and loads the model in
-`worker_process_init`, after the fork, and holds the model across jobs. Delivery is at-least-once:
+`worker_process_init`, after the fork, and holds the model across jobs, running them in batches of
+up to `--batch-size` (worker/batches.py). Delivery is at-least-once:
 a message is acknowledged only after its job finished (acks_late), is re-queued if the child dies
 (reject_on_worker_lost), and Redis re-delivers only after a visibility timeout longer than the hard
 time limit, so a job that is still running is never handed to a second worker. A job killed at its
@@ -16,10 +17,11 @@ from dataclasses import dataclass, field
 from celery import Celery
 from celery.signals import worker_process_init
 
-from jobs.broker import create_celery, queue_for_model
+from jobs.broker import create_celery
+from jobs.queues import queue_for_model
 from jobs.settings import Settings
 from worker.model_holder import ModelLoadOptions
-from worker.runtime import WorkerRuntime
+from worker.runtime import BatchOptions, WorkerRuntime
 from worker.tasks import register_tasks
 from worker.time_limits import record_hard_time_limits
 
@@ -31,6 +33,8 @@ class WorkerOptions:
     model: str
     queues: list[str] = field(default_factory=list)  # empty: the model's own queue
     load: ModelLoadOptions = field(default_factory=ModelLoadOptions)
+    batch: BatchOptions = field(default_factory=BatchOptions)
+    instance: str = ""  # tells apart several workers of one queue on a host (one per GPU)
     loglevel: str = "INFO"
 
     def consumed_queues(self) -> list[str]:
@@ -50,10 +54,12 @@ def create_worker_app(settings: Settings, options: WorkerOptions) -> Celery:
         worker_proc_alive_timeout=settings.MODEL_LOAD_TIMEOUT_S,
         worker_pool="prefork",
         worker_concurrency=1,
+        # Task events always on, so Flower shows every job however late it starts (worker/events.py).
+        worker_send_task_events=True,
     )
     # A worker on `train` / `download` only loads models per job; an inference worker loads its own at start.
     preload = options.model if queue_for_model(options.model) in options.consumed_queues() else None
-    runtime = WorkerRuntime(settings=settings, preload=preload, load_options=options.load)
+    runtime = WorkerRuntime(settings=settings, preload=preload, load_options=options.load, batch=options.batch)
     register_tasks(app, runtime)
     record_hard_time_limits(app, settings)
     worker_process_init.connect(runtime.start, weak=False)
@@ -67,7 +73,7 @@ def worker_argv(options: WorkerOptions) -> list[str]:
         "--pool=prefork",
         "--concurrency=1",
         f"--queues={','.join(options.consumed_queues())}",
-        f"--hostname={options.consumed_queues()[0]}@%h",
+        f"--hostname={options.consumed_queues()[0]}{'-' + options.instance if options.instance else ''}@%h",
         f"--loglevel={options.loglevel}",
         "--without-mingle",
     ]

@@ -3,9 +3,9 @@
 A job's claim, the reads it starts with and above all its final write are retried on connection
 errors, backing off from 0.1 s to 2 s between tries, for up to DB_RETRY_S: a job that finished its
 model work while Postgres was down keeps its result. Any other error is raised at once. Each try
-is a transaction of its own on a fresh session (the pool pre-pings, so dead connections are
-replaced), and every write is a conditional transition, so a try whose commit did land before the
-connection broke is not applied twice: the next try matches no row.
+is a transaction of its own on a fresh session (a connection error empties the pool, so dead
+connections are replaced), and every write is a conditional transition, so a try whose commit did
+land before the connection broke is not applied twice: the next try matches no row.
 """
 
 import logging

@@ -1,8 +1,9 @@
 """Download, train and evaluate jobs: long work on the `download` and `train` queues.
 
-Each runs to a typed output while reporting progress on its job row, and stops early when the
-job is canceled. They load what they need per job (a training job must not share the weights an
-inference worker holds), and write under BLIP2_DATA_DIR, which workers on several machines share.
+Each message claims its own job and runs it to a typed output, reporting typed progress on the job
+row and stopping early when the job is canceled. Models load through the worker's holder, with the
+worker's device, dtype and quantization, as fresh copies the job does not share (training changes
+the weights) and does not keep. Files go under BLIP2_DATA_DIR, which workers on several machines share:
 
     tenants/TENANT/datasets/NAME/   a registered dataset (files + dataset.json)
     tenants/TENANT/models/NAME/     a trained model, a complete Hugging Face checkpoint
@@ -11,81 +12,143 @@ inference worker holds), and write under BLIP2_DATA_DIR, which workers on severa
 
 import logging
 import shutil
-from dataclasses import replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from uuid import UUID
 
-from blip2.errors import InvalidArgument
-from blip2.registry import Registry
-from jobs.catalog import get_dataset, resolve_trained, save_dataset, save_trained_model, tenant_data_dir
-from jobs.db import SessionFactory, session_scope
+from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy.orm import Session
+
+from blip2.errors import Blip2Error, DatasetNotFound, InvalidArgument
+from jobs.catalog import get_dataset, save_dataset, save_trained_model, tenant_data_dir
+from jobs.db import is_connection_error
+from jobs.errors import JobsError
+from jobs.inputs import DownloadInput, EvaluateInput, JobInput, TrainInput
+from jobs.kinds import KINDS, JobKind
 from jobs.models import Dataset, Job, TrainedModel
-from jobs.schemas import (
-    DownloadInput,
+from jobs.outputs import (
     DownloadOutput,
-    EvaluateInput,
+    DownloadProgressDetail,
     EvaluateOutput,
+    EvaluateProgressDetail,
     JobOutput,
-    TrainInput,
     TrainOutput,
+    TrainProgressDetail,
 )
-from jobs.settings import Settings
-from worker.progress import JobProgress
+from jobs.repository import claim_job, fail_job, find_job, succeed_job
+from worker.db_retry import retry_transaction
+from worker.progress import JobProgress, heartbeating
+from worker.runtime import WorkerRuntime
+
+if TYPE_CHECKING:
+    from blip2.data.formats import Dataset as OpenedDataset
+    from blip2.data.records import CaptionRecord, VqaRecord
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+InputT = TypeVar("InputT", bound=JobInput)
 
 
 class JobCanceled(Exception):
     """The job was canceled while it ran; it stopped at a step boundary and records nothing."""
 
 
-def run_long_job(job: Job, job_input: Any, settings: Settings, sessions: SessionFactory) -> JobOutput:
-    progress = JobProgress(job.id, sessions)
-    if isinstance(job_input, DownloadInput):
-        return run_download(job, job_input, settings, sessions, progress)
-    if isinstance(job_input, TrainInput):
-        return run_train(job, job_input, settings, sessions, progress)
-    if isinstance(job_input, EvaluateInput):
-        return run_evaluate(job, job_input, settings, sessions, progress)
-    raise InvalidArgument(f"{job.kind} is not a long job")
+@dataclass(frozen=True)
+class LongJob(Generic[InputT]):
+    """A claimed long job: its row, its typed input, and its link for progress and cancellation."""
+
+    job: Job
+    input: InputT
+    runtime: WorkerRuntime
+    progress: JobProgress
+
+    @property
+    def data_dir(self) -> Path:
+        """The tenant's own directory under BLIP2_DATA_DIR."""
+        return tenant_data_dir(self.runtime.settings.BLIP2_DATA_DIR, self.job.tenant)
+
+    def transaction(self, what: str, work: Callable[[Session], T]) -> T:
+        settings = self.runtime.settings
+        return retry_transaction(self.runtime.sessions, work, what=what, limit_s=settings.DB_RETRY_S)
+
+
+def run_long_job(runtime: WorkerRuntime, job_id: UUID, batch_id: str) -> Job | None:
+    """Claim and run one long job; the job as it ended, or None if it was not queued (already run, canceled)."""
+    job = _transaction(runtime, f"claiming job {job_id}", lambda s: claim_job(s, job_id, batch_id))
+    if job is None:
+        log.info("job %s is not queued (already run, running, canceled or gone); message dropped", job_id)
+        return None
+    long_job = LongJob(job, KINDS[job.kind].parse(job.input), runtime, JobProgress(job.attempt, runtime.sessions))
+    with heartbeating([job.attempt], runtime.sessions, runtime.settings.HEARTBEAT_INTERVAL_S):
+        _run_to_an_end(long_job)
+    return _transaction(runtime, f"reading job {job_id}", lambda s: find_job(s, job_id))
+
+
+def _run_to_an_end(long_job: LongJob[Any]) -> None:
+    job = long_job.job
+    try:
+        output = LONG_HANDLERS[job.kind](long_job)
+    except JobCanceled as exc:
+        log.info("job %s canceled while running: %s", job.id, exc)
+        return
+    except (Blip2Error, JobsError) as exc:
+        return _fail(long_job, exc.code, str(exc))
+    except SoftTimeLimitExceeded:
+        return _fail(long_job, "time_limit_exceeded", "the job ran past the soft time limit")
+    except Exception as exc:
+        if is_connection_error(exc):
+            raise  # Postgres went away: not the job's fault; its lease runs out and it runs again
+        log.exception("job %s failed unexpectedly", job.id)
+        return _fail(long_job, "internal_error", f"{type(exc).__name__}: {exc}")
+    result = output.model_dump(mode="json")
+    if long_job.transaction(f"recording job {job.id}'s result", lambda s: succeed_job(s, job.attempt, result)) is None:
+        log.info("job %s was canceled while it ran; its result is dropped", job.id)
+
+
+def _fail(long_job: LongJob[Any], code: str, message: str) -> None:
+    log.info("job %s failed: %s: %s", long_job.job.id, code, message)
+    long_job.transaction("recording an error", lambda s: fail_job(s, long_job.job.attempt, code, message))
 
 
 # ---- download -------------------------------------------------------------------------------
 
 
-def run_download(
-    job: Job, job_input: DownloadInput, settings: Settings, sessions: SessionFactory, progress: JobProgress
-) -> DownloadOutput:
+def run_download(long_job: LongJob[DownloadInput]) -> DownloadOutput:
     from blip2.data.download import DownloadProgress
     from blip2.data.formats import dataset_path
     from blip2.data.manifest import fetch_dataset, fetch_url
     from blip2.data.url_guard import guarded_client
 
+    job, job_input, progress = long_job.job, long_job.input, long_job.progress
+
     def on_progress(p: DownloadProgress) -> None:
         fraction = p.bytes_done / p.bytes_total if p.bytes_total else 0.0
-        detail = {"bytes_done": p.bytes_done, "bytes_total": p.bytes_total, "percent": p.percent, "url": p.url}
-        progress.report(fraction, detail)
+        progress.report(fraction, DownloadProgressDetail(bytes_done=p.bytes_done, bytes_total=p.bytes_total,
+                                                         percent=p.percent, url=p.url))  # fmt: skip
 
-    data_dir, stop = tenant_data_dir(settings.BLIP2_DATA_DIR, job.tenant), progress.should_stop
+    hooks: dict[str, Any] = {"on_progress": on_progress, "should_stop": progress.should_stop}
     # Every request, redirects included, is checked against internal addresses (SSRF).
-    with guarded_client(settings.fetch_allowed_hosts) as client:
+    with guarded_client(long_job.runtime.settings.fetch_allowed_hosts) as client:
         if job_input.dataset is not None:
-            info = fetch_dataset(job_input.dataset, data_dir, on_progress=on_progress, should_stop=stop, client=client)
-            source = job_input.dataset
+            info = fetch_dataset(job_input.dataset, long_job.data_dir, client=client, **hooks)
         else:
-            url, sha256, name, fmt = (
-                str(job_input.url),
-                str(job_input.sha256),
-                str(job_input.name),
-                str(job_input.format),
-            )
-            info = fetch_url(url, sha256, name, fmt, data_dir, on_progress=on_progress, should_stop=stop, client=client)
-            source = url
-    directory = dataset_path(data_dir, info.name)
-    with session_scope(sessions) as session:
-        row = Dataset(tenant=job.tenant, name=info.name, format=info.format, path=str(directory), tasks=info.tasks,
-                      splits=info.splits, source=source, job_id=job.id)  # fmt: skip
-        save_dataset(session, row)
+            assert job_input.url and job_input.sha256 and job_input.name and job_input.format  # DownloadInput checks
+            info = fetch_url(job_input.url, job_input.sha256, job_input.name, job_input.format, long_job.data_dir,
+                             client=client, **hooks)  # fmt: skip
+    row = Dataset(
+        tenant=job.tenant,
+        name=info.name,
+        format=info.format,
+        path=str(dataset_path(long_job.data_dir, info.name)),
+        tasks=info.tasks,
+        splits=info.splits,
+        source=job_input.dataset or job_input.url,
+        job_id=job.id,
+    )
+    long_job.transaction("registering a dataset", lambda s: save_dataset(s, row))
     log.info("dataset %s registered: %s", info.name, info.splits)
     return DownloadOutput(dataset=info.name, format=info.format, tasks=info.tasks, splits=info.splits)
 
@@ -93,13 +156,12 @@ def run_download(
 # ---- train ----------------------------------------------------------------------------------
 
 
-def run_train(
-    job: Job, job_input: TrainInput, settings: Settings, sessions: SessionFactory, progress: JobProgress
-) -> TrainOutput:
+def run_train(long_job: LongJob[TrainInput]) -> TrainOutput:
     from blip2.training import TrainConfig, TrainProgress, train
 
-    lm = _load(job, settings, sessions)
-    dataset = _open_dataset(job.tenant, job_input.dataset, sessions)
+    job, job_input, progress = long_job.job, long_job.input, long_job.progress
+    lm = long_job.runtime.models.load_fresh(job.model, job.tenant)
+    dataset = _open_dataset(long_job, job_input.dataset)
     config = TrainConfig(
         task=job_input.task,
         max_steps=job_input.max_steps,
@@ -114,24 +176,18 @@ def run_train(
         config = replace(config, warmup_steps=job_input.warmup_steps)
 
     def on_progress(p: TrainProgress) -> None:
-        detail = {"step": p.step, "max_steps": p.max_steps, "epoch": p.epoch, "loss": p.loss, "lr": p.lr}
+        detail = TrainProgressDetail(step=p.step, max_steps=p.max_steps, epoch=p.epoch, loss=p.loss, lr=p.lr,
+                                     val_loss=p.val_loss, elapsed_s=p.elapsed_s)  # fmt: skip
         progress.report(p.step / p.max_steps, detail, force=p.step == p.max_steps)
 
-    output_dir = tenant_data_dir(settings.BLIP2_DATA_DIR, job.tenant) / "models" / job_input.output_model
-    work_dir = settings.BLIP2_DATA_DIR / "training" / str(job.id)
-    result = train(
-        lm,
-        _records(dataset, job_input.task, "train"),
-        _records(dataset, job_input.task, "val"),
-        config,
-        output_dir=output_dir,
-        work_dir=work_dir,
-        on_progress=on_progress,
-        should_stop=progress.should_stop,
-    )
+    output_dir = long_job.data_dir / "models" / job_input.output_model
+    work_dir = long_job.runtime.settings.BLIP2_DATA_DIR / "training" / str(job.id)
+    train_records, val_records = _records(dataset, job_input.task, "train"), _records(dataset, job_input.task, "val")
+    result = train(lm, train_records, val_records, config, output_dir=output_dir, work_dir=work_dir,
+                   on_progress=on_progress, should_stop=progress.should_stop)  # fmt: skip
     if result.stopped:
         raise JobCanceled(f"training stopped at step {result.steps}; the last checkpoint is in {work_dir}")
-    _register_trained(job, job_input, lm.family.value, output_dir, result.metrics, sessions)
+    _register_trained(long_job, lm.family.value, output_dir, result.metrics)
     shutil.rmtree(work_dir, ignore_errors=True)  # the finished model replaces the resume checkpoint
     return TrainOutput(
         model=job_input.output_model,
@@ -143,40 +199,29 @@ def run_train(
     )
 
 
-def _register_trained(
-    job: Job, job_input: TrainInput, family: str, output_dir: Path, metrics: dict[str, float], sessions: SessionFactory
-) -> None:
-    row = TrainedModel(
-        tenant=job.tenant,
-        name=job_input.output_model,
-        family=family,
-        path=str(output_dir),
-        base_model=job.model,
-        task=job_input.task,
-        dataset=job_input.dataset,
-        metrics=metrics,
-        job_id=job.id,
-    )
-    with session_scope(sessions) as session:
-        if not save_trained_model(session, row):
-            raise InvalidArgument(f"a model named {job_input.output_model!r} was registered while this job ran")
+def _register_trained(long_job: LongJob[TrainInput], family: str, output_dir: Path, metrics: dict[str, float]) -> None:
+    job, job_input = long_job.job, long_job.input
+    row = TrainedModel(tenant=job.tenant, name=job_input.output_model, family=family, path=str(output_dir),
+                       base_model=job.model, task=job_input.task, dataset=job_input.dataset, metrics=metrics,
+                       job_id=job.id)  # fmt: skip
+    if not long_job.transaction("registering a trained model", lambda s: save_trained_model(s, row)):
+        raise InvalidArgument(f"a model named {job_input.output_model!r} was registered while this job ran")
 
 
 # ---- evaluate -------------------------------------------------------------------------------
 
 
-def run_evaluate(
-    job: Job, job_input: EvaluateInput, settings: Settings, sessions: SessionFactory, progress: JobProgress
-) -> EvaluateOutput:
+def run_evaluate(long_job: LongJob[EvaluateInput]) -> EvaluateOutput:
     from blip2.evaluation import evaluate
 
-    lm = _load(job, settings, sessions)
-    records = _records(_open_dataset(job.tenant, job_input.dataset, sessions), job_input.task, job_input.split)
+    job, job_input, progress = long_job.job, long_job.input, long_job.progress
+    lm = long_job.runtime.models.load_fresh(job.model, job.tenant)
+    records = _records(_open_dataset(long_job, job_input.dataset), job_input.task, job_input.split)
     if job_input.limit is not None:
         records = records[: job_input.limit]
 
     def on_progress(done: int, total: int) -> None:
-        progress.report(done / max(total, 1), {"records_done": done, "records_total": total})
+        progress.report(done / max(total, 1), EvaluateProgressDetail(records_done=done, records_total=total))
         if progress.should_stop():
             raise JobCanceled("evaluation canceled")
 
@@ -187,29 +232,32 @@ def run_evaluate(
 # ---- shared ---------------------------------------------------------------------------------
 
 
-def _load(job: Job, settings: Settings, sessions: SessionFactory) -> Any:
-    from blip2.loading import load_model
-
-    with session_scope(sessions) as session:
-        registry = resolve_trained(session, Registry.load(settings.BLIP2_MODELS_FILE), job.model, job.tenant)
-    return load_model(job.model, data_dir=settings.BLIP2_DATA_DIR, registry=registry)
-
-
-def _open_dataset(tenant: str, name: str, sessions: SessionFactory) -> Any:
+def _open_dataset(long_job: LongJob[Any], name: str) -> "OpenedDataset":
     from blip2.data.formats import open_dataset
 
-    with session_scope(sessions) as session:
-        row = get_dataset(session, tenant, name)
-        if row is None:
-            raise InvalidArgument(f"no dataset named {name!r}")
-        path = Path(row.path)
-    return open_dataset(path)
+    row = long_job.transaction("reading a dataset", lambda s: get_dataset(s, long_job.job.tenant, name))
+    if row is None:
+        raise DatasetNotFound(f"no dataset named {name!r}")
+    return open_dataset(Path(row.path))
 
 
-def _records(dataset: Any, task: str, split: str) -> list[Any]:
+def _records(dataset: "OpenedDataset", task: str, split: str) -> "Sequence[CaptionRecord | VqaRecord]":
     from blip2.data.records import Split
 
     chosen = Split(split)
     if task == "caption_vqa":
         return [*dataset.captions(chosen), *dataset.questions(chosen)]
     return dataset.questions(chosen) if task == "vqa" else dataset.captions(chosen)
+
+
+def _transaction(runtime: WorkerRuntime, what: str, work: Callable[[Session], T]) -> T:
+    return retry_transaction(runtime.sessions, work, what=what, limit_s=runtime.settings.DB_RETRY_S)
+
+
+LongHandler = Callable[[LongJob[Any]], JobOutput]
+# One handler per long kind (the inference kinds' are in worker/handlers.py); tests check none is missing.
+LONG_HANDLERS: dict[JobKind, LongHandler] = {
+    JobKind.DOWNLOAD: run_download,
+    JobKind.TRAIN: run_train,
+    JobKind.EVALUATE: run_evaluate,
+}

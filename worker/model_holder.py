@@ -52,6 +52,11 @@ class ModelHolder:
                 self._models[key] = self._load(name, tenant)
             return self._models[key]
 
+    def load_fresh(self, name: str, tenant: str) -> "LoadedModel":
+        """A copy of its own, loaded as this worker loads every model but not held: for a training job,
+        which changes the weights, and for long jobs that should not keep a model after they end."""
+        return self._load(name, tenant)
+
     def _load(self, name: str, tenant: str) -> "LoadedModel":
         from blip2.loading import LoadOptions, load_model
 

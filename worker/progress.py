@@ -10,15 +10,15 @@ orphan a job that is otherwise running fine.
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
-from uuid import UUID
 
 from sqlalchemy.orm import Session
 
 from jobs.db import SessionFactory, database_error_summary, is_connection_error, session_scope
+from jobs.models import Attempt
+from jobs.outputs import ProgressDetail
 from jobs.repository import heartbeat, report_progress
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 class JobProgress:
     """Progress reporting and cancellation for one running job."""
 
-    job_id: UUID
+    attempt: Attempt
     sessions: SessionFactory
     min_interval_s: float = 1.0  # at most one progress write, and one cancel check, a second
     _last_report: float = float("-inf")
@@ -36,19 +36,20 @@ class JobProgress:
     _running: bool = True
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def report(self, fraction: float, detail: dict[str, Any], *, force: bool = False) -> None:
+    def report(self, fraction: float, detail: ProgressDetail, *, force: bool = False) -> None:
         """Record progress (throttled, except the first, the last, and when `force`d); notes a cancel."""
         now = time.monotonic()
         if not force and fraction < 1.0 and now - self._last_report < self.min_interval_s:
             return
-        self._write(lambda session: report_progress(session, self.job_id, fraction, detail))
+        data = detail.model_dump(mode="json")
+        self._write(lambda session: report_progress(session, self.attempt, fraction, data))
         self._last_report = self._last_check = now
 
     def should_stop(self) -> bool:
         """True once the job was canceled (asks Postgres at most once a second)."""
         now = time.monotonic()
         if now - self._last_check >= self.min_interval_s:
-            self._write(lambda session: heartbeat(session, self.job_id))
+            self._write(lambda session: bool(heartbeat(session, [self.attempt])))
             self._last_check = now
         return not self._running
 
@@ -61,29 +62,52 @@ class JobProgress:
             if not is_connection_error(exc):
                 raise
             summary = database_error_summary(exc)
-            log.warning("job %s: progress not recorded, database unreachable (%s)", self.job_id, summary)
+            log.warning("job %s: progress not recorded, database unreachable (%s)", self.attempt.job_id, summary)
+
+
+class Heartbeat:
+    """The attempts a thread keeps alive: jobs join as a batch gathers them, and drop out once the
+    database says they no longer run (canceled, or taken for lost)."""
+
+    def __init__(self, attempts: Iterable[Attempt]) -> None:
+        self._attempts = set(attempts)
+        self._lock = threading.Lock()
+
+    def add(self, attempts: Iterable[Attempt]) -> None:
+        with self._lock:
+            self._attempts.update(attempts)
+
+    def beat(self, session: Session) -> bool:
+        """Refresh every live attempt's heartbeat; False once none is left."""
+        with self._lock:
+            current = list(self._attempts)
+        alive = set(heartbeat(session, current))
+        with self._lock:
+            self._attempts -= set(current) - alive
+            return bool(self._attempts)
 
 
 @contextmanager
-def heartbeating(job_id: UUID, sessions: SessionFactory, interval_s: float) -> Iterator[None]:
-    """Refresh the job's heartbeat every `interval_s` from a thread while the block runs, so a job
+def heartbeating(attempts: Iterable[Attempt], sessions: SessionFactory, interval_s: float) -> Iterator[Heartbeat]:
+    """Refresh the jobs' heartbeats every `interval_s` from a thread while the block runs, so a job
     whose worker dies is noticed within the lease and run again, however long it legitimately runs."""
+    beats = Heartbeat(attempts)
     done = threading.Event()
 
     def beat() -> None:
         while not done.wait(interval_s):
             try:
                 with session_scope(sessions) as session:
-                    if not heartbeat(session, job_id):
+                    if not beats.beat(session):
                         return
             except Exception as exc:
                 # Never let the thread die: a job whose beats stop is taken for lost and run a second time.
-                log.warning("job %s: heartbeat not written (%s); trying again", job_id, database_error_summary(exc))
+                log.warning("heartbeat not written (%s); trying again", database_error_summary(exc))
 
-    thread = threading.Thread(target=beat, name=f"heartbeat-{job_id}", daemon=True)
+    thread = threading.Thread(target=beat, name="heartbeat", daemon=True)
     thread.start()
     try:
-        yield
+        yield beats
     finally:
         done.set()
         thread.join(timeout=interval_s + 5)

@@ -5,7 +5,7 @@ so database connections and CUDA belong to the process that uses them and never 
 """
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from jobs.db import SessionFactory, create_db_engine, create_session_factory
@@ -15,6 +15,23 @@ from worker.model_holder import ModelHolder, ModelLoadOptions
 log = logging.getLogger(__name__)
 
 
+# Rows of a batch when --batch-size is not given: what a CPU keeps busy, and a GPU.
+CPU_BATCH_SIZE = 16
+GPU_BATCH_SIZE = 64
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """How a worker forms batches: up to `size` rows (0: chosen by device), waiting up to `wait_ms` for more."""
+
+    size: int = 0
+    wait_ms: float = 10.0  # Ray Serve's default wait; 0 runs whatever is queued at once (Triton's)
+
+    @property
+    def wait_s(self) -> float:
+        return self.wait_ms / 1000
+
+
 @dataclass
 class WorkerRuntime:
     """Settings and options from the command line; sessions and models once `start` ran in the child."""
@@ -22,6 +39,7 @@ class WorkerRuntime:
     settings: Settings
     preload: str | None  # the model loaded at start-up (others on their first job)
     load_options: ModelLoadOptions = field(default_factory=ModelLoadOptions)
+    batch: BatchOptions = field(default_factory=BatchOptions)
     _sessions: SessionFactory | None = None
     _models: ModelHolder | None = None
 
@@ -29,9 +47,13 @@ class WorkerRuntime:
         """Connect and load the model, in the process that will run the jobs."""
         self._sessions = create_session_factory(create_db_engine(self.settings))
         self._models = ModelHolder(self.settings, self.load_options, self._sessions)
+        on_gpu = False
         if self.preload is not None:
-            self._models.get(self.preload, tenant="")  # a registry model, shared by every tenant
-        log.info("worker process ready (model %s)", self.preload)
+            model = self._models.get(self.preload, tenant="")  # a registry model, shared by every tenant
+            on_gpu = model.device.type == "cuda"
+        if self.batch.size == 0:
+            self.batch = replace(self.batch, size=GPU_BATCH_SIZE if on_gpu else CPU_BATCH_SIZE)
+        log.info("worker process ready (model %s, batches of up to %d)", self.preload, self.batch.size)
 
     @property
     def sessions(self) -> SessionFactory:

@@ -1,12 +1,12 @@
-"""A job killed at its hard time limit fails with `time_limit_exceeded`, as one stopped at the soft limit does.
+"""A batch killed at its hard time limit fails its jobs with `time_limit_exceeded`, as the soft limit does.
 
-At the soft limit the job's own process raises SoftTimeLimitExceeded and records the failure
-(worker/tasks.py). A job deaf to it (stuck in a native call, a frozen process) is killed at the hard
-limit by the worker's main process, which acknowledges the message (Celery's acks_on_timeout), and
-nothing in the killed process is left to write. So the main process records the failure, on
-Celery's `task_failure` signal. Without it the row would stay `running` until its lease ran out and
-the sweeper would run the job again, each run killed at the same limit, until MAX_ATTEMPTS turned
-it into a `worker_lost` failure.
+At the soft limit the jobs' own process raises SoftTimeLimitExceeded and records the failures
+(worker/batches.py). A batch deaf to it (stuck in a native call, a frozen process) is killed at the
+hard limit by the worker's main process, which acknowledges the message (Celery's acks_on_timeout),
+and nothing in the killed process is left to write. So the main process fails every job the task's
+claim took (`batch_id` is the task id), on Celery's `task_failure` signal. Without it the rows would
+stay `running` until their lease ran out and the sweeper would run them again, each run killed at
+the same limit, until MAX_ATTEMPTS turned them into `worker_lost` failures.
 
 The write runs in a thread of its own with a short-lived engine: the main process must not block
 its event loop on Postgres, nor hold connections across the forks of new children. If the write
@@ -16,14 +16,13 @@ fails, the sweeper's lease still recovers the job.
 import logging
 import threading
 from typing import Any
-from uuid import UUID
 
 from celery import Celery
 from celery.exceptions import TimeLimitExceeded
 from celery.signals import task_failure
 
 from jobs.db import create_db_engine, create_session_factory, session_scope
-from jobs.repository import fail_job
+from jobs.repository import fail_batch
 from jobs.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -44,19 +43,20 @@ def record_hard_time_limits(app: Celery, settings: Settings) -> None:
             return
         last_task_id = task_id
         limit = exception.args[0] if exception.args else "?"
-        job_id = UUID(str(args[0]))
-        threading.Thread(target=_fail, args=(settings, job_id, limit), name=f"time-limit-{job_id}").start()
+        threading.Thread(target=_fail, args=(settings, task_id, limit), name=f"time-limit-{task_id}").start()
 
     task_failure.connect(on_task_failure, weak=False)
 
 
-def _fail(settings: Settings, job_id: UUID, limit: object) -> None:
-    log.warning("job %s killed at the hard time limit (%s s)", job_id, limit)
+def _fail(settings: Settings, batch_id: str, limit: object) -> None:
+    log.warning("batch %s killed at the hard time limit (%s s)", batch_id, limit)
     engine = create_db_engine(settings)
+    message = f"the job ran past the hard time limit ({limit} s)"
     try:
         with session_scope(create_session_factory(engine)) as session:
-            fail_job(session, job_id, "time_limit_exceeded", f"the job ran past the hard time limit ({limit} s)")
+            failed = fail_batch(session, batch_id, "time_limit_exceeded", message)
+        log.warning("batch %s: %d jobs failed at the hard time limit", batch_id, len(failed))
     except Exception:
-        log.exception("job %s: its time limit could not be recorded; the sweeper will recover it", job_id)
+        log.exception("batch %s: its time limit could not be recorded; the sweeper will recover it", batch_id)
     finally:
         engine.dispose()

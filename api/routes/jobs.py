@@ -8,8 +8,9 @@ from fastapi import APIRouter, Body, Depends, Header, Query, Response
 from api.deps import ContextDep, CurrentPrincipal, SessionDep, SubmissionDep, get_principal
 from api.long_poll import wait_for_job
 from api.responses import COMMON_ERRORS, error_responses
+from jobs.kinds import JobKind
 from jobs.repository import cancel_job, list_jobs
-from jobs.schemas import JobCreate, JobKind, JobPublic, JobsPublic
+from jobs.schemas import JobCreate, JobPublic, JobsPublic, job_public
 from jobs.status import JobStatus
 from jobs.submission import submit_job
 
@@ -31,14 +32,15 @@ WaitQuery = Annotated[float, Query(ge=0, description="Wait up to this many secon
 def create_job(
     body: Annotated[JobCreate, Body()],
     submission: SubmissionDep,
+    session: SessionDep,
     principal: CurrentPrincipal,
     response: Response,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> JobPublic:
     """Queue a job; 202 with the job and its Location. A repeated Idempotency-Key returns the first job."""
-    submitted = submit_job(submission, principal.tenant, body, idempotency_key)
+    submitted = submit_job(submission, principal.tenant, body, idempotency_key, session=session)
     response.headers["Location"] = f"/v1/jobs/{submitted.job.id}"
-    return JobPublic.from_job(submitted.job)
+    return job_public(submitted.job)
 
 
 @router.get("")
@@ -52,15 +54,15 @@ def read_jobs(
 ) -> JobsPublic:
     """The tenant's jobs newest first; pass `next_cursor` back as `cursor` for the next page."""
     page = list_jobs(session, tenant=principal.tenant, limit=limit, cursor=cursor, status=status, kind=kind)
-    return JobsPublic(data=[JobPublic.from_job(job) for job in page.jobs], next_cursor=page.next_cursor)
+    return JobsPublic(data=[job_public(job) for job in page.jobs], next_cursor=page.next_cursor)
 
 
 @router.get("/{job_id}", responses=error_responses(404))
 async def read_job(job_id: UUID, context: ContextDep, principal: CurrentPrincipal, wait: WaitQuery = 0) -> JobPublic:
     """A job; with `wait`, answers as soon as it is terminal or when the wait is over."""
     wait_s = min(wait, context.settings.LONG_POLL_MAX_S)
-    job = await wait_for_job(context.sessions, job_id, principal.tenant, wait_s)
-    return JobPublic.from_job(job)
+    job = await wait_for_job(context.events, context.sessions, job_id, principal.tenant, wait_s)
+    return job_public(job)
 
 
 @router.post("/{job_id}/cancel", responses=error_responses(404, 409))
@@ -68,4 +70,4 @@ def cancel(job_id: UUID, session: SessionDep, principal: CurrentPrincipal) -> Jo
     """Cancel a job that has not finished (a queued one never runs); 409 once it has."""
     job = cancel_job(session, job_id, principal.tenant)
     session.commit()
-    return JobPublic.from_job(job)
+    return job_public(job)

@@ -94,11 +94,11 @@ def test_idempotency_key(client: TestClient, image_id: str, sessions: SessionFac
         ),
         ({"kind": "caption", "model": 7, "input": {"image": png_base64()}}, "invalid_request", "model"),
         ({"kind": "caption", "input": {"image_id": 12345}}, "invalid_request", "input.image_id"),
-        ({"kind": "caption", "input": {"image": "aGVsbG8="}}, "invalid_image", None),
+        ({"kind": "caption", "input": {"image": "aGVsbG8="}}, "invalid_image", "input.image"),
         ({"kind": "caption", "model": "no-such-model", "input": {"image": png_base64()}}, "model_not_found", "model"),
         (
             {"kind": "caption", "input": {"image_id": "6f1e0a31-3b0b-4f4e-9a2c-0c7e0e9b2a11"}},
-            "image_not_found",
+            "unknown_image",
             "input.image_id",
         ),
         (
@@ -179,8 +179,9 @@ def finish_later(sessions: SessionFactory, job_id: str, delay_s: float) -> threa
     def finish() -> None:
         time.sleep(delay_s)
         with session_scope(sessions) as session:
-            claim_job(session, UUID(job_id))
-            succeed_job(session, UUID(job_id), {"captions": ["done"]})
+            run = claim_job(session, UUID(job_id))
+            assert run is not None
+            succeed_job(session, run.attempt, {"captions": ["done"]})
 
     thread = threading.Thread(target=finish)
     thread.start()

@@ -60,9 +60,9 @@ def test_images_of_another_tenant_are_not_found_nor_usable(client: TestClient, o
     assert other.get(f"/v1/images/{mine}").status_code == 404
     foreign = other.post("/v1/jobs", json={"kind": "caption", "input": {"image_id": mine}})
     missing = other.post("/v1/jobs", json={"kind": "caption", "input": {"image_id": UNKNOWN}})
-    assert without_ids(foreign) == without_ids(missing) == (422, "image_not_found")
+    assert without_ids(foreign) == without_ids(missing) == (422, "unknown_image")
     match = {"kind": "match", "model": "tiny-itm", "input": {"text": "a", "image_ids": [upload(other), mine]}}
-    assert without_ids(other.post("/v1/jobs", json=match)) == (422, "image_not_found")
+    assert without_ids(other.post("/v1/jobs", json=match)) == (422, "unknown_image")
 
 
 def test_the_same_bytes_are_a_separate_image_per_tenant(

@@ -6,7 +6,15 @@ from PIL import Image
 
 from blip2.errors import InvalidArgument, UnsupportedOperation
 from blip2.loading import LoadedModel
-from blip2.matching import rank_images, rank_texts, score_matrix
+from blip2.matching import (
+    ImageRanking,
+    TextRanking,
+    rank_images,
+    rank_images_many,
+    rank_texts,
+    rank_texts_many,
+    score_matrix,
+)
 
 TEXTS = ["a cat lying on a blanket", "an astronaut with a flag", "a cup of coffee", "a red circle", "two dogs"]
 
@@ -64,3 +72,20 @@ def test_matching_needs_a_retrieval_model(opt: LoadedModel, itm: LoadedModel, ph
         rank_texts(opt, photos["coffee"], TEXTS)
     with pytest.raises(InvalidArgument, match="at least one of texts"):
         rank_texts(itm, photos["coffee"], [])
+
+
+def test_several_requests_in_one_pass_score_as_each_alone(itm: LoadedModel, photos: dict[str, Image.Image]) -> None:
+    """What a batch of match jobs gets: two requests about the same image share its encoding, and every
+    request's ranking equals the one it gets alone (ITC exactly, ITM to float precision)."""
+    cat, coffee = photos["chelsea"], photos["coffee"]
+    text_requests = [TextRanking(cat, TEXTS, top_k=3), TextRanking(cat, TEXTS[1:]), TextRanking(coffee, TEXTS[:2])]
+    together = rank_texts_many(itm, text_requests)
+    alone = [rank_texts(itm, r.image, r.texts, top_k=r.top_k) for r in text_requests]
+    image_requests = [ImageRanking("a cat", [cat, coffee]), ImageRanking("a cup of coffee", [coffee, cat, cat])]
+    together += rank_images_many(itm, image_requests)
+    alone += [rank_images(itm, r.text, r.images, top_k=r.top_k) for r in image_requests]
+    for mine, reference in zip(together, alone, strict=True):
+        assert [s.index for s in mine] == [s.index for s in reference]
+        assert [s.itc for s in mine] == pytest.approx([s.itc for s in reference], abs=1e-5)
+        assert [s.itm for s in mine] == pytest.approx([s.itm for s in reference], abs=1e-5)
+    assert [len(scores) for scores in together] == [3, 4, 2, 2, 3]

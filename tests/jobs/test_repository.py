@@ -5,10 +5,12 @@ from uuid import uuid4
 
 import pytest
 from sqlalchemy import update
+from sqlalchemy.orm import Session
 
 from jobs.db import SessionFactory, session_scope
 from jobs.errors import InvalidCursor, JobNotCancelable, JobNotFound
-from jobs.models import Job
+from jobs.kinds import JobKind
+from jobs.models import Attempt, Job
 from jobs.repository import (
     add_job,
     cancel_job,
@@ -29,11 +31,18 @@ from tests.support.auth import TENANT
 pytestmark = pytest.mark.usefixtures("empty_tables")
 
 
-def new_job(sessions: SessionFactory, kind: str = "caption") -> Job:
+def new_job(sessions: SessionFactory, kind: JobKind = JobKind.CAPTION) -> Job:
     with session_scope(sessions) as session:
         return add_job(
             session, tenant=TENANT, kind=kind, model="tiny-opt", queue="infer.tiny-opt", input={"image_id": "x"}
         )
+
+
+def claimed(session: Session, job: Job) -> Attempt:
+    """Claim the job for its next run; that run's attempt."""
+    run = claim_job(session, job.id)
+    assert run is not None, "the job was not queued"
+    return run.attempt
 
 
 def test_a_job_is_claimed_once(sessions: SessionFactory) -> None:
@@ -48,13 +57,31 @@ def test_a_job_is_claimed_once(sessions: SessionFactory) -> None:
 def test_a_finished_job_is_never_run_or_overwritten(sessions: SessionFactory) -> None:
     job = new_job(sessions)
     with session_scope(sessions) as session:
-        claim_job(session, job.id)
-        assert succeed_job(session, job.id, {"captions": ["first"]}) is not None
+        run = claimed(session, job)
+        assert succeed_job(session, run, {"captions": ["first"]}) is not None
     with session_scope(sessions) as session:
         assert claim_job(session, job.id) is None
-        assert succeed_job(session, job.id, {"captions": ["second"]}) is None
-        assert fail_job(session, job.id, "boom", "late failure") is None
+        assert succeed_job(session, run, {"captions": ["second"]}) is None
+        assert fail_job(session, run, "boom", "late failure") is None
         assert get_job(session, job.id).result == {"captions": ["first"]}
+
+
+def test_a_run_that_lost_its_job_cannot_write_over_the_next_run(sessions: SessionFactory) -> None:
+    """The attempt token: a worker frozen past its lease finds its job re-run, and its late writes match nothing."""
+    job = new_job(sessions)
+    with session_scope(sessions) as session:
+        first = claimed(session, job)
+        session.execute(update(Job).where(Job.id == job.id).values(heartbeat_at=Job.heartbeat_at - timedelta(hours=1)))
+        assert [j.id for j in requeue_lost_jobs(session, lease=timedelta(minutes=1), max_attempts=3)] == [job.id]
+        second = claimed(session, job)
+        assert second.number == first.number + 1
+    with session_scope(sessions) as session:
+        assert heartbeat(session, [first]) == []
+        assert not report_progress(session, first, 0.9, {"step": 9})
+        assert succeed_job(session, first, {"captions": ["stale"]}) is None
+        assert fail_job(session, first, "late", "a late failure") is None
+        assert succeed_job(session, second, {"captions": ["fresh"]}) is not None
+        assert get_job(session, job.id).result == {"captions": ["fresh"]}
 
 
 def test_cancel_queued_then_not_again(sessions: SessionFactory) -> None:
@@ -72,18 +99,18 @@ def test_cancel_queued_then_not_again(sessions: SessionFactory) -> None:
 def test_a_canceled_running_job_keeps_no_result(sessions: SessionFactory) -> None:
     job = new_job(sessions)
     with session_scope(sessions) as session:
-        claim_job(session, job.id)
+        run = claimed(session, job)
         cancel_job(session, job.id, TENANT)
-        assert succeed_job(session, job.id, {"captions": ["late"]}) is None
+        assert succeed_job(session, run, {"captions": ["late"]}) is None
 
 
 def test_list_newest_first_with_cursor_and_filters(sessions: SessionFactory) -> None:
-    made = [new_job(sessions, kind="vqa" if i % 2 else "caption") for i in range(5)]
+    made = [new_job(sessions, kind=JobKind.VQA if i % 2 else JobKind.CAPTION) for i in range(5)]
     with session_scope(sessions) as session:
         first = list_jobs(session, tenant=TENANT, limit=2)
         second = list_jobs(session, tenant=TENANT, limit=2, cursor=first.next_cursor)
         third = list_jobs(session, tenant=TENANT, limit=2, cursor=second.next_cursor)
-        vqa = list_jobs(session, tenant=TENANT, limit=10, kind="vqa")
+        vqa = list_jobs(session, tenant=TENANT, limit=10, kind=JobKind.VQA)
         queued = list_jobs(session, tenant=TENANT, limit=10, status=JobStatus.SUCCEEDED)
     seen = [j.id for page in (first, second, third) for j in page.jobs]
     assert seen == [j.id for j in reversed(made)]
@@ -100,7 +127,9 @@ def test_bad_cursor(sessions: SessionFactory) -> None:
 def test_overdue_queued_jobs_back_off(sessions: SessionFactory) -> None:
     job = new_job(sessions)
     with session_scope(sessions) as session:
-        session.execute(update(Job).where(Job.id == job.id).values(created_at=Job.created_at - timedelta(minutes=5)))
+        session.execute(
+            update(Job).where(Job.id == job.id).values(dispatched_at=Job.dispatched_at - timedelta(minutes=5))
+        )
         assert [j.id for j in overdue_queued_jobs(session, after=timedelta(minutes=1), limit=10)] == [job.id]
         mark_dispatched(session, job.id)
     with session_scope(sessions) as session:
@@ -110,16 +139,16 @@ def test_overdue_queued_jobs_back_off(sessions: SessionFactory) -> None:
 def test_a_job_with_a_fresh_heartbeat_is_not_lost(sessions: SessionFactory) -> None:
     job = new_job(sessions)
     with session_scope(sessions) as session:
-        claim_job(session, job.id)
+        run = claimed(session, job)
         # Started long ago (a long training run), but its worker keeps beating.
         session.execute(update(Job).where(Job.id == job.id).values(started_at=Job.started_at - timedelta(hours=5)))
-        assert heartbeat(session, job.id)
+        assert heartbeat(session, [run]) == [run]
         assert requeue_lost_jobs(session, lease=timedelta(minutes=1), max_attempts=2) == []
-        assert report_progress(session, job.id, 0.5, {"step": 5})
+        assert report_progress(session, run, 0.5, {"step": 5})
         assert get_job(session, job.id).progress_detail == {"step": 5}
         cancel_job(session, job.id, TENANT)
-        assert not heartbeat(session, job.id)  # a canceled job's worker learns it must stop
-        assert not report_progress(session, job.id, 0.6, {"step": 6})
+        assert heartbeat(session, [run]) == []  # a canceled job's worker learns it must stop
+        assert not report_progress(session, run, 0.6, {"step": 6})
 
 
 def test_lost_running_jobs_are_queued_again_then_failed(sessions: SessionFactory) -> None:

@@ -5,17 +5,14 @@ import uuid
 import pytest
 from pydantic import ValidationError
 
-from jobs.schemas import (
-    JOB_CREATE_ADAPTER,
-    CaptionJobCreate,
-    EmbedInput,
-    MatchInput,
-    VqaJobCreate,
-    parse_input,
-)
+from jobs.inputs import EmbedInput, MatchInput
+from jobs.kinds import JobKind, spec_of
+from jobs.schemas import JOB_CREATE_ADAPTER, JOB_CREATE_MODELS
 from tests.support.images import png_base64, png_bytes
 
 IMAGE_ID = str(uuid.uuid4())
+CaptionJobCreate = JOB_CREATE_MODELS[JobKind.CAPTION]
+VqaJobCreate = JOB_CREATE_MODELS[JobKind.VQA]
 
 
 def error_locs(body: dict[str, object]) -> list[tuple[object, ...]]:
@@ -106,7 +103,7 @@ def test_stored_input_round_trips() -> None:
         }
     )
     stored = job.input.model_dump(mode="json", exclude_none=True)
-    assert parse_input("vqa", stored) == job.input
+    assert spec_of("vqa").parse(stored) == job.input
 
 
 def test_image_url_is_one_more_way_to_give_the_image() -> None:

@@ -9,7 +9,7 @@ from blip2.errors import InvalidImage, ModelNotFound
 from blip2.registry import Registry
 from jobs.broker import Dispatcher
 from jobs.db import SessionFactory, session_scope
-from jobs.errors import BatchTooLarge, IdempotencyKeyReused, ImageNotFound
+from jobs.errors import BatchTooLarge, IdempotencyKeyReused, UnknownImage
 from jobs.models import Image, Job
 from jobs.schemas import JOB_CREATE_ADAPTER
 from jobs.settings import Settings
@@ -42,7 +42,7 @@ def test_row_committed_and_id_sent(ctx: Submission, key_prefix: str) -> None:
     submitted = submit_job(ctx, TENANT, caption_request())
     job = submitted.job
     assert submitted.created and job.status is JobStatus.QUEUED
-    assert (job.model, job.queue, job.dispatch_count) == ("tiny-opt", QUEUE, 0)
+    assert (job.model, job.queue, job.dispatch_count) == ("tiny-opt", QUEUE, 1)
     assert "image" not in job.input and job.input["image_id"]  # the inline image was stored
     assert waiting_job_ids(key_prefix, QUEUE) == [str(job.id)]
     with session_scope(ctx.sessions) as session:
@@ -63,9 +63,10 @@ def test_rejected_requests_leave_no_rows(ctx: Submission) -> None:
     not_png = base64.b64encode(b"not an image").decode()
     with pytest.raises(ModelNotFound):
         submit_job(ctx, TENANT, caption_request(model="no-such-model"))
-    with pytest.raises(InvalidImage, match=r"input\.image"):
+    with pytest.raises(InvalidImage) as invalid:
         submit_job(ctx, TENANT, caption_request(input={"image": not_png}))
-    with pytest.raises(ImageNotFound):
+    assert invalid.value.field == "input.image"
+    with pytest.raises(UnknownImage):
         submit_job(ctx, TENANT, caption_request(input={"image_id": "00000000-0000-0000-0000-000000000000"}))
     many = JOB_CREATE_ADAPTER.validate_python(
         {"kind": "match", "model": "tiny-itm", "input": {"image": png_base64(), "texts": ["a"] * 1000}}

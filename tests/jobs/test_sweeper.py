@@ -7,6 +7,7 @@ from sqlalchemy import update
 
 from jobs.broker import Dispatcher
 from jobs.db import SessionFactory, session_scope
+from jobs.kinds import JobKind
 from jobs.models import Job
 from jobs.repository import add_job, claim_job, get_job
 from jobs.settings import Settings
@@ -22,8 +23,9 @@ QUEUE = "infer.tiny-opt"
 def unsent_job(sessions: SessionFactory, age: timedelta) -> Job:
     """A job committed `age` ago whose message never reached the broker."""
     with session_scope(sessions) as session:
-        job = add_job(session, tenant=TENANT, kind="caption", model="tiny-opt", queue=QUEUE, input={})
-        session.execute(update(Job).where(Job.id == job.id).values(created_at=Job.created_at - age))
+        job = add_job(session, tenant=TENANT, kind=JobKind.CAPTION, model="tiny-opt", queue=QUEUE, input={})
+        sent_long_ago = {"created_at": Job.created_at - age, "dispatched_at": Job.dispatched_at - age}
+        session.execute(update(Job).where(Job.id == job.id).values(**sent_long_ago))
         return job
 
 
@@ -38,7 +40,7 @@ def test_lost_message_is_sent_again(
     assert waiting_job_ids(key_prefix, QUEUE) == [str(lost.id)]
     assert sweep_once(sessions, dispatcher, settings).resent == 0  # just sent: not overdue any more
     with session_scope(sessions) as session:
-        assert get_job(session, fresh.id).dispatch_count == 0
+        assert get_job(session, fresh.id).dispatch_count == 1  # counted as sent when it was committed
 
 
 def test_job_of_a_dead_worker_is_queued_and_sent_again(

@@ -73,9 +73,11 @@ def running_worker(
     model: str = "tiny-opt",
     queues: list[str] | None = None,
     env: dict[str, str] | None = None,
+    options: list[str] | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """A worker holding `model` and consuming `queues` (default: every tiny model's queue), ready for jobs."""
-    args = ["worker", f"--model={model}", f"--queues={','.join(queues or TINY_QUEUES)}"]
+    """A worker holding `model` and consuming `queues` (default: every tiny model's queue), ready for jobs;
+    `options` are more `blip2-jobs worker` options (--batch-size=4 ...)."""
+    args = ["worker", f"--model={model}", f"--queues={','.join(queues or TINY_QUEUES)}", *(options or [])]
     with cli_process(args, settings, log, env) as process:
         wait_for_log(log, "worker process ready", process, timeout_s=300)
         wait_for_log(log, " ready.", process, timeout_s=60)

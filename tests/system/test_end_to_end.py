@@ -7,8 +7,9 @@ from typing import Any
 import httpx
 import pytest
 
-from jobs.broker import queue_for_model
 from jobs.db import SessionFactory, session_scope
+from jobs.kinds import JobKind
+from jobs.queues import queue_for_model
 from jobs.repository import add_job
 from jobs.settings import Settings
 from tests.support.auth import TENANT
@@ -86,16 +87,28 @@ def test_job_results_are_the_library_results(http: httpx.Client, photos: dict[st
     assert [s["itm"] for s in job["result"]["scores"]] == pytest.approx([s.itm for s in scores], abs=1e-6)
 
 
-def test_wrong_family_fails_with_its_code(http: httpx.Client, red: str) -> None:
-    job = run(http, {"kind": "match", "model": "tiny-opt", "input": {"image_id": red, "texts": ["a"]}})
-    assert (job["status"], job["error"]["code"]) == ("failed", "unsupported_operation")
+def test_what_can_only_fail_is_refused_at_submission(http: httpx.Client, red: str) -> None:
+    """Matching on a captioning model, captions from a retrieval model, more new tokens than the model has
+    positions: 422 naming the field, and no job row."""
+    before = http.get("/v1/jobs", params={"limit": 100}).json()["data"]
+    refused = [
+        ({"kind": "match", "model": "tiny-opt", "input": {"image_id": red, "texts": ["a"]}}, "model"),
+        ({"kind": "vqa", "model": "tiny-itm", "input": {"image_id": red, "question": "what?"}}, "model"),
+        ({"kind": "caption", "model": "tiny-opt", "input": {"image_id": red, "max_new_tokens": 512}},
+         "input.decoding.max_new_tokens"),
+    ]  # fmt: skip
+    for body, field in refused:
+        response = http.post("/v1/jobs", json=body)
+        assert response.status_code == 422, response.text
+        assert (response.json()["error"]["code"], response.json()["error"]["field"]) == ("unsupported_operation", field)
+    assert http.get("/v1/jobs", params={"limit": 100}).json()["data"] == before
 
 
 def test_lost_message_is_recovered_by_the_sweeper(http: httpx.Client, red: str, sessions: SessionFactory) -> None:
     # As if the API died between committing the row and sending its message.
     with session_scope(sessions) as session:
         job = add_job(
-            session, tenant=TENANT, kind="caption", model="tiny-opt", queue=queue_for_model("tiny-opt"),
+            session, tenant=TENANT, kind=JobKind.CAPTION, model="tiny-opt", queue=queue_for_model("tiny-opt"),
             input={"image_id": red, "decoding": {"max_new_tokens": 3}},
         )  # fmt: skip
     done = http.get(f"/v1/jobs/{job.id}", params={"wait": 30}).json()

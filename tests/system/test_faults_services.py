@@ -23,9 +23,9 @@ from uuid import UUID
 import httpx
 import psutil
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import create_engine, func, select
 
-from jobs.db import SessionFactory, create_db_engine, create_session_factory
+from jobs.db import SessionFactory, create_session_factory
 from jobs.models import Job
 from jobs.repository import get_job
 from jobs.schema_migrations import upgrade
@@ -68,7 +68,9 @@ def stack(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         overrides = {"REDIS_URL": broker.url, "SWEEP_INTERVAL_S": 1.0, "QUEUED_TOO_LONG_S": 2.0}
         settings = make_settings(database.url(), "", models_dir, **overrides)
         upgrade(settings)
-        engine = create_db_engine(settings)
+        # The test's own reader pings before each use, so a restart costs it nothing (the API and the
+        # worker don't ping: their first statement after a restart fails and empties their pools).
+        engine = create_engine(settings.sqlalchemy_url, pool_pre_ping=True)
         sessions = create_session_factory(engine)
         worker_log = directory / "worker.log"
         with (
@@ -116,12 +118,6 @@ def status_of(stack: Stack, job_id: UUID) -> str:
         return get_job(session, job_id).status.value
 
 
-def dispatched(stack: Stack, job_id: UUID) -> bool:
-    """Whether a message for the job has been sent (the outbox's record)."""
-    with stack.sessions() as session:
-        return get_job(session, job_id).dispatched_at is not None
-
-
 def job_count(stack: Stack) -> int:
     with stack.sessions() as session:
         return int(session.scalar(select(func.count()).select_from(Job)) or 0)
@@ -156,7 +152,6 @@ def test_redis_restarted_with_jobs_queued(stack: Stack) -> None:
         stack.redis.stop()
         tally.fault("redis_restart")
         during = submit(stack, 2)  # accepted meanwhile: the row is committed, the sweeper sends it later
-        assert [dispatched(stack, job_id) for job_id in during] == [False, False]
         stack.redis.start()  # empty: it kept nothing on disk
     jobs = outcomes(stack, queued + during)
     assert_each_succeeded_once(jobs)

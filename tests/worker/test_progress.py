@@ -7,7 +7,9 @@ from collections.abc import Iterator
 import pytest
 
 from jobs.db import SessionFactory, session_scope
+from jobs.kinds import JobKind
 from jobs.models import Job
+from jobs.outputs import EvaluateProgressDetail
 from jobs.repository import add_job, claim_job, get_job
 from tests.support.auth import TENANT
 from tests.support.flaky_sessions import FlakySessions
@@ -30,7 +32,7 @@ def running_job(sessions: SessionFactory) -> Job:
     a session-wide worker would claim it, beating for it, which made these tests pass or fail by timing.
     """
     with session_scope(sessions) as session:
-        job = add_job(session, tenant=TENANT, kind="train", model="tiny-opt", queue="train", input={})
+        job = add_job(session, tenant=TENANT, kind=JobKind.TRAIN, model="tiny-opt", queue="train", input={})
         claimed = claim_job(session, job.id)
     assert claimed is not None
     return claimed
@@ -43,7 +45,7 @@ def last_beat(sessions: SessionFactory, job: Job) -> float:
 
 def test_heartbeats_go_on_after_failed_ones(flaky: FlakySessions, sessions: SessionFactory, running_job: Job) -> None:
     before = last_beat(sessions, running_job)
-    with heartbeating(running_job.id, flaky, interval_s=0.05):
+    with heartbeating([running_job.attempt], flaky, interval_s=0.05):
         wait_until(lambda: last_beat(sessions, running_job) > before, "a heartbeat after three failed ones", 10)
     assert flaky.calls > flaky.failures
 
@@ -51,10 +53,14 @@ def test_heartbeats_go_on_after_failed_ones(flaky: FlakySessions, sessions: Sess
 def test_progress_is_skipped_while_the_database_is_unreachable(
     flaky: FlakySessions, sessions: SessionFactory, running_job: Job
 ) -> None:
-    progress = JobProgress(running_job.id, flaky, min_interval_s=0)
+    progress = JobProgress(running_job.attempt, flaky, min_interval_s=0)
     for step in range(flaky.failures):
-        progress.report(step / 10, {"step": step})  # nothing written, and the job goes on
+        progress.report(step / 10, evaluated(step))  # nothing written, and the job goes on
     assert not progress.should_stop()
-    progress.report(0.5, {"step": 5})
+    progress.report(0.5, evaluated(5))
     with sessions() as session:
-        assert get_job(session, running_job.id).progress_detail == {"step": 5}
+        assert get_job(session, running_job.id).progress_detail == {"records_done": 5, "records_total": 10}
+
+
+def evaluated(done: int) -> EvaluateProgressDetail:
+    return EvaluateProgressDetail(records_done=done, records_total=10)

@@ -1,11 +1,13 @@
-"""A job killed at the hard time limit is failed by the worker's main process, on Celery's signal."""
+"""A batch killed at the hard time limit has its jobs failed by the worker's main process, on Celery's signal."""
 
 from celery.exceptions import TimeLimitExceeded
 from celery.signals import task_failure
 
-from jobs.broker import create_celery, queue_for_model
+from jobs.broker import create_celery
 from jobs.db import SessionFactory, session_scope
+from jobs.kinds import JobKind
 from jobs.models import Job
+from jobs.queues import queue_for_model
 from jobs.repository import add_job, claim_job, get_job
 from jobs.settings import Settings
 from jobs.status import JobStatus
@@ -18,12 +20,13 @@ def noop(job_id: str) -> None:
     """Stands in for run_job: only its app and name matter to the signal."""
 
 
-def running_job(sessions: SessionFactory) -> Job:
+def running_job(sessions: SessionFactory, batch_id: str) -> Job:
+    """A job claimed into the batch of the task `batch_id`."""
     with session_scope(sessions) as session:
         job = add_job(
-            session, tenant=TENANT, kind="caption", model="tiny-opt", queue=queue_for_model("tiny-opt"), input={}
+            session, tenant=TENANT, kind=JobKind.CAPTION, model="tiny-opt", queue=queue_for_model("tiny-opt"), input={}
         )
-        claimed = claim_job(session, job.id)
+        claimed = claim_job(session, job.id, batch_id)
     assert claimed is not None
     return claimed
 
@@ -32,12 +35,16 @@ def test_a_hard_timeout_fails_the_job_once(sessions: SessionFactory, settings: S
     app = create_celery(settings)
     task = app.task(name="test.time_limits")(noop)
     record_hard_time_limits(app, settings)
-    job = running_job(sessions)
+    batch = [running_job(sessions, "t-1") for _ in range(2)]
+    bystander = running_job(sessions, "t-other")
     for _ in range(2):  # Celery signals a hard timeout twice
-        task_failure.send(sender=task, task_id="t-1", exception=TimeLimitExceeded(2), args=[str(job.id)])
-    failed = wait_terminal(sessions, job.id, timeout_s=10)
-    assert (failed.status, failed.error_code, failed.attempts) == (JobStatus.FAILED, "time_limit_exceeded", 1)
-    assert failed.error_message == "the job ran past the hard time limit (2 s)"
+        task_failure.send(sender=task, task_id="t-1", exception=TimeLimitExceeded(2), args=[str(batch[0].id)])
+    for job in batch:
+        failed = wait_terminal(sessions, job.id, timeout_s=10)
+        assert (failed.status, failed.error_code, failed.attempts) == (JobStatus.FAILED, "time_limit_exceeded", 1)
+        assert failed.error_message == "the job ran past the hard time limit (2 s)"
+    with session_scope(sessions) as session:
+        assert get_job(session, bystander.id).status is JobStatus.RUNNING  # another batch's job is left alone
 
 
 def test_other_failures_and_other_apps_are_left_alone(sessions: SessionFactory, settings: Settings) -> None:
@@ -45,9 +52,9 @@ def test_other_failures_and_other_apps_are_left_alone(sessions: SessionFactory, 
     task = app.task(name="test.time_limits")(noop)
     other_task = other.task(name="test.time_limits")(noop)
     record_hard_time_limits(app, settings)
-    job = running_job(sessions)
+    job = running_job(sessions, "t-2")
     task_failure.send(sender=task, task_id="t-2", exception=RuntimeError("boom"), args=[str(job.id)])
-    task_failure.send(sender=other_task, task_id="t-3", exception=TimeLimitExceeded(2), args=[str(job.id)])
+    task_failure.send(sender=other_task, task_id="t-2", exception=TimeLimitExceeded(2), args=[str(job.id)])
     assert wait_terminal(sessions, job.id, timeout_s=1).status is JobStatus.RUNNING
     with session_scope(sessions) as session:
         assert get_job(session, job.id).error_code is None

@@ -1,0 +1,93 @@
+"""Waking whoever waits on a job the moment it changes: one LISTEN connection per API process.
+
+The jobs table's trigger NOTIFYs channel `job_events` with "<job id> <status>" whenever a job's
+status or progress changes (migration 0004), whoever changed it: a worker, a cancel, the sweeper.
+One connection per API process LISTENs and wakes the long-polls and event streams waiting on that
+job, so a finished job is answered at once and nobody reads Postgres in a loop.
+
+If the connection drops (Postgres restarting), it is opened again with backoff; meanwhile waiters
+read their job every `FALLBACK_POLL_S`, and even while connected every `SAFETY_POLL_S`, so a
+notification lost in a reconnect delays an answer by seconds, never forever.
+"""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from uuid import UUID
+
+import psycopg
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "job_events"
+FALLBACK_POLL_S = 0.5  # while the listener is not connected
+SAFETY_POLL_S = 5.0  # while it is
+_MAX_BACKOFF_S = 5.0
+
+
+class JobEvents:
+    """The process's listener, and the jobs being waited on (each with the events of its waiters)."""
+
+    def __init__(self, database_url: str | None) -> None:
+        self._url = database_url
+        self._waiters: dict[UUID, set[asyncio.Event]] = {}
+        self.connected = False
+
+    @contextlib.asynccontextmanager
+    async def watching(self, job_id: UUID) -> AsyncIterator[asyncio.Event]:
+        """An event set whenever the job changes; enter it before reading the job, so no change is missed."""
+        event = asyncio.Event()
+        self._waiters.setdefault(job_id, set()).add(event)
+        try:
+            yield event
+        finally:
+            waiters = self._waiters.get(job_id, set())
+            waiters.discard(event)
+            if not waiters:
+                self._waiters.pop(job_id, None)
+
+    async def changed(self, event: asyncio.Event, timeout_s: float) -> None:
+        """Wait until `event` is set or `timeout_s` (shorter while the listener is down) has passed; clear it."""
+        limit = min(timeout_s, SAFETY_POLL_S if self.connected else FALLBACK_POLL_S)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout=max(limit, 0))
+        event.clear()
+
+    async def listen_forever(self) -> None:
+        """LISTEN and wake waiters, reconnecting with backoff; runs until cancelled."""
+        if not self._url:
+            return
+        backoff = 0.1
+        while True:
+            try:
+                await self._listen()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                backoff = 0.1 if self.connected else min(backoff * 2, _MAX_BACKOFF_S)
+                self.connected = False
+                log.warning("job event listener disconnected (%s); reconnecting in %.1f s", exc, backoff)
+            await asyncio.sleep(backoff)
+
+    async def _listen(self) -> None:
+        assert self._url is not None
+        async with await psycopg.AsyncConnection.connect(self._url, autocommit=True) as connection:
+            await connection.execute(f"LISTEN {CHANNEL}")
+            self.connected = True
+            self._wake_all()  # anything that changed while we were away
+            async for notice in connection.notifies():
+                self._wake(notice.payload)
+
+    def _wake(self, payload: str) -> None:
+        try:
+            job_id = UUID(payload.split(" ", 1)[0])
+        except ValueError:
+            return
+        for event in self._waiters.get(job_id, ()):
+            event.set()
+
+    def _wake_all(self) -> None:
+        for waiters in self._waiters.values():
+            for event in waiters:
+                event.set()

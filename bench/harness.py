@@ -1,0 +1,159 @@
+"""What the service benchmarks share: the system running as a user runs it, and clients that use it.
+
+    with running_system(Path("/tmp/bench"), model="shapes-blip2", workers=1) as system:
+        image_ids = system.upload(images)
+        ...
+
+Servers: PostgreSQL and Redis from DATABASE_URL / REDIS_URL when set, else the embedded ones
+`blip2-jobs up` starts on a fresh machine. The API and the workers are real `blip2-jobs` processes.
+"""
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from PIL import Image
+
+from jobs.api_keys import create_key
+from jobs.db import create_db_engine, create_session_factory, session_scope
+from jobs.embedded import free_port, services_for
+from jobs.schema_migrations import upgrade
+from jobs.settings import Settings
+
+CLI = str(Path(sys.executable).with_name("blip2-jobs"))
+
+
+@dataclass
+class RunningSystem:
+    """The API's URL, a key for it, and the settings every process of the system shares."""
+
+    url: str
+    key: str
+    settings: Settings
+    data_dir: Path
+    workers: list[subprocess.Popen[bytes]]
+
+    def client(self, **kwargs: object) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {self.key}"}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60, **kwargs)  # type: ignore[arg-type]
+
+    def upload(self, images: Sequence[Image.Image]) -> list[str]:
+        """Upload each image once; their ids."""
+        ids = []
+        with self.client() as client:
+            for image in images:
+                buffer = io.BytesIO()
+                image.save(buffer, format="PNG")
+                response = client.post("/v1/images", files={"file": ("image.png", buffer.getvalue(), "image/png")})
+                response.raise_for_status()
+                ids.append(response.json()["id"])
+        return ids
+
+
+async def run_job(client: httpx.AsyncClient, body: dict[str, object]) -> dict[str, object]:
+    """Submit a job and long-poll it to its end, as a client of the service does; the finished job."""
+    job = (await client.post("/v1/jobs", json=body)).json()
+    while job.get("status") not in ("succeeded", "failed", "canceled"):
+        job = (await client.get(f"/v1/jobs/{job['id']}", params={"wait": 30})).json()
+    if job["status"] != "succeeded":
+        raise RuntimeError(f"job did not succeed: {job}")
+    return dict(job)
+
+
+def photos(count: int) -> list[Image.Image]:
+    """Photographs of 300-640 px (scikit-image's samples), as the README's figures use."""
+    from skimage import data
+
+    names = ("astronaut", "chelsea", "coffee", "rocket")
+    loaded = [Image.fromarray(getattr(data, name)()).convert("RGB") for name in names]
+    return [loaded[i % len(loaded)] for i in range(count)]
+
+
+@contextmanager
+def running_system(
+    data_dir: Path,
+    *,
+    models: Sequence[str] = (),
+    worker_args: Sequence[str] = (),
+    api_workers: int = 1,
+    env: dict[str, str] | None = None,
+) -> Iterator[RunningSystem]:
+    """Servers, migrations, a key, the API and one worker per model in `models` (none: the API alone)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    base = Settings(
+        BLIP2_DATA_DIR=data_dir, SWEEP_INTERVAL_S=5, RATE_LIMIT_REQUESTS=0, MAX_UNFINISHED_JOBS_PER_TENANT=100_000
+    )  # type: ignore[call-arg]
+    with services_for(base) as settings, ExitStack() as stack:
+        upgrade(settings)
+        key = _new_key(settings)
+        environment = os.environ | _env(settings) | (env or {})
+        port = free_port()
+        api = stack.enter_context(
+            _process([CLI, "api", f"--port={port}", f"--workers={api_workers}"], environment, data_dir / "api.log")
+        )
+        workers = []
+        for model in models:
+            args = [CLI, "worker", f"--model={model}", *worker_args]
+            workers.append(stack.enter_context(_process(args, environment, data_dir / f"worker-{model}.log")))
+            _wait_for_log(data_dir / f"worker-{model}.log", " ready.", workers[-1])
+        url = f"http://127.0.0.1:{port}"
+        _wait_for_http(f"{url}/healthz", api)
+        yield RunningSystem(url, key, settings, data_dir, workers)
+
+
+def _new_key(settings: Settings) -> str:
+    engine = create_db_engine(settings)
+    try:
+        with session_scope(create_session_factory(engine)) as session:
+            return create_key(session, tenant="bench", name="benchmark").secret
+    finally:
+        engine.dispose()
+
+
+def _env(settings: Settings) -> dict[str, str]:
+    return {name: str(value) for name, value in settings.model_dump().items() if value is not None}
+
+
+@contextmanager
+def _process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as out:
+        process = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def _wait_for_log(log: Path, needle: str, process: subprocess.Popen[bytes], timeout_s: float = 600) -> None:
+    deadline = time.monotonic() + timeout_s
+    while needle not in (log.read_text(errors="replace") if log.exists() else ""):
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{log.name}: no {needle!r}:\n{log.read_text(errors='replace')[-3000:]}")
+        time.sleep(0.2)
+
+
+def _wait_for_http(url: str, process: subprocess.Popen[bytes], timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the API exited ({process.returncode})")
+        try:
+            httpx.get(url, timeout=2)
+            return
+        except httpx.TransportError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer")

@@ -1,0 +1,108 @@
+"""End to end through the service against the same model called directly, measured side by side.
+
+    .venv/bin/python -m bench.service                          # shapes-blip2, 16 clients, 256 jobs
+    .venv/bin/python -m bench.service --model mid-opt --jobs 128
+
+Starts the system as a user would (servers, the API, one worker; see bench/harness.py), then C
+clients each submit a caption job and long-poll its result, again and again, until N jobs are done.
+The same model is then loaded in this process and captions the same images with the same decoding
+(greedy, exactly --tokens new tokens), in batches of --batch and one image at a time. Prints images
+per second for each and the service's ratio to both.
+"""
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from bench.harness import RunningSystem, photos, run_job, running_system
+
+
+def main() -> None:
+    args = _arguments()
+    images = photos(4)
+    decoding = {"max_new_tokens": args.tokens, "min_new_tokens": args.tokens, "num_beams": 1}
+    with tempfile.TemporaryDirectory(prefix="bench-service-") as scratch:
+        worker_args = [f"--batch-size={args.batch}", f"--batch-wait-ms={args.wait_ms}"]
+        with running_system(
+            Path(scratch), models=[args.model], worker_args=worker_args, api_workers=args.api_workers
+        ) as system:
+            image_ids = system.upload(images)
+            asyncio.run(_clients(system, image_ids, args, decoding, jobs=args.clients))  # warm-up
+            service, latencies = asyncio.run(_clients(system, image_ids, args, decoding, jobs=args.jobs))
+            data_dir = system.data_dir
+        batched, alone = _direct(args, images, decoding, data_dir)
+    print(f"model {args.model}, {args.clients} clients, {args.jobs} jobs, greedy {args.tokens} new tokens")
+    print(f"worker batches of up to {args.batch} (wait {args.wait_ms} ms), {args.api_workers} API process(es)")
+    print(f"{'path':<46} {'images/s':>9} {'service ratio':>14}")
+    print(f"{'the model directly, one image at a time':<46} {alone:>9.1f} {service / alone:>13.2f}x")
+    print(f"{f'the model directly, batches of {args.batch}':<46} {batched:>9.1f} {service / batched:>13.2f}x")
+    print(f"{'the service (submit + long-poll per job)':<46} {service:>9.1f}")
+    p50, p99 = statistics.median(latencies), statistics.quantiles(latencies, n=100)[98]
+    print(f"job latency as clients saw it: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms")
+
+
+def _arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="shapes-blip2")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--jobs", type=int, default=256)
+    parser.add_argument("--tokens", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=16, help="the worker's --batch-size and the direct batches")
+    parser.add_argument("--wait-ms", type=float, default=10.0, help="the worker's --batch-wait-ms")
+    parser.add_argument("--api-workers", type=int, default=1, help="API processes")
+    return parser.parse_args()
+
+
+async def _clients(
+    system: RunningSystem, image_ids: list[str], args: argparse.Namespace, decoding: dict[str, int], jobs: int
+) -> tuple[float, list[float]]:
+    """Images per second over `jobs` jobs from `args.clients` clients, and each job's latency."""
+    remaining = list(range(jobs))
+    latencies: list[float] = []
+    headers = {"Authorization": f"Bearer {system.key}"}
+    limits = httpx.Limits(max_connections=args.clients * 2)
+    async with httpx.AsyncClient(base_url=system.url, headers=headers, timeout=120, limits=limits) as client:
+
+        async def one_client() -> None:
+            while remaining:
+                n = remaining.pop()
+                body = {
+                    "kind": "caption",
+                    "model": args.model,
+                    "input": {"image_id": image_ids[n % len(image_ids)], **decoding},
+                }
+                started = time.perf_counter()
+                await run_job(client, body)
+                latencies.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one_client() for _ in range(args.clients)))
+        return jobs / (time.perf_counter() - started), latencies
+
+
+def _direct(args: argparse.Namespace, images: list, decoding: dict[str, int], data_dir: Path) -> tuple[float, float]:  # type: ignore[type-arg]
+    """Images per second of the model called in this process: in batches, and one image at a time."""
+    from blip2.caption import caption
+    from blip2.loading import load_model
+
+    lm = load_model(args.model, data_dir=data_dir)
+    batch = [images[i % len(images)] for i in range(args.batch)]
+    caption(lm, batch, decoding=decoding)  # warm-up
+    started = time.perf_counter()
+    for _ in range(3):
+        caption(lm, batch, decoding=decoding)
+    batched = 3 * len(batch) / (time.perf_counter() - started)
+    started = time.perf_counter()
+    for image in batch:
+        caption(lm, [image], decoding=decoding)
+    alone = len(batch) / (time.perf_counter() - started)
+    return batched, alone
+
+
+if __name__ == "__main__":
+    main()

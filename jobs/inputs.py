@@ -1,0 +1,290 @@
+"""What each kind of job takes: one pydantic model per kind, validated before any row exists.
+
+The worker reads a stored input back with the same model (jobs/kinds.py names which), so the API and
+the worker agree on one typed shape per kind. Unknown fields are errors, so a misspelt option fails
+loudly instead of being ignored.
+"""
+
+from collections.abc import Hashable
+from typing import Annotated, Any, Literal, Self, TypeAlias
+from uuid import UUID
+
+from pydantic import Base64Bytes, BaseModel, ConfigDict, Field, model_validator
+
+from blip2.decoding import LIMITS, DecodingOptions
+from blip2.errors import InvalidArgument
+
+# Names users give datasets and trained models: they become directory names and registry names.
+NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+# A static ceiling; the configured MAX_BATCH_SIZE (usually lower) is checked on submission.
+LIST_CEILING = 1024
+
+
+class JobInput(BaseModel):
+    """Base of every job kind's input."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    def referenced_image_ids(self) -> list[UUID]:
+        """Every uploaded image this input names, in the order the job reads them."""
+        return []
+
+
+# ---- decoding -------------------------------------------------------------------------------
+
+
+def _bounded(name: str) -> Any:
+    """An optional field bounded by blip2's own range for the option, so a 422 names the field."""
+    limit = LIMITS[name]
+    if limit.open_low:
+        return Field(default=None, gt=limit.low, le=limit.high)
+    return Field(default=None, ge=limit.low, le=limit.high)
+
+
+class DecodingInput(BaseModel):
+    """Text generation options, named as blip2's DecodingOptions; unset ones take the model's defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_new_tokens: int | None = _bounded("max_new_tokens")
+    min_new_tokens: int | None = _bounded("min_new_tokens")
+    num_beams: int | None = _bounded("num_beams")
+    use_nucleus_sampling: bool | None = None
+    top_p: float | None = _bounded("top_p")
+    temperature: float | None = _bounded("temperature")
+    repetition_penalty: float | None = _bounded("repetition_penalty")
+    length_penalty: float | None = _bounded("length_penalty")
+    num_captions: int | None = _bounded("num_captions")
+    seed: int | None = _bounded("seed")
+
+    @model_validator(mode="after")
+    def _within_library_rules(self) -> Self:
+        # The rules across fields (min <= max, captions <= beams) are the library's, checked by building options.
+        try:
+            DecodingOptions().with_overrides(**self.overrides())
+        except InvalidArgument as exc:
+            raise ValueError(str(exc)) from exc
+        return self
+
+    def overrides(self) -> dict[str, Any]:
+        """The options the request set, to apply over the model's defaults for the operation."""
+        return self.model_dump(exclude_none=True)
+
+    def frozen(self) -> Hashable:
+        """The set options as a hashable value (batches share them)."""
+        return tuple(sorted(self.overrides().items()))
+
+    @property
+    def sequences_per_input(self) -> int:
+        """Sequences generated per input at most (beams or samples), with unset options at their widest default."""
+        return DecodingOptions().with_overrides(**self.overrides()).sequences_per_input
+
+    @property
+    def is_random(self) -> bool:
+        """Sampling without a seed: the same request may give another answer."""
+        return bool(self.use_nucleus_sampling) and self.seed is None
+
+
+_DECODING_FIELDS = frozenset(DecodingInput.model_fields)
+
+
+# ---- images ---------------------------------------------------------------------------------
+
+
+class ImageFields(JobInput):
+    """One image: `image_id` of an upload, `image` inline as base64, or `image_url` to fetch.
+
+    An inline or fetched image is stored on submission like an upload, so a job runs on an image_id.
+    """
+
+    image_id: UUID | None = None
+    image: Base64Bytes | None = None
+    image_url: str | None = Field(default=None, pattern=r"^https?://", max_length=2000)
+
+    def images_given(self) -> int:
+        """How many of image_id, image and image_url are set (one, for an input about one image)."""
+        return sum(value is not None for value in (self.image_id, self.image, self.image_url))
+
+    def referenced_image_ids(self) -> list[UUID]:
+        return [] if self.image_id is None else [self.image_id]
+
+
+class _ImageRef(ImageFields):
+    """An input about one image, given by exactly one of `image_id`, `image` or `image_url`."""
+
+    @model_validator(mode="after")
+    def _one_image(self) -> Self:
+        if self.image_needed() and self.images_given() != 1:
+            raise ValueError("give exactly one of image_id, image or image_url")
+        return self
+
+    def image_needed(self) -> bool:
+        """Whether this input must carry an image (embed in text mode does not)."""
+        return True
+
+
+class GeneratingInput(_ImageRef):
+    """An input whose text is generated: decoding options go in `decoding`, or flat beside the other
+    fields as the library names them (`{"num_beams": 3}` is `{"decoding": {"num_beams": 3}}`)."""
+
+    decoding: DecodingInput = Field(default_factory=DecodingInput)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gather_flat_decoding(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not _DECODING_FIELDS & data.keys():
+            return data
+        flat = {k: v for k, v in data.items() if k in _DECODING_FIELDS}
+        nested = data.get("decoding") or {}
+        if not isinstance(nested, dict):
+            return data  # let field validation report the wrong type
+        rest = {k: v for k, v in data.items() if k not in _DECODING_FIELDS}
+        return rest | {"decoding": nested | flat}
+
+
+# ---- inference kinds ------------------------------------------------------------------------
+
+
+class CaptionInput(GeneratingInput):
+    """Describe an image; `prompt` starts the caption, `style` picks short or detailed."""
+
+    prompt: str | None = Field(default=None, max_length=2000)
+    style: Literal["short", "detailed"] = "short"
+
+
+class QAExampleInput(BaseModel):
+    """One few-shot example shown to the model before the question."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    question: str = Field(min_length=1, max_length=2000)
+    answer: str = Field(max_length=2000)
+
+
+class VqaInput(GeneratingInput):
+    """Answer a question about an image, optionally after a few examples."""
+
+    question: str = Field(min_length=1, max_length=2000)
+    examples: list[QAExampleInput] = Field(default_factory=list, max_length=16)
+
+
+class InstructInput(GeneratingInput):
+    """Follow a free-form instruction about an image (an InstructBLIP model)."""
+
+    instruction: str = Field(min_length=1, max_length=4000)
+
+
+class EmbedInput(_ImageRef):
+    """An embedding of an image, a text, or both together (`mode`)."""
+
+    mode: Literal["image", "text", "multimodal"] = "image"
+    text: str | None = Field(default=None, min_length=1, max_length=2000)
+
+    def image_needed(self) -> bool:
+        return self.mode != "text"
+
+    @model_validator(mode="after")
+    def _fits_mode(self) -> Self:
+        if self.mode == "text" and self.images_given():
+            raise ValueError("mode 'text' takes no image")
+        if (self.mode == "image") != (self.text is None):
+            raise ValueError("give text with mode 'text' or 'multimodal', and only with those")
+        return self
+
+
+class MatchInput(ImageFields):
+    """Rank `texts` against one image, or `image_ids` against one `text`; best first."""
+
+    texts: list[Annotated[str, Field(min_length=1, max_length=2000)]] | None = Field(
+        default=None, min_length=1, max_length=LIST_CEILING
+    )
+    text: str | None = Field(default=None, min_length=1, max_length=2000)
+    image_ids: list[UUID] | None = Field(default=None, min_length=1, max_length=LIST_CEILING)
+    top_k: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_direction(self) -> Self:
+        if self.texts is not None and (self.text is None and self.image_ids is None):
+            if self.images_given() != 1:
+                raise ValueError("give exactly one of image_id, image or image_url with texts")
+        elif self.text is not None and self.image_ids is not None and self.texts is None:
+            if self.images_given():
+                raise ValueError("give image_ids, not image_id, image or image_url, with text")
+        else:
+            raise ValueError("give either an image with texts, or text with image_ids")
+        return self
+
+    @property
+    def candidate_count(self) -> int:
+        """How many texts or images are ranked."""
+        return len(self.texts or self.image_ids or [])
+
+    @property
+    def candidates_field(self) -> str:
+        """The input field that lists the candidates."""
+        return "input.texts" if self.texts is not None else "input.image_ids"
+
+    def referenced_image_ids(self) -> list[UUID]:
+        return super().referenced_image_ids() + list(self.image_ids or [])
+
+
+# ---- long kinds -----------------------------------------------------------------------------
+
+Task: TypeAlias = Literal["caption", "vqa", "caption_vqa", "match"]
+Component: TypeAlias = Literal["vision", "qformer", "llm"]
+DatasetFormat: TypeAlias = Literal["coco_captions", "coco_karpathy", "flickr30k", "vqav2", "jsonl"]
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]
+_BLIP2_TRAINED_PARTS: list[Component] = ["qformer"]
+
+
+class DownloadInput(JobInput):
+    """Fetch a dataset: a manifest entry by `dataset`, or an archive at `url` with its `sha256`."""
+
+    dataset: str | None = Field(default=None, min_length=1, max_length=64)
+    url: str | None = Field(default=None, pattern=r"^https?://", max_length=2000)
+    sha256: Sha256 | None = None
+    name: str | None = Field(default=None, pattern=NAME_PATTERN)
+    format: DatasetFormat | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if self.dataset is not None:
+            if self.url is not None or self.sha256 is not None or self.format is not None:
+                raise ValueError("give either dataset, or url with sha256, name and format")
+        elif self.url is None or self.sha256 is None or self.name is None or self.format is None:
+            raise ValueError("a url download needs url, sha256, name and format")
+        return self
+
+    @property
+    def registered_name(self) -> str:
+        """The name the dataset is registered under."""
+        name = self.name or self.dataset
+        assert name is not None  # _one_source: one of them is always set
+        return name
+
+
+class TrainInput(JobInput):
+    """Fine-tune the job's `model` on a registered dataset; the result is served as `output_model`."""
+
+    dataset: str = Field(pattern=NAME_PATTERN)
+    task: Task = "caption"
+    output_model: str = Field(pattern=NAME_PATTERN)
+    max_steps: int = Field(default=1000, ge=1, le=1_000_000)
+    batch_size: int = Field(default=16, ge=1, le=512)
+    lr: float = Field(default=1e-4, gt=0, le=1.0)
+    warmup_steps: int | None = Field(default=None, ge=0)
+    grad_accum_steps: int = Field(default=1, ge=1, le=256)
+    checkpoint_every: int = Field(default=100, ge=1)
+    # Which parts train; default as BLIP-2: vision encoder and language model frozen.
+    train: list[Component] = Field(default_factory=lambda: _BLIP2_TRAINED_PARTS.copy(), min_length=1)
+    seed: int = 0
+
+
+class EvaluateInput(JobInput):
+    """Score the job's `model` on a split of a registered dataset."""
+
+    dataset: str = Field(pattern=NAME_PATTERN)
+    split: Literal["train", "val", "test"] = "test"
+    task: Task = "caption"
+    batch_size: int = Field(default=16, ge=1, le=512)
+    limit: int | None = Field(default=None, ge=1, description="Evaluate only the first N records.")

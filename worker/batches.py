@@ -1,0 +1,300 @@
+"""Running inference jobs in batches: claim, gather, prepare, run as one pass, record.
+
+    ended = run_batch_for(runtime, message_job_id, batch_id)
+
+1. **Claim** the next batch on the message's queue (jobs/claims.py): the head job and the queued jobs
+   that may share its forward pass, as many as fit `--batch-size`.
+2. **Gather**: while the batch has room, wait up to `--batch-wait-ms` for more to arrive.
+3. **Prepare** each job: its typed input and its images, each distinct image decoded once. A job
+   whose image will not decode fails alone; the rest of the batch goes on.
+4. **Run** the kind's handler over the batch, one pass. If it fails, each job runs again alone, so one
+   bad item fails alone; if it runs out of memory, the batch is halved and each half tried again.
+5. **Record** every result in one statement. If Postgres refuses one (nothing should: generated text
+   is cleaned), each is written alone and a result that cannot be stored fails its job at once.
+
+A job stays claimed by this run (its attempt) throughout: heartbeats keep its lease, and every write
+names the attempt, so a run that lost its job (canceled, or taken for lost) changes nothing.
+"""
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from uuid import UUID
+
+from celery.exceptions import SoftTimeLimitExceeded
+from PIL.Image import Image
+from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+
+from blip2.errors import Blip2Error
+from blip2.images import decode_image
+from jobs.claims import BatchRules, claim_batch, claim_more, queue_of
+from jobs.db import is_connection_error
+from jobs.errors import JobsError
+from jobs.image_store import load_images
+from jobs.inputs import JobInput
+from jobs.kinds import KINDS, JobKind
+from jobs.models import Attempt, Job
+from jobs.outputs import JobOutput
+from jobs.repository import fail_job, succeed_jobs
+from worker.db_retry import retry_transaction
+from worker.handlers import Work, run_batch
+from worker.progress import heartbeating
+from worker.runtime import WorkerRuntime
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_GATHER_POLL_S = 0.002
+
+
+@dataclass(frozen=True)
+class JobError:
+    """Why one job failed: a stable code and a message."""
+
+    code: str
+    message: str
+
+    @classmethod
+    def of(cls, exc: BaseException) -> "JobError":
+        if isinstance(exc, Blip2Error | JobsError):
+            return cls(exc.code, str(exc))
+        if isinstance(exc, SoftTimeLimitExceeded):
+            return cls("time_limit_exceeded", "the job ran past the soft time limit")
+        if is_out_of_memory(exc):
+            return cls("out_of_memory", f"out of memory even alone: {exc}")
+        return cls("internal_error", f"{type(exc).__name__}: {exc}")
+
+
+@dataclass
+class Item:
+    """One claimed job of the batch, and once prepared, its work (or why it could not be prepared)."""
+
+    job: Job
+    work: Work[Any] | None = None
+    error: JobError | None = None
+    output: JobOutput | None = None
+
+    @property
+    def attempt(self) -> Attempt:
+        return self.job.attempt
+
+
+@dataclass
+class Batch:
+    """The jobs one claim took: one kind, one model, one set of batch-wide options."""
+
+    batch_id: str
+    items: list[Item] = field(default_factory=list)
+
+    @property
+    def jobs(self) -> list[Job]:
+        return [item.job for item in self.items]
+
+
+def run_batch_for(runtime: WorkerRuntime, message_job: UUID, batch_id: str) -> list[Job]:
+    """Run the next batch on the queue of `message_job`'s message; the batch's jobs as they ended
+    (empty when nothing was queued: the message's job ran in another batch, or was canceled)."""
+    batch = _claim(runtime, message_job, batch_id)
+    if not batch.items:
+        log.info("message for job %s: nothing queued to run", message_job)
+        return []
+    started = time.monotonic()
+    with heartbeating([i.attempt for i in batch.items], runtime.sessions, runtime.settings.HEARTBEAT_INTERVAL_S) as hb:
+        _gather(runtime, batch)
+        hb.add(i.attempt for i in batch.items)
+        try:
+            _prepare(runtime, batch)
+            _execute(runtime, batch)
+        except SoftTimeLimitExceeded as exc:
+            _fail_unfinished(batch, JobError.of(exc))
+    _record(runtime, batch)
+    log.info("batch of %d %s jobs in %.2f s", len(batch.items), batch.jobs[0].kind, time.monotonic() - started)
+    return _read(runtime, [job.id for job in batch.jobs])
+
+
+# ---- claim and gather -----------------------------------------------------------------------
+
+
+def _rules(runtime: WorkerRuntime) -> BatchRules:
+    def cost(job: Job) -> int:
+        spec = KINDS[job.kind]
+        return spec.batch_cost(spec.parse(job.input))
+
+    return BatchRules(batch_size=runtime.batch.size, cost=cost)
+
+
+def _claim(runtime: WorkerRuntime, message_job: UUID, batch_id: str) -> Batch:
+    def claim(session: Session) -> list[Job]:
+        queue = queue_of(session, message_job)
+        return [] if queue is None else claim_batch(session, queue, batch_id, _rules(runtime))
+
+    return Batch(batch_id, [Item(job) for job in _transaction(runtime, "claiming a batch", claim)])
+
+
+def _gather(runtime: WorkerRuntime, batch: Batch) -> None:
+    """Wait up to the batch wait for more jobs of the batch's kind and options, while it has room."""
+    head = batch.jobs[0]
+    if head.batch_key is None or head.attempts > 1:
+        return
+    room = _rules(runtime).room(head) - len(batch.items)
+    deadline = time.monotonic() + runtime.batch.wait_s
+    while room > 0 and time.monotonic() < deadline:
+        time.sleep(min(_GATHER_POLL_S, max(deadline - time.monotonic(), 0)))
+        more = _transaction(runtime, "gathering", _claim_more(head, batch.batch_id, room))
+        batch.items += [Item(job) for job in more]
+        room -= len(more)
+
+
+def _claim_more(head: Job, batch_id: str, room: int) -> Callable[[Session], list[Job]]:
+    key = head.batch_key or ""
+    return lambda session: claim_more(session, head.queue, key, batch_id, room)
+
+
+# ---- prepare and run ------------------------------------------------------------------------
+
+
+def _prepare(runtime: WorkerRuntime, batch: Batch) -> None:
+    """Each job's typed input and decoded images; a job whose image is missing or will not decode fails alone."""
+    inputs = {item.job.id: KINDS[item.job.kind].parse(item.job.input) for item in batch.items}
+    wanted = {(image_id, job.tenant) for job in batch.jobs for image_id in inputs[job.id].referenced_image_ids()}
+    stored = _transaction(runtime, "loading images", lambda s: load_images(s, wanted))
+    decoded: dict[UUID, Image | JobError] = {}
+    for image_id, data in stored.items():
+        try:
+            decoded[image_id] = decode_image(data, max_pixels=runtime.settings.MAX_IMAGE_PIXELS)
+        except Blip2Error as exc:
+            decoded[image_id] = JobError.of(exc)
+    for item in batch.items:
+        _prepare_item(item, inputs[item.job.id], decoded)
+
+
+def _prepare_item(item: Item, job_input: JobInput, decoded: dict[UUID, "Image | JobError"]) -> None:
+    images: list[Image] = []
+    for image_id in job_input.referenced_image_ids():
+        image = decoded.get(image_id, JobError("unknown_image", f"no uploaded image with id {image_id}"))
+        if isinstance(image, JobError):
+            item.error = image
+            return
+        images.append(image)
+    item.work = Work(input=job_input, images=images)
+
+
+def _execute(runtime: WorkerRuntime, batch: Batch) -> None:
+    ready = [item for item in batch.items if item.work is not None and item.error is None]
+    if not ready:
+        return
+    head = ready[0].job
+    try:
+        model = runtime.models.get(head.model, head.tenant)
+    except Blip2Error as exc:  # the model cannot load: every job of the batch needs it
+        _fail_unfinished(batch, JobError.of(exc))
+        return
+    _run_isolating(head.kind, model, ready)
+
+
+def _run_isolating(kind: JobKind, model: Any, items: Sequence[Item]) -> None:
+    """Run `items` as one pass; on out of memory halve and try each half, on any other error run each
+    alone, so only the jobs at fault fail."""
+    try:
+        outputs = run_batch(kind, model, [item.work for item in items if item.work is not None])
+    except SoftTimeLimitExceeded:
+        raise
+    except Exception as exc:
+        if len(items) == 1:
+            if not isinstance(exc, Blip2Error | JobsError):
+                log.exception("job %s failed unexpectedly", items[0].job.id)
+            items[0].error = JobError.of(exc)
+            return
+        if is_out_of_memory(exc):
+            _release_memory()
+            half = len(items) // 2
+            log.warning("out of memory with a batch of %d; trying halves of %d", len(items), half)
+            _run_isolating(kind, model, items[:half])
+            _run_isolating(kind, model, items[half:])
+            return
+        log.info("a batch of %d failed (%s: %s); running each job alone", len(items), type(exc).__name__, exc)
+        for item in items:
+            _run_isolating(kind, model, [item])
+        return
+    for item, output in zip(items, outputs, strict=True):
+        item.output = output
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """An allocation failure of the device or the host, as torch and Python report them."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    message = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in message or "can't allocate memory" in message)
+
+
+def _release_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _fail_unfinished(batch: Batch, error: JobError) -> None:
+    for item in batch.items:
+        if item.output is None and item.error is None:
+            item.error = error
+
+
+# ---- record ---------------------------------------------------------------------------------
+
+
+def _record(runtime: WorkerRuntime, batch: Batch) -> None:
+    """Every outcome in one transaction; if Postgres refuses it, each alone (see the module docstring)."""
+    jobs = batch.jobs
+    what = f"recording job {jobs[0].id}'s result" if len(jobs) == 1 else f"recording {len(jobs)} jobs' results"
+    try:
+        _transaction(runtime, what, lambda s: _write(s, batch.items))
+    except DBAPIError as exc:
+        if is_connection_error(exc):
+            raise  # DB_RETRY_S passed: the jobs stay running, and the sweeper runs them again after their lease
+        log.warning("a batch's results could not be stored together (%s); storing each alone", exc.orig)
+        for item in batch.items:
+            _record_alone(runtime, item)
+
+
+def _record_alone(runtime: WorkerRuntime, item: Item) -> None:
+    try:
+        _transaction(runtime, f"recording job {item.job.id}", lambda s: _write(s, [item]))
+    except DBAPIError as exc:
+        if is_connection_error(exc):
+            raise
+        item.output, item.error = None, JobError("result_not_storable", f"the result could not be stored: {exc.orig}")
+        log.warning("job %s: %s", item.job.id, item.error.message)
+        _transaction(runtime, f"recording job {item.job.id}'s error", lambda s: _write(s, [item]))
+
+
+def _write(session: Session, items: Sequence[Item]) -> None:
+    results = {i.attempt: i.output.model_dump(mode="json") for i in items if i.output is not None}
+    written = {job.id for job in succeed_jobs(session, results)}
+    written |= {item.job.id for item in items if item.error is not None and _fail(session, item)}
+    for item in items:
+        if item.job.id not in written:
+            log.info("job %s: outcome dropped: it no longer runs as attempt %d (canceled, or run again elsewhere)",
+                     item.job.id, item.attempt.number)  # fmt: skip
+
+
+def _fail(session: Session, item: Item) -> bool:
+    assert item.error is not None
+    return fail_job(session, item.attempt, item.error.code, item.error.message) is not None
+
+
+def _read(runtime: WorkerRuntime, ids: list[UUID]) -> list[Job]:
+    def read(session: Session) -> list[Job]:
+        return list(session.scalars(select(Job).where(Job.id.in_(ids))))
+
+    return _transaction(runtime, "reading a batch's jobs", read)
+
+
+def _transaction(runtime: WorkerRuntime, what: str, work: Callable[[Session], T]) -> T:
+    """`work` in a transaction of its own, retried for up to DB_RETRY_S while Postgres is unreachable."""
+    return retry_transaction(runtime.sessions, work, what=what, limit_s=runtime.settings.DB_RETRY_S)
