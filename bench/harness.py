@@ -90,7 +90,7 @@ def running_system(
     data_dir.mkdir(parents=True, exist_ok=True)
     base = Settings(
         BLIP2_DATA_DIR=data_dir, SWEEP_INTERVAL_S=5, RATE_LIMIT_REQUESTS=0, MAX_UNFINISHED_JOBS_PER_TENANT=100_000
-    )  # type: ignore[call-arg]
+    )
     with services_for(base) as settings, ExitStack() as stack:
         upgrade(settings)
         key = _new_key(settings)

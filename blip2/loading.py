@@ -50,9 +50,14 @@ _DTYPES = {
 }  # fmt: skip
 
 
+# A model too large for one GPU: accelerate places its layers across every visible GPU.
+SPLIT_DEVICE = "balanced"
+
+
 @dataclass(frozen=True)
 class LoadOptions:
-    """Where and how to load: device `auto|cpu|cuda|cuda:N`, dtype `auto|fp32|fp16|bf16`, a quantization plan."""
+    """Where and how to load: device `auto|cpu|cuda|cuda:N|balanced` (`balanced`: the layers spread over
+    every visible GPU, for a model too large for one), dtype `auto|fp32|fp16|bf16`, a quantization plan."""
 
     device: str = "auto"
     dtype: str = "auto"
@@ -87,7 +92,7 @@ class LoadedModel:
 
     @property
     def tokenizer(self) -> Any:
-        return self.processor.tokenizer  # type: ignore[attr-defined]
+        return self.processor.tokenizer
 
     def describe(self) -> dict[str, object]:
         """What a log line or `--json` output says about this model."""
@@ -113,10 +118,16 @@ def load_model(
     device = resolve_device(options.device)
     plan = QuantizationPlan.parse(options.quantize)
     dtype = resolve_dtype(options.dtype, device, plan)
-    model = _load_weights(MODEL_CLASSES[family], source, device, dtype, plan)
+    device_map: str | dict[str, str] = SPLIT_DEVICE if options.device == SPLIT_DEVICE else {"": str(device)}
+    model = _load_weights(MODEL_CLASSES[family], source, device_map, dtype, plan)
     processor = _load_processor(source)
     check_processor_matches(model, processor, source)
-    return LoadedModel(spec, family, model, processor, device, dtype, plan, source)
+    return LoadedModel(spec, family, model, processor, _input_device(model, device), dtype, plan, source)
+
+
+def _input_device(model: PreTrainedModel, device: torch.device) -> torch.device:
+    """Where inputs go: the vision encoder's device (the first of several when the model is split)."""
+    return next(model.vision_model.parameters()).device if hasattr(model, "hf_device_map") else device
 
 
 def locate_checkpoint(spec: ModelSpec, data_dir: Path) -> str:
@@ -171,7 +182,12 @@ def _family_of(source: str) -> Family:
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto` is the first CUDA device when there is one, else the CPU."""
+    """`auto` is the first CUDA device when there is one, else the CPU; `balanced` needs CUDA (the first
+    device stands for all of them)."""
+    if name == SPLIT_DEVICE:
+        if not torch.cuda.is_available():
+            raise InvalidArgument(f"device {name!r} spreads a model over GPUs, but CUDA is not available here")
+        return torch.device("cuda:0")
     if name == "auto":
         return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     try:
@@ -203,11 +219,11 @@ def resolve_dtype(name: str, device: torch.device, plan: QuantizationPlan | None
 def _load_weights(
     model_class: type[PreTrainedModel],
     source: str,
-    device: torch.device,
+    device_map: str | dict[str, str],
     dtype: torch.dtype,
     plan: QuantizationPlan,
 ) -> PreTrainedModel:
-    kwargs: dict[str, Any] = {"dtype": dtype, "device_map": {"": str(device)}}
+    kwargs: dict[str, Any] = {"dtype": dtype, "device_map": device_map}
     quantization_config = bnb_config(plan, compute_dtype=dtype)
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
@@ -239,7 +255,7 @@ def check_processor_matches(model: PreTrainedModel, processor: ProcessorMixin, s
             "set num_query_tokens in processor_config.json"
         )
     image_token = getattr(processor, "image_token", None)
-    token_id = processor.tokenizer.convert_tokens_to_ids(str(image_token))  # type: ignore[attr-defined]
+    token_id = processor.tokenizer.convert_tokens_to_ids(str(image_token))
     if config.image_token_index is not None and token_id != config.image_token_index:
         raise InvalidCheckpoint(
             f"{source}: the tokenizer's image token {image_token} has id {token_id} "

@@ -94,7 +94,7 @@ def _rank_many(
     with torch.inference_mode():
         encoded_images = image_queries(lm, images.items)
         encoded_texts = text_tokens(lm, texts.items)
-        itc = _itc(lm, encoded_images.queries, encoded_texts)  # (distinct images, distinct texts)
+        itc = itc_similarity(lm, encoded_images.queries, encoded_texts)  # (distinct images, distinct texts)
         pairs = [[(images.index(i), texts.index(t)) for i in imgs for t in txts] for imgs, txts, _ in requests]
         request_itc = [itc[[i for i, _ in p], [t for _, t in p]] for p in pairs]
         candidates = [_top(scores, top_k) for scores, (_, _, top_k) in zip(request_itc, requests, strict=True)]
@@ -111,26 +111,32 @@ def score_matrix(lm: LoadedModel, images: Sequence[Image], texts: Sequence[str])
     with torch.inference_mode():
         encoded_images = image_queries(lm, list(images))
         encoded_texts = text_tokens(lm, list(texts))
-        itc = _itc(lm, encoded_images.queries, encoded_texts)
+        itc = itc_similarity(lm, encoded_images.queries, encoded_texts)
         pairs = [(i, t) for i in range(len(images)) for t in range(len(texts))]
         vision = encoded_images.vision[[i for i, _ in pairs]]
         itm = _itm(lm, vision, _select(encoded_texts, [t for _, t in pairs])).view(len(images), len(texts))
     return ScoreMatrix(itc=itc.tolist(), itm=itm.tolist())
 
 
-def _itc(lm: LoadedModel, queries: torch.Tensor, texts: EncodedTexts) -> torch.Tensor:
-    """(images, texts) cosine similarities, each the max over the image's queries."""
-    image_embeds = image_projection(lm, queries)  # (I, Q, D)
-    text_embeds = text_embeddings(lm, texts.tokens)  # (T, D)
+def itc_similarity(lm: LoadedModel, queries: torch.Tensor, texts: EncodedTexts) -> torch.Tensor:
+    """(images, texts) cosine similarities, each the max over the image's query embeddings: the ITC
+    score retrieval ranks by, and what training's contrastive loss sharpens."""
+    image_embeds = image_projection(lm, queries)  # (I, Q, D), normalised
+    text_embeds = text_embeddings(lm, texts.tokens)  # (T, D), normalised
     return torch.einsum("iqd,td->iqt", image_embeds, text_embeds).max(dim=1).values.float()
+
+
+def itm_logits(lm: LoadedModel, vision: torch.Tensor, texts: EncodedTexts) -> torch.Tensor:
+    """(pairs, 2) match logits for each pair (vision[i], texts[i]): the ITM head on the queries that
+    attended to both, averaged over the queries as BLIP-2 does. Class 1 is "they match"."""
+    queries = joint_queries(lm, vision, texts)
+    head = lm.model.itm_head
+    return head(queries.to(head.weight.dtype)).mean(dim=1).float()
 
 
 def _itm(lm: LoadedModel, vision: torch.Tensor, texts: EncodedTexts) -> torch.Tensor:
     """Match probability for each pair (vision[i], texts[i])."""
-    queries = joint_queries(lm, vision, texts)
-    head = lm.model.itm_head
-    logits = head(queries.to(head.weight.dtype)).mean(dim=1)  # average the per-query logits, as BLIP-2
-    return logits.float().softmax(dim=-1)[:, 1]
+    return itm_logits(lm, vision, texts).softmax(dim=-1)[:, 1]
 
 
 def _top(itc: torch.Tensor, top_k: int | None) -> list[int]:

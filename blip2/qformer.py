@@ -33,7 +33,7 @@ class EncodedTexts:
 
 
 def image_queries(lm: LoadedModel, images: Sequence[Image]) -> EncodedImages:
-    pixels = lm.processor.image_processor(list(images), return_tensors="pt")["pixel_values"]  # type: ignore[attr-defined]
+    pixels = lm.processor.image_processor(list(images), return_tensors="pt")["pixel_values"]
     pixels = pixels.to(lm.device, lm.dtype)
     model = lm.model
     vision = model.vision_model(pixel_values=pixels, return_dict=True).last_hidden_state

@@ -177,7 +177,7 @@ def _quantized_linear(linear: nn.Linear, precision: Precision, int4_type: str, c
         )
         layer.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type=int4_type)
     if has_bias:
-        layer.bias = nn.Parameter(linear.bias.data.to("cpu"), requires_grad=False)  # type: ignore[union-attr]
+        layer.bias = nn.Parameter(linear.bias.data.to("cpu"), requires_grad=False)
     return layer.to(device)  # moving a bitsandbytes layer to a device is what quantizes it
 
 

@@ -44,10 +44,10 @@ import torch.nn.functional as F
 from blip2.data.records import CaptionRecord, Task, VqaRecord
 from blip2.errors import IncompatibleCheckpoint, InvalidArgument
 from blip2.evaluation import evaluate
-from blip2.features import image_projection, text_embeddings
 from blip2.images import load_image_file
 from blip2.loading import LoadedModel
-from blip2.qformer import EncodedTexts, image_queries, joint_queries, text_tokens
+from blip2.matching import itc_similarity, itm_logits
+from blip2.qformer import EncodedTexts, image_queries, text_tokens
 from blip2.registry import Family
 from blip2.vqa import build_prompt
 
@@ -147,69 +147,125 @@ def train(
     should_stop: Callable[[], bool] | None = None,
 ) -> TrainResult:
     """Fine-tune `lm.model` in place; save it to `output_dir` unless `should_stop()` ends the run first."""
+    run = start_run(lm, train_records, val_records, config, work_dir)
+    while run.step < config.max_steps:
+        if should_stop is not None and should_stop():
+            return stop_run(run)
+        progress = train_step(run)
+        if on_progress is not None:
+            on_progress(progress)
+    return finish_run(run, val_records, output_dir)
+
+
+@dataclass
+class Run:
+    """A training run in progress: what it trains on, what it trains, and how far it has come."""
+
+    lm: LoadedModel
+    config: TrainConfig
+    examples: list[Example]
+    val_examples: list[Example]
+    order: "DataOrder"
+    params: list[tuple[str, torch.nn.Parameter]]
+    optimizer: torch.optim.AdamW
+    autocast: AbstractContextManager[Any]
+    scaler: torch.amp.GradScaler
+    checkpoint_dir: Path
+    step: int = 0
+    losses: list[float] = field(default_factory=list)
+    resumed_from: int = 0  # the checkpoint's step this run went on from (0: it started afresh)
+    started: float = field(default_factory=time.monotonic)
+
+    def save(self) -> None:
+        """Checkpoint the run where it is, for a resumption to go on from."""
+        save_checkpoint(self.checkpoint_dir, self.params, self.optimizer, self.scaler, self.config, self.step,
+                        self.losses, len(self.examples))  # fmt: skip
+
+
+def start_run(
+    lm: LoadedModel,
+    train_records: Sequence[CaptionRecord | VqaRecord],
+    val_records: Sequence[CaptionRecord | VqaRecord],
+    config: TrainConfig,
+    work_dir: Path,
+) -> Run:
+    """Set a run up: examples, their order, what trains, the optimizer; resumed from `work_dir`'s
+    checkpoint when an earlier run of the same job left one (it died, or was stopped)."""
     _check_model(lm, config)
     examples = make_examples(lm, train_records, config.task)
-    val_examples = make_examples(lm, val_records, config.task) if val_records else []
-    order = DataOrder(len(examples), config.batch_size, config.seed)
     params = select_trainable(lm, config.train)
     autocast, scaler = _mixed_precision(lm, config, params)
-    optimizer = make_optimizer(params, config)
-    checkpoint_dir = work_dir / "checkpoint"
-    step = 0
-    losses: list[float] = []
-    torch.manual_seed(config.seed)
-    if _existing(checkpoint_dir) is not None:  # a previous run of this job died or was stopped: go on from it
-        step, losses = load_checkpoint(checkpoint_dir, lm, params, optimizer, scaler, config, len(examples))
-        log.info("resuming training from the checkpoint at step %d of %d", step, config.max_steps)
-    resumed_from = step
-    set_train_mode(lm, config.train)
-    started = time.monotonic()
-
-    while step < config.max_steps:
-        if should_stop is not None and should_stop():
-            save_checkpoint(checkpoint_dir, params, optimizer, scaler, config, step, losses, len(examples))
-            lm.model.eval()
-            return TrainResult(steps=step, stopped=True, losses=losses, resumed_from=resumed_from)
-
-        lr = lr_at(step, config)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-
-        # Gradient accumulation: the micro-batches of one step add their gradients, each loss
-        # scaled down so the sum is the mean over the effective batch.
-        loss = 0.0
-        for micro in range(config.grad_accum_steps):
-            batch_index = step * config.grad_accum_steps + micro
-            batch = [examples[i] for i in order.batch(batch_index)]
-            with autocast:
-                micro_loss = compute_loss(lm, batch, config, _sampler(config.seed, batch_index))
-            scaler.scale(micro_loss / config.grad_accum_steps).backward()
-            loss += micro_loss.item() / config.grad_accum_steps
-
-        if config.grad_clip > 0:
-            scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
-            torch.nn.utils.clip_grad_norm_([p for _, p in params], config.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        losses.append(loss)
-
-        val_loss = None
-        if config.eval_every and step % config.eval_every == 0 and val_examples:
-            val_loss = validation_loss(lm, val_examples, config, autocast)
-        if on_progress is not None:
-            epoch = order.epoch_of((step - 1) * config.grad_accum_steps)
-            on_progress(TrainProgress(step, config.max_steps, epoch, loss, lr, val_loss, time.monotonic() - started))
-        if config.checkpoint_every and step % config.checkpoint_every == 0:
-            save_checkpoint(checkpoint_dir, params, optimizer, scaler, config, step, losses, len(examples))
-
-    lm.model.eval()
-    metrics = evaluate(lm, val_records, config.task, batch_size=config.eval_batch_size) if val_records else {}
-    save_trained_model(lm, output_dir, losses, metrics)
-    return TrainResult(
-        steps=step, stopped=False, losses=losses, metrics=metrics, output_dir=output_dir, resumed_from=resumed_from
+    run = Run(
+        lm=lm,
+        config=config,
+        examples=examples,
+        val_examples=make_examples(lm, val_records, config.task) if val_records else [],
+        order=DataOrder(len(examples), config.batch_size, config.seed),
+        params=params,
+        optimizer=make_optimizer(params, config),
+        autocast=autocast,
+        scaler=scaler,
+        checkpoint_dir=work_dir / "checkpoint",
     )
+    torch.manual_seed(config.seed)
+    if _existing(run.checkpoint_dir) is not None:
+        run.step, run.losses = load_checkpoint(run.checkpoint_dir, lm, params, run.optimizer, scaler, config,
+                                               len(examples))  # fmt: skip
+        run.resumed_from = run.step
+        log.info("resuming training from the checkpoint at step %d of %d", run.step, config.max_steps)
+    set_train_mode(lm, config.train)
+    return run
+
+
+def train_step(run: Run) -> TrainProgress:
+    """One optimizer step; a checkpoint on the steps `checkpoint_every` names."""
+    config, lm = run.config, run.lm
+    lr = lr_at(run.step, config)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    # Gradient accumulation: the micro-batches of one step add their gradients, each loss scaled
+    # down so the sum is the mean over the effective batch.
+    loss = 0.0
+    for micro in range(config.grad_accum_steps):
+        batch_index = run.step * config.grad_accum_steps + micro
+        batch = [run.examples[i] for i in run.order.batch(batch_index)]
+        with run.autocast:
+            micro_loss = compute_loss(lm, batch, config, _sampler(config.seed, batch_index))
+        run.scaler.scale(micro_loss / config.grad_accum_steps).backward()
+        loss += micro_loss.item() / config.grad_accum_steps
+    if config.grad_clip > 0:
+        run.scaler.unscale_(run.optimizer)  # clip the true gradients, not the fp16-scaled ones
+        torch.nn.utils.clip_grad_norm_([p for _, p in run.params], config.grad_clip)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.step += 1
+    run.losses.append(loss)
+    val_loss = None
+    if config.eval_every and run.step % config.eval_every == 0 and run.val_examples:
+        val_loss = validation_loss(lm, run.val_examples, config, run.autocast)
+    if config.checkpoint_every and run.step % config.checkpoint_every == 0:
+        run.save()
+    epoch = run.order.epoch_of((run.step - 1) * config.grad_accum_steps)
+    return TrainProgress(run.step, config.max_steps, epoch, loss, lr, val_loss, time.monotonic() - run.started)
+
+
+def stop_run(run: Run) -> TrainResult:
+    """Stopped before its last step: checkpoint it, so the job can go on from here."""
+    run.save()
+    run.lm.model.eval()
+    return TrainResult(steps=run.step, stopped=True, losses=run.losses, resumed_from=run.resumed_from)
+
+
+def finish_run(run: Run, val_records: Sequence[CaptionRecord | VqaRecord], output_dir: Path) -> TrainResult:
+    """Every step done: score the model on the validation records and save it, a complete checkpoint."""
+    run.lm.model.eval()
+    metrics = (
+        evaluate(run.lm, val_records, run.config.task, batch_size=run.config.eval_batch_size) if val_records else {}
+    )
+    save_trained_model(run.lm, output_dir, run.losses, metrics)
+    return TrainResult(steps=run.step, stopped=False, losses=run.losses, metrics=metrics, output_dir=output_dir,
+                       resumed_from=run.resumed_from)  # fmt: skip
 
 
 def _check_model(lm: LoadedModel, config: TrainConfig) -> None:
@@ -419,10 +475,8 @@ def matching_loss(lm: LoadedModel, batch: list[Example], config: TrainConfig, sa
     """ITC + ITM, as BLIP-2's first stage trains the Q-Former (without its generation loss)."""
     images = image_queries(lm, [load_image_file(e.image_path) for e in batch])
     texts = text_tokens(lm, [e.target for e in batch])
-    image_embeds = image_projection(lm, images.queries)  # (B, queries, D), normalised
-    text_embeds = text_embeddings(lm, texts.tokens)  # (B, D), normalised
     # Image i vs text j: the best-matching query's cosine, the similarity retrieval ranks by.
-    similarity = torch.einsum("iqd,td->iqt", image_embeds, text_embeds).max(dim=1).values.float()
+    similarity = itc_similarity(lm, images.queries, texts)
     # Several captions of one image (or one caption shared by several images) can share a batch:
     # every such pair is a positive, so the contrastive targets spread over all of them.
     positives = _positive_pairs(batch, lm.device)
@@ -459,12 +513,10 @@ def _itm_loss(
     image_rows = [*batch.tolist(), *[i for i, _ in negative_texts], *[img for _, img in negative_images]]
     text_rows = [*batch.tolist(), *[t for _, t in negative_texts], *[j for j, _ in negative_images]]
     pairs = EncodedTexts(texts.input_ids[text_rows], texts.attention_mask[text_rows], texts.tokens[text_rows])
-    queries = joint_queries(lm, vision[image_rows], pairs)
-    head = lm.model.itm_head
-    itm_logits = head(queries.to(head.weight.dtype)).mean(dim=1).float()  # per-query logits averaged, as BLIP-2
-    labels = torch.zeros(len(image_rows), dtype=torch.long, device=itm_logits.device)
+    logits_of_pairs = itm_logits(lm, vision[image_rows], pairs)
+    labels = torch.zeros(len(image_rows), dtype=torch.long, device=logits_of_pairs.device)
     labels[: len(batch)] = 1
-    return F.cross_entropy(itm_logits, labels)
+    return F.cross_entropy(logits_of_pairs, labels)
 
 
 def _draw_hard(logits: torch.Tensor, positives: torch.Tensor, sampler: torch.Generator) -> list[tuple[int, int]]:

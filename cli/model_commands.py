@@ -46,7 +46,7 @@ Model = Annotated[
     typer.Option("--model", "-m", help="Registry name, hub id or checkpoint directory.", show_default=False),
 ]
 Quantize = Annotated[str, typer.Option(help="none, int8, int4 (nf4/fp4), or per component: llm=int4,vision=int8.")]
-Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N, or balanced (spread over every GPU).")]
 Dtype = Annotated[str, typer.Option(help="auto (fp32 on CPU, bf16/fp16 on GPU), fp32, fp16 or bf16.")]
 DataDir = Annotated[Path, typer.Option(envvar="BLIP2_DATA_DIR", help="Where tiny checkpoints are built.")]
 ModelsFile = Annotated[

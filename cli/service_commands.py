@@ -103,7 +103,7 @@ def worker(
     quantize: Annotated[
         str, typer.Option(help="none, int8, int4 (nf4/fp4), or per component: llm=int4,vision=int8.")
     ] = "none",
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N, or balanced (spread over every GPU).")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto (fp32 on CPU, bf16/fp16 on GPU), fp32, fp16 or bf16.")] = "auto",
     batch_size: Annotated[
         int,

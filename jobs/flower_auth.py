@@ -16,4 +16,4 @@ def protect_metrics() -> None:
         return
     protected = tornado.web.authenticated(monitor.Metrics.get)
     protected._blip2_protected = True  # type: ignore[attr-defined]
-    monitor.Metrics.get = protected  # type: ignore[method-assign]
+    monitor.Metrics.get = protected

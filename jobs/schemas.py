@@ -62,7 +62,7 @@ def _request_model(spec: KindSpec[JobInput]) -> type[JobCreateBase]:
         f"{_camel(spec.kind)}JobCreate",
         __base__=JobCreateBase,
         __doc__=f"A request for a {spec.kind.value} job.",
-        kind=(Literal[spec.kind.value], ...),  # type: ignore[valid-type, arg-type]
+        kind=(Literal[spec.kind.value], ...),  # type: ignore[arg-type]
         input=(spec.input, ...),
     )
 

@@ -51,6 +51,10 @@ T = TypeVar("T")
 _GATHER_POLL_S = 0.002
 
 
+def _ignore(jobs: list[Job]) -> None:
+    """No one to tell of claimed jobs."""
+
+
 @dataclass(frozen=True)
 class JobError:
     """Why one job failed: a stable code and a message."""
@@ -95,9 +99,12 @@ class Batch:
         return [item.job for item in self.items]
 
 
-def run_batch_for(runtime: WorkerRuntime, message_job: UUID, batch_id: str) -> list[Job]:
+def run_batch_for(
+    runtime: WorkerRuntime, message_job: UUID, batch_id: str, on_claimed: Callable[[list[Job]], None] = _ignore
+) -> list[Job]:
     """Run the next batch on the queue of `message_job`'s message; the batch's jobs as they ended
-    (empty when nothing was queued: the message's job ran in another batch, or was canceled)."""
+    (empty when nothing was queued: the message's job ran in another batch, or was canceled).
+    `on_claimed` hears of the jobs as they are claimed (the dashboard's events)."""
     batch = _claim(runtime, message_job, batch_id)
     if not batch.items:
         log.info("message for job %s: nothing queued to run", message_job)
@@ -106,6 +113,7 @@ def run_batch_for(runtime: WorkerRuntime, message_job: UUID, batch_id: str) -> l
     with heartbeating([i.attempt for i in batch.items], runtime.sessions, runtime.settings.HEARTBEAT_INTERVAL_S) as hb:
         _gather(runtime, batch)
         hb.add(i.attempt for i in batch.items)
+        on_claimed(batch.jobs)
         try:
             _prepare(runtime, batch)
             _execute(runtime, batch)

@@ -75,12 +75,17 @@ class LongJob(Generic[InputT]):
         return retry_transaction(self.runtime.sessions, work, what=what, limit_s=settings.DB_RETRY_S)
 
 
-def run_long_job(runtime: WorkerRuntime, job_id: UUID, batch_id: str) -> Job | None:
-    """Claim and run one long job; the job as it ended, or None if it was not queued (already run, canceled)."""
+def run_long_job(
+    runtime: WorkerRuntime, job_id: UUID, batch_id: str, on_claimed: Callable[[list[Job]], None] | None = None
+) -> Job | None:
+    """Claim and run one long job; the job as it ended, or None if it was not queued (already run, canceled).
+    `on_claimed` hears of the job once it is claimed (the dashboard's events)."""
     job = _transaction(runtime, f"claiming job {job_id}", lambda s: claim_job(s, job_id, batch_id))
     if job is None:
         log.info("job %s is not queued (already run, running, canceled or gone); message dropped", job_id)
         return None
+    if on_claimed is not None:
+        on_claimed([job])
     long_job = LongJob(job, KINDS[job.kind].parse(job.input), runtime, JobProgress(job.attempt, runtime.sessions))
     with heartbeating([job.attempt], runtime.sessions, runtime.settings.HEARTBEAT_INTERVAL_S):
         _run_to_an_end(long_job)

@@ -5,9 +5,8 @@ claims and runs that job (worker/long_jobs.py). Either way the claim is a condit
 (queued -> running), so a second delivery of a message, or a message for a canceled job, runs
 nothing twice. Every error fails only its job; the process lives on to take the next one.
 
-What the task itself returns is what Flower shows for the message's own job (worker/events.py):
-its result when it succeeded, a `JobFailed` carrying its error code and message when it failed,
-and nothing (Celery's `Ignore`) while it is still queued or running under another message.
+A task always returns: what Flower shows is each job's own state, reported by the worker as task
+events (worker/events.py), not the message's.
 """
 
 import logging
@@ -17,23 +16,14 @@ from typing import Any
 from uuid import UUID
 
 from celery import Celery, Task
-from celery.exceptions import Ignore
 
 from jobs.kinds import KINDS
-from jobs.models import Job
-from jobs.repository import find_job
-from jobs.status import JobStatus
 from worker.batches import run_batch_for
-from worker.db_retry import retry_transaction
-from worker.events import JobEvent, TaskEvents
+from worker.events import TaskEvents
 from worker.long_jobs import run_long_job
 from worker.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
-
-
-class JobFailed(Exception):
-    """A job ended failed: what Flower shows for its task ("code: message")."""
 
 
 def register_tasks(app: Celery, runtime: WorkerRuntime) -> None:
@@ -48,53 +38,30 @@ def register_tasks(app: Celery, runtime: WorkerRuntime) -> None:
             acks_late=True,
             reject_on_worker_lost=True,
             ignore_result=True,
-            throws=(JobFailed,),  # an expected outcome: logged in a line, without a traceback
+            send_events=False,  # the jobs' own events stand in for the message's (worker/events.py)
             **options,
         )(run)
 
 
 def _inference_task(runtime: WorkerRuntime) -> Callable[[Task, str], str]:
     def run_inference(task: Task, job_id: str) -> str:
-        own, started = UUID(job_id), time.monotonic()
-        ended = run_batch_for(runtime, own, batch_id=task.request.id)
-        others = [job for job in ended if job.id != own and job.status.is_terminal]
-        TaskEvents(task.app, task.request.hostname or "").send(map(job_event, others), time.monotonic() - started)
-        return report(task, runtime, own, next((job for job in ended if job.id == own), None))
+        events, started = _events(task), time.monotonic()
+        ended = run_batch_for(runtime, UUID(job_id), batch_id=task.request.id, on_claimed=events.started)
+        events.ended(ended, time.monotonic() - started)
+        return f"{len(ended)} jobs run" if ended else "nothing queued"
 
     return run_inference
 
 
 def _long_task(runtime: WorkerRuntime) -> Callable[[Task, str], str]:
     def run_long(task: Task, job_id: str) -> str:
-        own = UUID(job_id)
-        return report(task, runtime, own, run_long_job(runtime, own, batch_id=task.request.id))
+        events, started = _events(task), time.monotonic()
+        ended = run_long_job(runtime, UUID(job_id), batch_id=task.request.id, on_claimed=events.started)
+        events.ended([ended] if ended else [], time.monotonic() - started)
+        return ended.status.value if ended else "not queued"
 
     return run_long
 
 
-def report(task: Task, runtime: WorkerRuntime, job_id: UUID, ended: Job | None) -> str:
-    """The task's own outcome, mirroring its job's: see the module docstring."""
-    job = ended or retry_transaction(runtime.sessions, lambda s: find_job(s, job_id), what="reading a job", limit_s=5)
-    if job is None or not job.status.is_terminal:
-        raise Ignore()
-    event = job_event(job)
-    if event.canceled:
-        TaskEvents(task.app, task.request.hostname or "").send([event], 0.0)
-        raise Ignore()
-    if not event.succeeded:
-        raise JobFailed(event.error)
-    return event.summary
-
-
-def job_event(job: Job) -> JobEvent:
-    """How a finished job shows in Flower."""
-    if job.status is JobStatus.SUCCEEDED:
-        return JobEvent(str(job.id), succeeded=True, summary=_summary(job))
-    if job.status is JobStatus.CANCELED:
-        return JobEvent(str(job.id), succeeded=False, canceled=True)
-    return JobEvent(str(job.id), succeeded=False, error=f"{job.error_code}: {job.error_message}")
-
-
-def _summary(job: Job, limit: int = 200) -> str:
-    text = str(job.result)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+def _events(task: Task) -> TaskEvents:
+    return TaskEvents(task.app, task.request.hostname or "")

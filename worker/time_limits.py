@@ -19,11 +19,12 @@ from typing import Any
 
 from celery import Celery
 from celery.exceptions import TimeLimitExceeded
-from celery.signals import task_failure
+from celery.signals import celeryd_after_setup, task_failure
 
 from jobs.db import create_db_engine, create_session_factory, session_scope
 from jobs.repository import fail_batch
 from jobs.settings import Settings
+from worker.events import TaskEvents
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,11 @@ def record_hard_time_limits(app: Celery, settings: Settings) -> None:
     """Fail the job of any of `app`'s tasks killed at its hard time limit (connect once per worker app)."""
 
     last_task_id = ""  # Celery signals one hard timeout twice (on the timeout, then on the failed result)
+    events = TaskEvents(app, hostname="")
+
+    def on_setup(sender: str = "", **_: Any) -> None:
+        nonlocal events
+        events = TaskEvents(app, hostname=sender)  # the worker's node name, for the dashboard's events
 
     def on_task_failure(
         sender: Any = None, task_id: str = "", exception: BaseException | None = None, args: Any = (), **_: Any
@@ -43,12 +49,14 @@ def record_hard_time_limits(app: Celery, settings: Settings) -> None:
             return
         last_task_id = task_id
         limit = exception.args[0] if exception.args else "?"
-        threading.Thread(target=_fail, args=(settings, task_id, limit), name=f"time-limit-{task_id}").start()
+        thread = threading.Thread(target=_fail, args=(settings, events, task_id, limit), name=f"time-limit-{task_id}")
+        thread.start()
 
     task_failure.connect(on_task_failure, weak=False)
+    celeryd_after_setup.connect(on_setup, weak=False)
 
 
-def _fail(settings: Settings, batch_id: str, limit: object) -> None:
+def _fail(settings: Settings, events: TaskEvents, batch_id: str, limit: object) -> None:
     log.warning("batch %s killed at the hard time limit (%s s)", batch_id, limit)
     engine = create_db_engine(settings)
     message = f"the job ran past the hard time limit ({limit} s)"
@@ -56,6 +64,7 @@ def _fail(settings: Settings, batch_id: str, limit: object) -> None:
         with session_scope(create_session_factory(engine)) as session:
             failed = fail_batch(session, batch_id, "time_limit_exceeded", message)
         log.warning("batch %s: %d jobs failed at the hard time limit", batch_id, len(failed))
+        events.ended(failed, runtime_s=float(limit) if isinstance(limit, int | float) else 0.0)
     except Exception:
         log.exception("batch %s: its time limit could not be recorded; the sweeper will recover it", batch_id)
     finally:

@@ -29,6 +29,18 @@ def test_auto_picks_cuda_in_half_precision(tiny_data_dir: Path) -> None:
     assert next(lm.model.language_model.parameters()).device.type == "cuda"
 
 
+def test_a_model_spread_over_the_gpus_runs(tiny_data_dir: Path, photos: dict[str, Image.Image]) -> None:
+    """`--device balanced`: accelerate places the layers over every visible GPU (one here, all of them on
+    a bigger machine); inputs go to the vision encoder's device and the caption comes out whole."""
+    lm = load_model("tiny-opt", data_dir=tiny_data_dir, options=LoadOptions(device="balanced"))
+    assert lm.device.type == "cuda" and set(lm.model.hf_device_map.values()) <= set(range(torch.cuda.device_count()))
+    on_one = load_model("tiny-opt", data_dir=tiny_data_dir)
+    pictures = list(photos.values())
+    assert [r.captions for r in caption(lm, pictures, decoding=GREEDY)] == [
+        r.captions for r in caption(on_one, pictures, decoding=GREEDY)
+    ]
+
+
 @pytest.mark.parametrize("quantize", ["int8", "int4", "llm=int4,vision=int8"])
 def test_quantized_on_cuda(tiny_data_dir: Path, photos: dict[str, Image.Image], quantize: str) -> None:
     lm = load_model("tiny-t5", data_dir=tiny_data_dir, options=LoadOptions(quantize=quantize))

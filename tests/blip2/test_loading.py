@@ -84,6 +84,9 @@ def test_devices_and_dtypes_resolve() -> None:
         resolve_dtype("fp8", torch.device("cpu"))
     with pytest.raises(InvalidArgument, match="unknown device"):
         resolve_device("tpu:7")
+    if not torch.cuda.is_available():
+        with pytest.raises(InvalidArgument, match="spreads a model over GPUs"):
+            resolve_device("balanced")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
