@@ -127,7 +127,8 @@ def load_model(
 
 def _input_device(model: PreTrainedModel, device: torch.device) -> torch.device:
     """Where inputs go: the vision encoder's device (the first of several when the model is split)."""
-    return next(model.vision_model.parameters()).device if hasattr(model, "hf_device_map") else device
+    vision: torch.nn.Module = model.vision_model  # type: ignore[assignment]
+    return next(vision.parameters()).device if hasattr(model, "hf_device_map") else device
 
 
 def locate_checkpoint(spec: ModelSpec, data_dir: Path) -> str:
