@@ -13,6 +13,7 @@ from jobs.errors import FetchFailed, UploadTooLarge
 from jobs.fetch import MAX_REDIRECTS, fetch_image, with_fetched_image
 from jobs.schemas import CaptionInput, EmbedInput
 from jobs.settings import Settings
+from tests.support.dns import ScriptedName
 from tests.support.file_server import FileServer, serving_files
 from tests.support.images import png_bytes
 
@@ -71,6 +72,37 @@ def test_a_redirect_to_a_forbidden_address_is_refused(
     with pytest.raises(ForbiddenUrl, match=where):
         fetch_image(file_server.redirect("/innocent.png", target), fetch_settings)
     assert [path for path, _ in file_server.requests] == ["/innocent.png"]  # the target was never asked
+
+
+@pytest.mark.parametrize("via_redirect", [False, True], ids=["direct", "after-a-redirect"])
+def test_a_name_that_rebinds_to_loopback_is_never_connected_to(
+    file_server: FileServer, fetch_settings: Settings, monkeypatch: pytest.MonkeyPatch, via_redirect: bool
+) -> None:
+    # The check's lookup sees a public address, any later lookup 127.0.0.1 (DNS rebinding). The
+    # connection must go to the address that was checked, which refuses it, never to the server.
+    name = ScriptedName.install(monkeypatch, "rebind.test", ["8.8.8.8", "127.0.0.1"])
+    url = file_server.serve("/secret", b"internal").replace("127.0.0.1", "rebind.test")
+    if via_redirect:
+        url = file_server.redirect("/innocent.png", url)
+    with pytest.raises(FetchFailed) as caught:
+        fetch_image(url, fetch_settings)
+    assert caught.value.code == "fetch_failed"
+    assert "8.8.8.8" in name.connections and "/secret" not in [path for path, _ in file_server.requests]
+
+
+def test_a_slow_resolver_counts_against_the_time_limit(
+    file_server: FileServer, fetch_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The name resolves to the (allowed) server, but only once the test lets it: a fetch that
+    # waited for the lookup instead of giving up at FETCH_TIMEOUT_S would succeed.
+    name = ScriptedName.install(monkeypatch, "slow.test", ["127.0.0.1"], blocked=True)
+    url = file_server.serve("/cat.png", PNG).replace("127.0.0.1", "slow.test")
+    settings = fetch_settings.model_copy(update={"FETCH_TIMEOUT_S": 0.5, "FETCH_ALLOWED_HOSTS": "slow.test"})
+    with pytest.raises(FetchFailed, match=r"no answer within 0\.5 s") as caught:
+        fetch_image(url, settings)
+    assert caught.value.code == "fetch_failed"
+    assert name.lookups == 0 and file_server.requests == []  # the lookup had not answered yet
+    name.release()
 
 
 def test_redirects_are_bounded(file_server: FileServer, fetch_settings: Settings) -> None:
