@@ -79,7 +79,8 @@ def run_download(
                 str(job_input.name),
                 str(job_input.format),
             )
-            info = fetch_url(url, sha256, name, fmt, data_dir, on_progress=on_progress, should_stop=stop, client=client)
+            info = fetch_url(url, sha256, name, fmt, data_dir, options=job_input.options,
+                             on_progress=on_progress, should_stop=stop, client=client)  # fmt: skip
             source = url
     directory = dataset_path(data_dir, info.name)
     with session_scope(sessions) as session:
