@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import psutil
 
 from jobs.settings import Settings
 from tests.support.services import settings_env
@@ -27,6 +28,26 @@ def wait_for_log(log: Path, needle: str, process: subprocess.Popen[bytes], timeo
             raise RuntimeError(f"process exited ({process.returncode}) before {needle!r}:\n{text[-4000:]}")
         time.sleep(0.3)
     raise TimeoutError(f"no {needle!r} after {timeout_s} s:\n{log.read_text(errors='replace')[-4000:]}")
+
+
+def wait_for_cpu_work(process: psutil.Process, cpu_s: float, timeout_s: float = 120) -> None:
+    """Wait until the main thread of `process` has done `cpu_s` more seconds of CPU work than now.
+
+    A job's process that has computed that long since it was seen claiming its job is past its
+    database reads and into its model work, however loaded the machine: CPU time, unlike wall
+    time, does not stretch while other processes hold the cores.
+    """
+    start = _main_thread_cpu_s(process)
+    deadline = time.monotonic() + timeout_s
+    while _main_thread_cpu_s(process) - start < cpu_s:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"process {process.pid} did not compute for {cpu_s} s within {timeout_s} s")
+        time.sleep(0.01)
+
+
+def _main_thread_cpu_s(process: psutil.Process) -> float:
+    main = next(thread for thread in process.threads() if thread.id == process.pid)
+    return float(main.user_time + main.system_time)
 
 
 def wait_for_http(url: str, process: subprocess.Popen[bytes], timeout_s: float = 60, **kwargs: object) -> None:
