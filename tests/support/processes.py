@@ -15,6 +15,10 @@ from tests.support.services import settings_env
 
 CLI = [str(Path(sys.executable).with_name("blip2-jobs"))]
 TINY_QUEUES = ["infer.tiny-opt", "infer.tiny-t5", "infer.tiny-instruct", "infer.tiny-itm"]
+# One torch thread per process. With two on a 2-core machine, shared with the test process, other
+# workers and other test runs, the threads spin against each other: a job that takes a steady 2 s
+# with one took anything from 1 s to 28 s, and minutes on a loaded machine.
+PROCESS_ENV = {"OMP_NUM_THREADS": "1"}
 
 
 def wait_for_log(log: Path, needle: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
@@ -68,7 +72,7 @@ def cli_process(
     args: list[str], settings: Settings, log: Path, env: dict[str, str] | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
     """`blip2-jobs <args>` with these settings (and `env` added), stopped (SIGTERM, then SIGKILL) afterwards."""
-    environment = settings_env(settings) | (env or {})
+    environment = settings_env(settings) | PROCESS_ENV | (env or {})
     with log.open("wb") as out:
         process = subprocess.Popen([*CLI, *args], env=environment, stdout=out, stderr=subprocess.STDOUT)
     try:

@@ -192,7 +192,7 @@ def test_postgres_restarted_while_a_job_runs(stack: Stack) -> None:
         tally.fault("postgres_restart")
         assert_database_unavailable(stack, running)
     # The model work finishes while Postgres is down; the worker keeps trying to record the result.
-    wait_for_log(stack.worker_log, f"recording job {running}'s result: database unreachable", stack.worker, 60)
+    wait_for_log(stack.worker_log, f"recording job {running}'s result: database unreachable", stack.worker, 600)
     # Down for longer than a lease, so every heartbeat is stale when it is back.
     time.sleep(max(0.0, stack.settings.JOB_LEASE_S + 1 - (time.monotonic() - down_since)))
     stack.postgres.start()

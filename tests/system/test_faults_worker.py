@@ -64,10 +64,6 @@ HARD_LIMIT_S = SOFT_LIMIT_S + 5
 # CPU time a SLOW job's process spends past its claim before it is surely in its model work: its
 # database reads take milliseconds of CPU; decoding the 3000x3000 image and the generation, seconds.
 MODEL_WORK_CPU_S = 0.3
-# One torch thread per worker. With two on this 2-core machine, shared with the test process, other
-# workers and other test runs, the threads spin against each other and SLOW took anything from 1 s
-# to 28 s; with one it takes a steady 2 s.
-WORKER_ENV = {"OMP_NUM_THREADS": "1"}
 
 
 @dataclass
@@ -91,7 +87,7 @@ class Worker:
 @contextmanager
 def started_worker(settings: Settings, model: str, log: Path) -> Iterator[Worker]:
     """A worker holding `model` and consuming only its queue, ready for jobs."""
-    with running_worker(settings, log, model=model, queues=[queue_for_model(model)], env=WORKER_ENV) as process:
+    with running_worker(settings, log, model=model, queues=[queue_for_model(model)]) as process:
         yield Worker(process, log)
 
 

@@ -41,7 +41,7 @@ def test_up_runs_everything_and_stops_everything(tmp_path: Path, models_dir: Pat
             stderr=subprocess.STDOUT,
         )
     try:
-        wait_for_log(log, f"http://127.0.0.1:{port}", up, timeout_s=120)
+        wait_for_log(log, f"http://127.0.0.1:{port}", up, timeout_s=600)
         api = f"http://127.0.0.1:{port}"
         wait_for_http(f"{api}/healthz", up)
         key = development_key_in(log.read_text())
