@@ -12,6 +12,9 @@ reading the stored file would. So an upload is refused (`ImagePolyglot`) when
   where unzip tools look for one (the last 64 KiB), a PDF header where PDF readers look for one
   (the first KiB), or a RAR signature.
 
+A phone's motion photo (a JPEG with the MP4 its metadata declares appended) is the one trailer
+that is no polyglot: callers cut it to its JPEG first with `blip2.motion_photo.without_motion_video`.
+
 The signatures are long enough that compressed pixel data matches one by chance about once in
 a hundred thousand 20 MB uploads or less.
 
@@ -71,7 +74,7 @@ def check_not_polyglot(data: bytes, image_format: str) -> None:
     """Raise `ImagePolyglot` if `data`, an image in `image_format`, is also something else."""
     end = _IMAGE_END[image_format](data) if image_format in _IMAGE_END else len(data)
     trailing = data[end:]
-    if trailing.strip(_PADDING):
+    if not is_padding(trailing):
         raise ImagePolyglot(
             f"{len(trailing)} bytes follow the end of the {image_format} image; "
             "send the image alone, without data appended to it"
@@ -79,6 +82,11 @@ def check_not_polyglot(data: bytes, image_format: str) -> None:
     found = _embedded_payload(data)
     if found is not None:
         raise ImagePolyglot(f"the {image_format} image also carries {found}; refusing a file that is two things")
+
+
+def is_padding(data: bytes) -> bool:
+    """True for bytes that may follow an image's end: nothing, or only zeros, 0xFF fill and whitespace."""
+    return not data.strip(_PADDING)
 
 
 def _embedded_payload(data: bytes) -> str | None:
@@ -101,15 +109,15 @@ def _embedded_payload(data: bytes) -> str | None:
 # so the walk then answers the data's length: nothing trails.
 
 
-def _jpeg_end(data: bytes) -> int:
+def jpeg_end(data: bytes) -> int:
     """After the EOI of the last of the JPEGs that follow one another (an MPO holds several)."""
-    end = _one_jpeg_end(data, 0)
+    end = _onejpeg_end(data, 0)
     while (following := _NEXT_JPEG.match(data, end)) is not None:
-        end = _one_jpeg_end(data, following.end() - 2)
+        end = _onejpeg_end(data, following.end() - 2)
     return end
 
 
-def _one_jpeg_end(data: bytes, start: int) -> int:
+def _onejpeg_end(data: bytes, start: int) -> int:
     pos = start + 2  # past SOI
     while pos + 2 <= len(data):
         if data[pos] != 0xFF:
@@ -185,8 +193,8 @@ def _bmp_end(data: bytes) -> int:
 
 
 _IMAGE_END: dict[str, Callable[[bytes], int]] = {
-    "JPEG": _jpeg_end,
-    "MPO": _jpeg_end,
+    "JPEG": jpeg_end,
+    "MPO": jpeg_end,
     "PNG": _png_end,
     "GIF": _gif_end,
     "WEBP": _riff_end,

@@ -4,7 +4,9 @@ The API fetches at submission and stores the bytes as an upload of the tenant, s
 an image_id like any other (`with_fetched_image`). The fetch itself (`fetch_image`):
 
 - goes through blip2's SSRF guard on every request, redirects included: http(s) only, and every
-  address the host resolves to must be public unless the host is in FETCH_ALLOWED_HOSTS;
+  address the host resolves to must be public unless the host is in FETCH_ALLOWED_HOSTS; the
+  connection goes to an address that was checked (no second lookup, so no DNS rebinding), and the
+  lookup itself counts against FETCH_TIMEOUT_S;
 - follows at most MAX_REDIRECTS redirects, without reading their bodies;
 - refuses a Content-Length over MAX_UPLOAD_BYTES before reading the body, and stops reading a body
   as soon as it passes MAX_UPLOAD_BYTES (`UploadTooLarge`);

@@ -9,6 +9,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from blip2.images import probe_image
+from blip2.motion_photo import without_motion_video
 from jobs.errors import ImageNotFound, UploadTooLarge
 from jobs.models import Image
 from jobs.settings import Settings
@@ -20,12 +21,15 @@ def store_image(
     """Validate `data` as an image and store it for `tenant`; the same bytes always give the same row.
 
     `claimed_type` is the content type the client declared, if any; bytes of another type are refused.
+    A phone's motion photo is stored without its video (the JPEG alone, hashed as such), so the same
+    photo with or without the video is one image; any other trailer is refused as a polyglot.
 
     Raises UploadTooLarge, or blip2's InvalidImage (or a subclass) for bytes that are not an
     acceptable image.
     """
     if len(data) > settings.MAX_UPLOAD_BYTES:
         raise UploadTooLarge(f"image is {len(data)} bytes, over the limit of {settings.MAX_UPLOAD_BYTES}")
+    data = without_motion_video(data)
     info = probe_image(data, max_pixels=settings.MAX_IMAGE_PIXELS, claimed_type=claimed_type)
     digest = hashlib.sha256(data).hexdigest()
     row = {"id": uuid4(), "tenant": tenant, "sha256": digest, "data": data, "size_bytes": len(data)}

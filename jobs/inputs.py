@@ -9,8 +9,9 @@ from collections.abc import Hashable
 from typing import Annotated, Any, Literal, Self, TypeAlias
 from uuid import UUID
 
-from pydantic import Base64Bytes, BaseModel, ConfigDict, Field, model_validator
+from pydantic import Base64Bytes, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from blip2.data.formats import option_names
 from blip2.decoding import LIMITS, DecodingOptions
 from blip2.errors import InvalidArgument
 
@@ -245,6 +246,25 @@ class DownloadInput(JobInput):
     sha256: Sha256 | None = None
     name: str | None = Field(default=None, pattern=NAME_PATTERN)
     format: DatasetFormat | None = None
+    # Which file is which (e.g. {"val_annotations": "annotations/captions.json", "val_images": "images"});
+    # without any, files named as the public datasets name them are found. Names: blip2.data.formats.
+    options: dict[str, Annotated[str, Field(min_length=1, max_length=500)]] = Field(
+        default_factory=dict, max_length=40, description="The format's options (a url download only)."
+    )
+
+    @field_validator("options")
+    @classmethod
+    def _known_options(cls, options: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        if options and info.data.get("dataset") is not None:
+            raise ValueError("options go with a url download; a manifest entry has its own")
+        if not info.data.get("format"):
+            return options  # no format: the model's own check says what is missing
+        known = option_names(info.data["format"])
+        if unknown := sorted(set(options) - set(known)):
+            raise ValueError(
+                f"{', '.join(unknown)}: not an option of {info.data['format']} (it has {', '.join(known)})"
+            )
+        return options
 
     @model_validator(mode="after")
     def _one_source(self) -> Self:

@@ -142,7 +142,7 @@ def run_download(long_job: LongJob[DownloadInput]) -> DownloadOutput:
         else:
             assert job_input.url and job_input.sha256 and job_input.name and job_input.format  # DownloadInput checks
             info = fetch_url(job_input.url, job_input.sha256, job_input.name, job_input.format, long_job.data_dir,
-                             client=client, **hooks)  # fmt: skip
+                             options=job_input.options, client=client, **hooks)  # fmt: skip
     row = Dataset(
         tenant=job.tenant,
         name=info.name,

@@ -21,6 +21,11 @@
 Every format also takes `root` (a sub-folder all its paths are relative to) and `splits` (a comma
 list that narrows the splits offered, e.g. when only the val images were downloaded).
 
+`option_names(format)` lists the options a format reads; `with_conventional_files` fills in the
+data files a dataset's options leave unnamed from the public datasets' file names
+(`blip2.data.conventions`); and a dataset with no records is refused with the options that would
+name its files and the data files it does have.
+
 Paths inside the files are untrusted: a path that is absolute or climbs out of the dataset directory
 is refused with `InvalidDataset`, which always names the file and what is wrong in it.
 """
@@ -34,6 +39,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from blip2.data.conventions import conventional_options, data_files
 from blip2.data.records import CaptionRecord, DatasetInfo, Split, Task, VqaRecord
 from blip2.errors import DatasetNotFound, InvalidArgument, InvalidDataset
 
@@ -48,6 +54,12 @@ _NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 class Dataset(ABC):
     """A registered dataset's records, read lazily and kept once read."""
+
+    # The options that name a split's data files (`{split}`: train, val and test each); without any
+    # of them, and without the format's default files, a dataset has no records.
+    split_files: tuple[str, ...] = ()
+    # The format's other options, besides `root` and `splits`, which every format takes.
+    other_options: tuple[str, ...] = ()
 
     def __init__(self, directory: Path, info: DatasetInfo) -> None:
         self.directory = directory
@@ -103,6 +115,9 @@ class Dataset(ABC):
 class CocoCaptions(Dataset):
     """COCO caption annotations: `images[{id, file_name}]` + `annotations[{image_id, caption}]`."""
 
+    split_files = ("{split}_annotations",)
+    other_options = ("{split}_images", "images")
+
     def _has_split(self, split: Split) -> bool:
         return bool(self.info.options.get(f"{split}_annotations"))
 
@@ -135,6 +150,8 @@ class CocoCaptions(Dataset):
 class Karpathy(Dataset):
     """Karpathy's split files: `images[{filepath?, filename, split, sentences[{raw}], cocoid?}]`."""
 
+    split_files = ("annotations",)
+    other_options = ("images",)
     default_annotations = "dataset_coco.json"
     default_images = "."
 
@@ -143,6 +160,9 @@ class Karpathy(Dataset):
         self._all: list[tuple[Split, CaptionRecord]] | None = None
 
     def _has_split(self, split: Split) -> bool:
+        named = self.info.options.get("annotations")
+        if not named and not self.path(self.default_annotations, "the default annotations").is_file():
+            return False  # nothing named, nothing at the default place: no data (a named file must exist)
         return any(entry_split == split for entry_split, _ in self._entries())
 
     def _read_captions(self, split: Split) -> list[CaptionRecord]:
@@ -174,6 +194,9 @@ class Flickr30k(Karpathy):
 
 class Vqav2(Dataset):
     """VQAv2: `{"questions": [{question_id, image_id, question}]}` + `{"annotations": [...answers}]}`."""
+
+    split_files = ("{split}_questions",)
+    other_options = ("{split}_annotations", "{split}_images", "{split}_image_pattern", "images")
 
     def _has_split(self, split: Split) -> bool:
         return bool(self.info.options.get(f"{split}_questions"))
@@ -213,6 +236,8 @@ class Vqav2(Dataset):
 
 class Jsonl(Dataset):
     """A folder of images plus JSON lines of captions and/or question/answer pairs."""
+
+    split_files = ("{split}_captions", "{split}_questions")
 
     def _has_split(self, split: Split) -> bool:
         files = {self._file(split, "captions"), self._file(split, "questions")}
@@ -269,6 +294,28 @@ _FORMATS: dict[str, type[Dataset]] = {
 FORMATS: tuple[str, ...] = tuple(_FORMATS)
 
 
+_COMMON_OPTIONS = ("root", "splits")
+
+
+def option_names(format: str) -> list[str]:
+    """Every option a dataset in `format` reads (see the module docstring)."""
+    reader = _reader(format)
+    return _expand((*reader.split_files, *reader.other_options, *_COMMON_OPTIONS))
+
+
+def split_file_options(format: str) -> list[str]:
+    """The options that name a dataset's data files, split by split, in `format`."""
+    return _expand(_reader(format).split_files)
+
+
+def with_conventional_files(directory: Path, info: DatasetInfo) -> DatasetInfo:
+    """`info` with the data files found by their conventional names, unless its options name any."""
+    if any(name in info.options for name in split_file_options(info.format)):
+        return info
+    root = dataset_for(directory, info).root  # checked to be inside `directory`
+    return replace(info, options=conventional_options(info.format, root) | info.options)
+
+
 def open_dataset(directory: Path) -> Dataset:
     """The dataset registered in `directory` (its `dataset.json` says how to read it)."""
     if not (directory / "dataset.json").is_file():
@@ -282,9 +329,19 @@ def open_dataset(directory: Path) -> Dataset:
 
 def dataset_for(directory: Path, info: DatasetInfo) -> Dataset:
     """A reader for `directory` in `info.format`, registered or not."""
-    if info.format not in _FORMATS:
-        raise InvalidDataset(f"dataset.json: unknown format {info.format!r} (known: {', '.join(FORMATS)})")
-    return _FORMATS[info.format](directory, info)
+    return _reader(info.format)(directory, info)
+
+
+def _reader(format: str) -> type[Dataset]:
+    if format not in _FORMATS:
+        raise InvalidDataset(f"dataset.json: unknown format {format!r} (known: {', '.join(FORMATS)})")
+    return _FORMATS[format]
+
+
+def _expand(templates: tuple[str, ...]) -> list[str]:
+    """Option names, each `{split}` template once per split."""
+    splits = [split.value for split in Split]
+    return [t.format(split=s) for t in templates for s in (splits if "{split}" in t else [""])]
 
 
 def register_dataset(directory: Path, info: DatasetInfo) -> DatasetInfo:
@@ -303,10 +360,18 @@ def register_dataset(directory: Path, info: DatasetInfo) -> DatasetInfo:
         tasks |= {Task.CAPTION, Task.MATCH} if captions else set()
         tasks |= {Task.VQA} if questions else set()
     if not tasks:
-        raise InvalidDataset(f"dataset {info.name!r} has no records in any split")
+        raise InvalidDataset(f"dataset {info.name!r} has no records in any split; {_naming_hint(dataset)}")
     registered = replace(info, tasks=[task.value for task in Task if task in tasks], splits=counts)
     registered.save(directory)
     return registered
+
+
+def _naming_hint(dataset: Dataset) -> str:
+    """Which options would name the dataset's files, and which data files it has."""
+    options = " / ".join(f"options.{name}" for name in split_file_options(dataset.info.format))
+    found = [path.relative_to(dataset.root).as_posix() for path in data_files(dataset.root)]
+    listed = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+    return f"set {options} to its files (found {listed or 'no .json or .jsonl file'})"
 
 
 def check_name(name: str) -> str:

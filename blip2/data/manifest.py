@@ -26,7 +26,7 @@ import httpx
 
 from blip2.data.archives import ArchiveLimits, extract_archive, is_archive
 from blip2.data.download import DEFAULT_MAX_DOWNLOAD_BYTES, ProgressCallback, StopCheck, download_file
-from blip2.data.formats import FORMATS, dataset_path, register_dataset
+from blip2.data.formats import FORMATS, dataset_path, register_dataset, with_conventional_files
 from blip2.data.records import DatasetInfo
 from blip2.data.shapes import generate_shapes
 from blip2.errors import DatasetExists, DatasetNotFound, InvalidArgument
@@ -179,7 +179,8 @@ def fetch_url(
     """Fetch a user's file (an archive is extracted) whose sha256 is known, and register it as `name`.
 
     `options` are the format's options (see `blip2.data.formats`). When the archive holds a single
-    top-level folder and no `root` is given, that folder becomes the root.
+    top-level folder and no `root` is given, that folder becomes the root. When they name none of
+    the data files, files with the public datasets' names are found (`blip2.data.conventions`).
     """
     if not _SHA256.match(sha256):
         raise InvalidArgument(f"sha256 {sha256!r}: expected 64 hexadecimal digits")
@@ -202,7 +203,8 @@ def fetch_url(
             path.unlink()
         chosen = dict(options or {})
         chosen.setdefault("root", _single_folder(staging))
-        return register_dataset(staging, DatasetInfo(name, format, [], {}, chosen | provenance))
+        info = with_conventional_files(staging, DatasetInfo(name, format, [], {}, chosen | provenance))
+        return register_dataset(staging, info)
 
     return _fetch_into_place(name, data_dir, provenance, fill)
 

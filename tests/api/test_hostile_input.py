@@ -168,7 +168,7 @@ def test_declared_size_over_the_limit_is_answered_before_any_body_is_sent(
     live_api: tuple[str, int], api_key: str
 ) -> None:
     headers = bearer(api_key) | {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
-    with socket.create_connection(live_api, timeout=10) as conn:
+    with socket.create_connection(live_api, timeout=60) as conn:
         head = ["POST /v1/images HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {100 * LIVE_UPLOAD_LIMIT}"]
         head += [f"{name}: {value}" for name, value in headers.items()]
         conn.sendall(("\r\n".join(head) + "\r\n\r\n").encode())  # and not one byte of the body

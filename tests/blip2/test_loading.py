@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -56,11 +57,19 @@ def test_a_missing_directory_is_model_not_found(tmp_path: Path) -> None:
         load_model("gone", data_dir=tmp_path, registry=Registry.load(models_file))
 
 
-def test_an_uncached_hub_model_fails_at_once_with_advice(tmp_path: Path) -> None:
-    started = time.monotonic()
+def test_an_uncached_hub_model_fails_at_once_with_advice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # At once: no retry loop, which would back off between tries (transformers' five take about 30 s).
+    caller, real_sleep, backed_off = threading.current_thread(), time.sleep, []
+
+    def sleep(seconds: float) -> None:
+        if threading.current_thread() is caller:
+            backed_off.append(seconds)
+        real_sleep(seconds)
+
+    monkeypatch.setattr(time, "sleep", sleep)
     with pytest.raises(CheckpointUnavailable) as raised:
         load_model("blip2-opt-2.7b", data_dir=tmp_path)
-    assert time.monotonic() - started < 10  # no retry loop
+    assert backed_off == [], "a retry loop backed off between tries"
     message = str(raised.value)
     assert "Salesforce/blip2-opt-2.7b" in message and "HF_HOME" in message and "local checkpoint" in message
 

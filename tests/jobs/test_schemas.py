@@ -133,3 +133,27 @@ def test_image_url_in_the_json_schema() -> None:
     schema = CaptionJobCreate.model_json_schema()
     image_url = schema["$defs"]["CaptionInput"]["properties"]["image_url"]
     assert image_url["anyOf"][0] == {"type": "string", "pattern": "^https?://", "maxLength": 2000}
+
+
+URL_DOWNLOAD = {"url": "https://example.org/c.zip", "sha256": "a" * 64, "name": "coco-mini", "format": "coco_captions"}
+
+
+def test_a_download_takes_its_formats_options() -> None:
+    options = {"val_annotations": "annotations/captions.json", "val_images": "images", "root": "."}
+    job = parse_input("download", URL_DOWNLOAD | {"options": options})
+    assert job.options == options  # type: ignore[union-attr]
+    assert parse_input("download", URL_DOWNLOAD).options == {}  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("download", "says"),
+    [
+        (URL_DOWNLOAD | {"options": {"val_questions": "q.json"}}, "val_questions: not an option of coco_captions"),
+        (URL_DOWNLOAD | {"options": {"val_annotations": ""}}, "at least 1 character"),
+        ({"dataset": "shapes", "options": {"root": "x"}}, "options go with a url download"),
+    ],
+)
+def test_download_options_the_format_does_not_read_are_refused(download: dict[str, object], says: str) -> None:
+    with pytest.raises(ValidationError, match=says) as caught:
+        parse_input("download", download)
+    assert caught.value.errors()[0]["loc"][0] == "options", "the error should name the options field"

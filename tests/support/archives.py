@@ -2,6 +2,7 @@
 
 import io
 import tarfile
+import zipfile
 
 
 def tar_gz(members: dict[str, bytes]) -> bytes:
@@ -12,4 +13,13 @@ def tar_gz(members: dict[str, bytes]) -> bytes:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def zip_of(members: dict[str, bytes], compression: int = zipfile.ZIP_STORED) -> bytes:
+    """A .zip holding `members` (name -> bytes)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
     return buffer.getvalue()

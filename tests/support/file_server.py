@@ -5,8 +5,10 @@ connection halfway through the first response, answer the first requests with an
 leave out Content-Length, or pause before each piece of the body (a slow server). The server
 records every request (path and Range header) so tests can check that a resume was used, and how
 many body bytes it managed to send, so tests can check that a client stopped reading early.
+Given an SSL context, it serves https (`serving_files(tls=...)`).
 """
 
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -35,6 +37,7 @@ class FileServer:
     files: dict[str, Served] = field(default_factory=dict)
     redirects: dict[str, str] = field(default_factory=dict)  # path -> Location
     requests: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Range header)
+    hosts: list[str | None] = field(default_factory=list)  # each request's Host header
 
     def serve(
         self,
@@ -67,6 +70,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         state = self.server.state
         state.requests.append((self.path, self.headers.get("Range")))
+        state.hosts.append(self.headers.get("Host"))
         served = state.files.get(self.path)
         if self.path in state.redirects:
             self.send_response(302)
@@ -123,10 +127,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Range", content_range)
         self.end_headers()
         sent = body[:cut] if cut is not None else body
-        for i in range(0, len(sent), 16384):  # in pieces, so the client sees several chunks
-            self.wfile.write(sent[i : i + 16384])
-            self.wfile.flush()
         self.close_connection = True
+        try:
+            for i in range(0, len(sent), 16384):  # in pieces, so the client sees several chunks
+                self.wfile.write(sent[i : i + 16384])
+                self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client refused the body (too large) and went away
 
     def log_message(self, format: str, *args: object) -> None:
         pass
@@ -138,10 +145,13 @@ class _Server(ThreadingHTTPServer):
 
 
 @contextmanager
-def serving_files() -> Iterator[FileServer]:
-    """A file server on a free port of 127.0.0.1, shut down afterwards."""
+def serving_files(tls: ssl.SSLContext | None = None) -> Iterator[FileServer]:
+    """A file server on a free port of 127.0.0.1 (https with `tls`), shut down afterwards."""
     server = _Server(("127.0.0.1", 0), _Handler)
-    server.state = FileServer(f"http://127.0.0.1:{server.server_address[1]}")
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
+    scheme = "https" if tls is not None else "http"
+    server.state = FileServer(f"{scheme}://127.0.0.1:{server.server_address[1]}")
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield server.state

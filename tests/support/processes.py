@@ -8,12 +8,17 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import psutil
 
 from jobs.settings import Settings
 from tests.support.services import settings_env
 
 CLI = [str(Path(sys.executable).with_name("blip2-jobs"))]
 TINY_QUEUES = ["infer.tiny-opt", "infer.tiny-t5", "infer.tiny-instruct", "infer.tiny-itm"]
+# One torch thread per process. With two on a 2-core machine, shared with the test process, other
+# workers and other test runs, the threads spin against each other: a job that takes a steady 2 s
+# with one took anything from 1 s to 28 s, and minutes on a loaded machine.
+PROCESS_ENV = {"OMP_NUM_THREADS": "1"}
 
 
 def wait_for_log(log: Path, needle: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
@@ -27,6 +32,26 @@ def wait_for_log(log: Path, needle: str, process: subprocess.Popen[bytes], timeo
             raise RuntimeError(f"process exited ({process.returncode}) before {needle!r}:\n{text[-4000:]}")
         time.sleep(0.3)
     raise TimeoutError(f"no {needle!r} after {timeout_s} s:\n{log.read_text(errors='replace')[-4000:]}")
+
+
+def wait_for_cpu_work(process: psutil.Process, cpu_s: float, timeout_s: float = 120) -> None:
+    """Wait until the main thread of `process` has done `cpu_s` more seconds of CPU work than now.
+
+    A job's process that has computed that long since it was seen claiming its job is past its
+    database reads and into its model work, however loaded the machine: CPU time, unlike wall
+    time, does not stretch while other processes hold the cores.
+    """
+    start = _main_thread_cpu_s(process)
+    deadline = time.monotonic() + timeout_s
+    while _main_thread_cpu_s(process) - start < cpu_s:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"process {process.pid} did not compute for {cpu_s} s within {timeout_s} s")
+        time.sleep(0.01)
+
+
+def _main_thread_cpu_s(process: psutil.Process) -> float:
+    main = next(thread for thread in process.threads() if thread.id == process.pid)
+    return float(main.user_time + main.system_time)
 
 
 def wait_for_http(url: str, process: subprocess.Popen[bytes], timeout_s: float = 60, **kwargs: object) -> None:
@@ -47,7 +72,7 @@ def cli_process(
     args: list[str], settings: Settings, log: Path, env: dict[str, str] | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
     """`blip2-jobs <args>` with these settings (and `env` added), stopped (SIGTERM, then SIGKILL) afterwards."""
-    environment = settings_env(settings) | (env or {})
+    environment = settings_env(settings) | PROCESS_ENV | (env or {})
     with log.open("wb") as out:
         process = subprocess.Popen([*CLI, *args], env=environment, stdout=out, stderr=subprocess.STDOUT)
     try:

@@ -1,5 +1,6 @@
 """Download jobs over real HTTP: a manifest dataset generated locally, a user archive fetched
-from a local server, and archives that must be refused with nothing registered."""
+from a local server, archives in the public datasets' layouts (found by their file names, or named
+by the job's options), and archives that must be refused with nothing registered."""
 
 import hashlib
 import io
@@ -13,6 +14,7 @@ from PIL import Image
 from tests.support.archives import tar_gz
 from tests.support.file_server import FileServer, serving_files
 from tests.support.jobs import run_job as run
+from tests.support.public_datasets import coco_archive, coco_with_names_of_its_own, vqav2_archive
 
 
 @pytest.fixture
@@ -57,6 +59,54 @@ def test_a_user_archive_is_fetched_verified_and_registered(
     assert job["progress_detail"]["bytes_done"] == len(body) and job["progress"] == pytest.approx(1.0)
     assert job["progress_detail"]["percent"] == pytest.approx(100.0)
     assert any(r and r.startswith("bytes=") for r in files.ranges("/products.tar.gz"))
+
+
+def download_job(url: str, body: bytes, name: str, format: str, **options: str) -> dict[str, object]:
+    source = {"url": url, "sha256": hashlib.sha256(body).hexdigest(), "name": name, "format": format}
+    return {"kind": "download", "input": source | ({"options": options} if options else {})}
+
+
+@pytest.mark.parametrize(
+    ("format", "archive", "splits"),
+    [
+        ("coco_captions", coco_archive({"train": [1, 2, 3], "val": [4, 5]}), {"train": 3, "val": 2}),
+        ("vqav2", vqav2_archive([1, 2, 3, 4]), {"val": 4}),
+    ],
+)
+def test_a_public_layout_downloads_without_options(
+    http: httpx.Client, long_worker: object, files: FileServer, format: str, archive: bytes, splits: dict[str, int]
+) -> None:
+    url = files.serve(f"/{format}.zip", archive)
+    job = run(http, download_job(url, archive, f"{format.replace('_', '-')}-mini", format))
+    assert job["status"] == "succeeded", job["error"]
+    assert job["result"]["splits"] == splits
+
+
+def test_files_of_other_names_need_the_options_the_error_names(
+    http: httpx.Client, long_worker: object, files: FileServer
+) -> None:
+    archive = coco_with_names_of_its_own()
+    url = files.serve("/coco-mini.zip", archive)
+
+    refused = run(http, download_job(url, archive, "coco-mini", "coco_captions"))
+    assert (refused["status"], refused["error"]["code"]) == ("failed", "invalid_dataset")
+    assert "options.val_annotations" in refused["error"]["message"]
+    assert "found annotations/captions.json" in refused["error"]["message"]
+
+    options = {"val_annotations": "annotations/captions.json", "val_images": "images"}
+    job = run(http, download_job(url, archive, "coco-mini", "coco_captions", **options))
+    assert job["status"] == "succeeded", job["error"]
+    assert job["result"]["splits"] == {"val": 3}
+    assert "coco-mini" in [d["name"] for d in http.get("/v1/datasets").json()["data"]]
+
+
+def test_an_option_the_format_does_not_read_is_422(http: httpx.Client, files: FileServer) -> None:
+    job = download_job(files.base_url + "/x.zip", b"", "x", "coco_captions", val_questions="q.json")
+    response = http.post("/v1/jobs", json=job)
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert (error["code"], error["field"]) == ("invalid_request", "input.options"), error
+    assert "val_questions: not an option of coco_captions" in error["message"]
 
 
 @pytest.mark.parametrize(

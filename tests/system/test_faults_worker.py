@@ -11,7 +11,6 @@ Faults are injected from outside, as an OOM killer or an orchestrator would: sig
 processes, duplicate messages sent to Redis; nothing in the production code knows it is tested.
 """
 
-import os
 import signal
 import subprocess
 import threading
@@ -19,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -43,14 +43,14 @@ from jobs.sweeper import sweep_once
 from tests.support.auth import TENANT
 from tests.support.fault_tally import tally
 from tests.support.images import png_bytes
-from tests.support.processes import running_worker
+from tests.support.processes import running_worker, wait_for_cpu_work
 
 pytestmark = pytest.mark.slow
 
 # Every model name maps to the tiny-t5 checkpoint; each is its own queue, `infer.<name>`.
 SHARED = "faults-t5"  # the module's long-lived worker: duplicates, a killed child, poison, 500 failures
 KILLED = "faults-killed"  # a worker killed outright, then another started
-TIMED = "faults-timed"  # a worker with 1 s / 2 s time limits
+TIMED = "faults-timed"  # a worker with time limits of its own (SOFT_LIMIT_S, HARD_LIMIT_S)
 STOPPED = "faults-stopped"  # a worker shut down with SIGTERM mid-job
 FROZEN = "faults-frozen"  # a worker frozen (SIGSTOP) past its lease, then thawed
 MODELS = (SHARED, KILLED, TIMED, STOPPED, FROZEN)
@@ -58,12 +58,17 @@ POISONED = "faults-nan"  # a retrieval checkpoint whose image embeddings come ou
 
 QUICK = {"num_beams": 1, "max_new_tokens": 3}
 # About 2 s here (16 beams, 512 forced tokens, the library's most): long enough to be caught
-# running, short enough to be run again after the fault, twice the time limit of TIMED's worker.
+# running, short enough to be run again after the fault.
 SLOW = {"num_beams": 16, "max_new_tokens": 512, "min_new_tokens": 512}
-# One torch thread per worker. With two on this 2-core machine, shared with the test process, other
-# workers and other test runs, the threads spin against each other and SLOW took anything from 1 s
-# to 28 s; with one it takes a steady 2 s.
-WORKER_ENV = {"OMP_NUM_THREADS": "1"}
+# TIMED's limits: far above an ordinary job (a quick caption of the 3000x3000 image, at most a
+# few seconds on a loaded 2-core machine), since every job there runs under them; the jobs meant
+# to pass them are frozen, so they pass them whatever the machine's speed.
+SOFT_LIMIT_S = 10
+# Past the soft limit, a job that heeds it fails within a fraction of a second.
+HARD_LIMIT_S = SOFT_LIMIT_S + 5
+# CPU time a SLOW job's process spends past its claim before it is surely in its model work: its
+# database reads take milliseconds of CPU; decoding the 3000x3000 image and the generation, seconds.
+MODEL_WORK_CPU_S = 0.3
 
 
 @dataclass
@@ -87,7 +92,7 @@ class Worker:
 @contextmanager
 def started_worker(settings: Settings, model: str, log: Path) -> Iterator[Worker]:
     """A worker holding `model` and consuming only its queue, ready for jobs."""
-    with running_worker(settings, log, model=model, queues=[queue_for_model(model)], env=WORKER_ENV) as process:
+    with running_worker(settings, log, model=model, queues=[queue_for_model(model)]) as process:
         yield Worker(process, log)
 
 
@@ -143,18 +148,34 @@ def large_image_id(sessions: SessionFactory, fault_settings: Settings) -> UUID:
     return stored_image(sessions, fault_settings, 3000)
 
 
+@dataclass
+class Sweeper:
+    """The sweeper's settings, which a test may give a longer lease (`with sweeper.lease(...)`)."""
+
+    settings: Settings
+
+    @contextmanager
+    def lease(self, seconds: float) -> Iterator[None]:
+        usual = self.settings
+        self.settings = usual.model_copy(update={"JOB_LEASE_S": seconds})
+        try:
+            yield
+        finally:
+            self.settings = usual
+
+
 @pytest.fixture(scope="module", autouse=True)
-def sweeper(sessions: SessionFactory, dispatcher: Dispatcher, fault_settings: Settings) -> Iterator[None]:
+def sweeper(sessions: SessionFactory, dispatcher: Dispatcher, fault_settings: Settings) -> Iterator[Sweeper]:
     """Sweeps twice a second, as the API does every SWEEP_INTERVAL_S."""
-    done = threading.Event()
+    done, state = threading.Event(), Sweeper(fault_settings)
 
     def sweep() -> None:
         while not done.wait(0.5):
-            sweep_once(sessions, dispatcher, fault_settings)
+            sweep_once(sessions, dispatcher, state.settings)
 
     thread = threading.Thread(target=sweep, name="sweeper", daemon=True)
     thread.start()
-    yield
+    yield state
     done.set()
     thread.join()
 
@@ -202,7 +223,7 @@ def wait_until(sessions: SessionFactory, job_id: UUID, ready: Any, timeout_s: fl
         time.sleep(0.02)
 
 
-def wait_for(condition: Callable[[], bool], timeout_s: float = 10) -> bool:
+def wait_for(condition: Callable[[], bool], timeout_s: float = 60) -> bool:
     deadline = time.monotonic() + timeout_s
     while not condition() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -231,7 +252,7 @@ def settle(
     attempts: int = 1,
     status: JobStatus = JobStatus.SUCCEEDED,
     code: str | None = None,
-    timeout_s: float = 90,
+    timeout_s: float = 180,
 ) -> list[Job]:
     """Every job once terminal, tallied (lost: not in the expected end state; duplicated: run more
     often than the faults explain), then checked."""
@@ -302,7 +323,7 @@ def test_a_worker_killed_outright_mid_job_is_run_by_the_next_one(
         child = first.child()
         first.process.send_signal(signal.SIGKILL)  # the worker's main process, as `docker kill` does
         tally.fault("sigkill_worker")
-        first.process.wait(timeout=10)
+        first.process.wait(timeout=60)
         # Its child dies with it (billiard's parent-death signal): no orphan goes on running the job.
         assert wait_for(lambda: not child.is_running() or child.status() == psutil.STATUS_ZOMBIE)
     with started_worker(fault_settings, KILLED, tmp_path / "second.log"):
@@ -357,20 +378,56 @@ def test_a_job_that_kills_its_worker_every_time_fails_after_max_attempts(
     assert shared_worker.process.poll() is None
 
 
+def frozen_mid_job(ctx: Submission, worker: Worker, image_id: UUID) -> tuple[UUID, psutil.Process]:
+    """A job caught in its model work, its process frozen (SIGSTOP) until the test lets it go: a job
+    that runs past any time limit, however fast or loaded the machine. Returns the job and its process.
+
+    It is frozen only once past its database reads: a soft time limit that lands in the middle of a
+    query is, for now, taken for a lost connection and retried (worker/db_retry.py), and the job
+    would run on to the hard limit.
+    """
+    for _ in range(3):
+        job_id = submit(ctx, TIMED, image_id, decoding=SLOW)
+        wait_running(ctx.sessions, job_id)
+        process = worker.child()
+        wait_for_cpu_work(process, MODEL_WORK_CPU_S)
+        process.send_signal(signal.SIGSTOP)
+        if read(ctx.sessions, [job_id])[0].status is JobStatus.RUNNING:
+            return job_id, process
+        process.send_signal(signal.SIGCONT)  # it finished before it could be frozen: try another
+    raise AssertionError("three slow jobs in a row finished before they could be frozen")
+
+
+def soft_limit_signalled(process: psutil.Process) -> bool:
+    """Whether the soft time limit's signal (SIGUSR1, from the worker's main process) waits in `process`."""
+    pending = 0
+    for line in Path(f"/proc/{process.pid}/status").read_text().splitlines():
+        if line.startswith(("SigPnd:", "ShdPnd:")):
+            pending |= int(line.split()[1], 16)
+    return bool(pending & 1 << (signal.SIGUSR1 - 1))
+
+
 def test_jobs_over_their_time_limits_fail_and_the_worker_recovers(
-    ctx: Submission, fault_settings: Settings, large_image_id: UUID, tmp_path: Path
+    ctx: Submission, fault_settings: Settings, large_image_id: UUID, sweeper: Sweeper, tmp_path: Path
 ) -> None:
     image_id = large_image_id
-    limits = fault_settings.model_copy(update={"TASK_SOFT_TIME_LIMIT_S": 1, "TASK_HARD_TIME_LIMIT_S": 2})
-    with started_worker(limits, TIMED, tmp_path / "worker.log") as worker:
+    # Limits far above what an ordinary job takes, even on a loaded machine: the jobs meant to run
+    # past them are frozen (SIGSTOP), so they run for ever. A frozen job beats no heartbeat either,
+    # so meanwhile the sweeper's lease outlasts the hard limit (else it would take the job for lost).
+    limits = fault_settings.model_copy(
+        update={"TASK_SOFT_TIME_LIMIT_S": SOFT_LIMIT_S, "TASK_HARD_TIME_LIMIT_S": HARD_LIMIT_S}
+    )
+    with sweeper.lease(10 * HARD_LIMIT_S), started_worker(limits, TIMED, tmp_path / "worker.log") as worker:
         settle(ctx.sessions, [submit(ctx, TIMED, image_id) for _ in range(3)])  # warm-up: the image's memory
         child = worker.child()
         baseline, after_timeout, after_next = rss_mb(child), [], []
 
         # Soft limit: the job's own process stops it, records the failure and takes the next job.
         for _ in range(3):
-            soft = submit(ctx, TIMED, image_id, decoding=SLOW)
+            soft, frozen = frozen_mid_job(ctx, worker, image_id)
             tally.fault("soft_time_limit")
+            assert wait_for(partial(soft_limit_signalled, frozen), timeout_s=10 * SOFT_LIMIT_S)
+            frozen.send_signal(signal.SIGCONT)  # it wakes to the signal, in the middle of its model work
             [failed] = settle(ctx.sessions, [soft], status=JobStatus.FAILED, code="time_limit_exceeded")
             assert "soft time limit" in str(failed.error_message)
             after_timeout.append(rss_mb(child))
@@ -378,11 +435,9 @@ def test_jobs_over_their_time_limits_fail_and_the_worker_recovers(
             after_next.append(rss_mb(child))
         assert worker.child().pid == child.pid
 
-        # Hard limit: a job deaf to the soft limit (here its process is frozen, as in a native call
+        # Hard limit: a job deaf to the soft limit (here its process stays frozen, as in a native call
         # that never returns) is killed by the worker's main process, which records the failure.
-        hard = submit(ctx, TIMED, image_id, decoding=SLOW)
-        wait_running(ctx.sessions, hard)  # the hard limit (2 s) comes well before the sweeper's lease (5 s)
-        os.kill(worker.child().pid, signal.SIGSTOP)
+        hard, _ = frozen_mid_job(ctx, worker, image_id)
         tally.fault("hard_time_limit")
         [failed] = settle(ctx.sessions, [hard], status=JobStatus.FAILED, code="time_limit_exceeded")
         assert "hard time limit" in str(failed.error_message)
@@ -409,7 +464,7 @@ def test_a_worker_shut_down_mid_job_finishes_it_and_hands_back_the_rest(
         wait_running(ctx.sessions, running)
         first.process.send_signal(signal.SIGTERM)  # as `docker stop` or a deploy does
         tally.fault("sigterm_worker")
-        assert first.process.wait(timeout=60) == 0
+        assert first.process.wait(timeout=180) == 0
     # Warm shutdown: the running job was finished; the next one was left queued in Redis, unclaimed.
     finished, handed_back = read(ctx.sessions, [running, waiting])
     assert (finished.status, finished.attempts) == (JobStatus.SUCCEEDED, 1)

@@ -36,7 +36,7 @@ def train_body(output: str, **overrides: Any) -> dict[str, Any]:
     return {"kind": "train", "model": "tiny-opt", "input": settings}
 
 
-def wait_for_step(http: httpx.Client, location: str, step: int, timeout_s: float = 120) -> dict[str, Any]:
+def wait_for_step(http: httpx.Client, location: str, step: int, timeout_s: float = 600) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         job: dict[str, Any] = http.get(location).json()
@@ -87,7 +87,7 @@ def test_a_killed_worker_resumes_from_its_checkpoint(
     assert children, "the worker has no child process running the job"
     for child in children:  # the process running the job dies at once, as with an OOM kill
         child.send_signal(signal.SIGKILL)
-    done = wait_for_job(http, location)
+    done = wait_for_job(http, location, polls=60)  # 300 steps: minutes on a loaded machine
     assert done["status"] == "succeeded", done["error"]
     assert done["attempts"] == 2
     # It went on from a checkpoint written before the kill, not from step 0, and finished the run.
@@ -99,16 +99,12 @@ def test_cancel_stops_training_and_keeps_the_checkpoint(http: httpx.Client, shap
     location = created.headers["Location"]
     job = wait_for_step(http, location, 2)
     assert http.post(f"{location}/cancel").json()["status"] == "canceled"
-    checkpoint = Path(worker_settings.BLIP2_DATA_DIR) / "training" / job["id"] / "checkpoint"
-    deadline = time.monotonic() + 30
-    while not (checkpoint / "state.pt").exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert (checkpoint / "state.pt").exists()
-    time.sleep(2)
-    stopped_at = http.get(location).json()["progress_detail"]["step"]
-    time.sleep(2)
-    assert http.get(location).json()["progress_detail"]["step"] == stopped_at  # training is no longer running
-    assert "shapes-test-canceled" not in [m["name"] for m in http.get("/v1/models").json()["data"]]
-    # The worker takes the next job.
+    # The worker takes the next job. It runs one job at a time, so once the next one has run, the
+    # training has returned, however long it took to see the cancel on a loaded machine.
     evaluation = {"dataset": "shapes", "split": "val", "task": "caption", "limit": 4}
     assert run(http, {"kind": "evaluate", "model": "tiny-opt", "input": evaluation})["status"] == "succeeded"
+    stopped = http.get(location).json()
+    assert stopped["status"] == "canceled" and stopped["progress_detail"]["step"] < 100_000  # it stopped early
+    checkpoint = Path(worker_settings.BLIP2_DATA_DIR) / "training" / job["id"] / "checkpoint"
+    assert (checkpoint / "state.pt").exists(), "the cancel should keep the last checkpoint"
+    assert "shapes-test-canceled" not in [m["name"] for m in http.get("/v1/models").json()["data"]]

@@ -3,7 +3,6 @@
 import os
 import re
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
@@ -15,6 +14,7 @@ from tests.support.auth import bearer
 from tests.support.images import png_bytes
 from tests.support.jobs import run_job
 from tests.support.processes import CLI, stop, wait_for_http, wait_for_log
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +41,7 @@ def test_up_runs_everything_and_stops_everything(tmp_path: Path, models_dir: Pat
             stderr=subprocess.STDOUT,
         )
     try:
-        wait_for_log(log, f"http://127.0.0.1:{port}", up, timeout_s=120)
+        wait_for_log(log, f"http://127.0.0.1:{port}", up, timeout_s=600)
         api = f"http://127.0.0.1:{port}"
         wait_for_http(f"{api}/healthz", up)
         key = development_key_in(log.read_text())
@@ -59,9 +59,21 @@ def test_up_runs_everything_and_stops_everything(tmp_path: Path, models_dir: Pat
     finally:
         stop(up, timeout_s=60)
     assert up.returncode == 0, log.read_text()[-3000:]
-    time.sleep(1)
-    assert not [pid for pid in family if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
-    assert not _servers_using(tmp_path / "data")
+    # Everything it started goes too, if not by the time `up` itself has exited then soon after.
+    wait_until(lambda: not _alive(family), "every process `up` started to stop")
+    wait_until(lambda: not _servers_using(tmp_path / "data"), "the embedded servers to stop")
+
+
+def _alive(pids: list[int]) -> list[int]:
+    """The processes among `pids` still running (a zombie has stopped)."""
+    alive = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                alive.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
 
 
 def development_key_in(log: str) -> str:

@@ -26,21 +26,13 @@ from blip2.errors import (
     InvalidDataset,
     UnsafeArchive,
 )
-from tests.support.archives import tar_gz
+from tests.support.archives import tar_gz, zip_of
 from tests.support.file_server import FileServer
 
 
 def png(colour: str) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (8, 8), colour).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def zip_of(members: dict[str, bytes], compression: int = zipfile.ZIP_STORED) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression) as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
     return buffer.getvalue()
 
 

@@ -1,4 +1,5 @@
-"""The SSRF guard: what a download may reach, checked on resolved addresses and on every redirect."""
+"""The SSRF guard: what a download may reach, checked on resolved addresses and on every redirect,
+and connected to at exactly the address that was checked."""
 
 from pathlib import Path
 
@@ -6,8 +7,10 @@ import pytest
 
 from blip2.data.download import download_file
 from blip2.data.url_guard import check_url, guarded_client, is_public
-from blip2.errors import ForbiddenUrl
-from tests.support.file_server import FileServer
+from blip2.errors import DownloadFailed, ForbiddenUrl
+from tests.support.dns import ScriptedName
+from tests.support.file_server import FileServer, serving_files
+from tests.support.tls import self_signed
 
 
 @pytest.mark.parametrize(
@@ -58,3 +61,52 @@ def test_a_redirect_to_an_internal_address_is_refused(tmp_path: Path, file_serve
     assert not (tmp_path / "data.bin").exists()
     with guarded_client(["127.0.0.1", "localhost"]) as client:
         assert download_file(redirect, tmp_path / "data.bin", client=client).read_bytes() == b"secret"
+
+
+def test_a_download_connects_to_the_address_that_was_checked(
+    tmp_path: Path, file_server: FileServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # DNS rebinding: public to the first lookup, 127.0.0.1 to any later one, on every attempt.
+    name = ScriptedName.install(monkeypatch, "rebind.test", ["8.8.8.8", "127.0.0.1"])
+    url = file_server.serve("/secret", b"internal").replace("127.0.0.1", "rebind.test")
+    with guarded_client() as client, pytest.raises(DownloadFailed):
+        download_file(url, tmp_path / "secret", retries=0, client=client)
+    assert name.connections == ["8.8.8.8"], "connected somewhere other than the checked address"
+    assert file_server.requests == []
+
+
+def test_an_allowed_name_keeps_its_host_header(
+    tmp_path: Path, file_server: FileServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ScriptedName.install(monkeypatch, "mirror.test", ["127.0.0.1"])
+    url = file_server.serve("/data.bin", b"data").replace("127.0.0.1", "mirror.test")
+    with guarded_client(["mirror.test"]) as client:
+        assert download_file(url, tmp_path / "data.bin", client=client).read_bytes() == b"data"
+    port = url.split(":")[2].split("/")[0]
+    assert file_server.hosts == [f"mirror.test:{port}"], "the request should name the host, not the address"
+
+
+@pytest.mark.parametrize("certified", ["tls.test", "other.test"])
+def test_tls_verifies_the_certificate_for_the_host_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, certified: str
+) -> None:
+    # The connection goes to 127.0.0.1, a name no certificate here is for: only a TLS handshake
+    # that sends and checks the URL's host name (SNI, verification) accepts tls.test's certificate.
+    certificate = self_signed(tmp_path, certified)
+    ScriptedName.install(monkeypatch, "tls.test", ["127.0.0.1"])
+    with serving_files(tls=certificate.server_context()) as server:
+        url = server.serve("/data.bin", b"data").replace("127.0.0.1", "tls.test")
+        with guarded_client(["tls.test"], verify=certificate.client_context()) as client:
+            if certified == "tls.test":
+                assert download_file(url, tmp_path / "data.bin", client=client).read_bytes() == b"data"
+            else:
+                with pytest.raises(DownloadFailed, match="certificate"):
+                    download_file(url, tmp_path / "data.bin", retries=0, client=client)
+
+
+def test_a_lookup_that_takes_too_long_times_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    name = ScriptedName.install(monkeypatch, "slow.test", ["8.8.8.8"], blocked=True)
+    with pytest.raises(TimeoutError, match=r"resolving 'slow\.test' took longer than 0\.2 s"):
+        check_url("http://slow.test/data.zip", timeout_s=0.2)
+    assert name.lookups == 0, "the check should not have waited for the lookup"
+    name.release()
