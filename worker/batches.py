@@ -119,7 +119,10 @@ def run_batch_for(
             _execute(runtime, batch)
         except SoftTimeLimitExceeded as exc:
             _fail_unfinished(batch, JobError.of(exc))
-    _record(runtime, batch)
+    try:
+        _record(runtime, batch)
+    except SoftTimeLimitExceeded:  # it fired while the outcomes were being written: they are known, write them
+        _record(runtime, batch)
     log.info("batch of %d %s jobs in %.2f s", len(batch.items), batch.jobs[0].kind, time.monotonic() - started)
     return _read(runtime, [job.id for job in batch.jobs])
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.orm import Session
 
 from jobs.db import SessionFactory, database_error_summary, is_connection_error, session_scope
@@ -34,9 +35,25 @@ def retry_transaction(sessions: SessionFactory, work: Callable[[Session], T], *,
             with session_scope(sessions) as session:
                 return work(session)
         except Exception as exc:
+            _raise_time_limit(exc)
             if not is_connection_error(exc) or time.monotonic() + delay > deadline:
                 raise
             summary = database_error_summary(exc)
             log.warning("%s: database unreachable (%s); trying again in %.1f s", what, summary, delay)
         time.sleep(delay)
         delay = min(2 * delay, _MAX_DELAY_S)
+
+
+def _raise_time_limit(exc: BaseException) -> None:
+    """The soft time limit, if it is what broke the transaction.
+
+    A soft limit that lands while a query is in flight leaves the connection mid-command, and the
+    rollback then fails with an OperationalError that reads like an outage ("another command is
+    already in progress"). Retried, the job would run on to the hard limit; it is the limit that
+    stopped it, so that is what is raised.
+    """
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, SoftTimeLimitExceeded):
+            raise cause
+        cause = cause.__context__

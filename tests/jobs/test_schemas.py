@@ -140,9 +140,9 @@ URL_DOWNLOAD = {"url": "https://example.org/c.zip", "sha256": "a" * 64, "name": 
 
 def test_a_download_takes_its_formats_options() -> None:
     options = {"val_annotations": "annotations/captions.json", "val_images": "images", "root": "."}
-    job = parse_input("download", URL_DOWNLOAD | {"options": options})
+    job = spec_of("download").parse(URL_DOWNLOAD | {"options": options})
     assert job.options == options  # type: ignore[union-attr]
-    assert parse_input("download", URL_DOWNLOAD).options == {}  # type: ignore[union-attr]
+    assert spec_of("download").parse(URL_DOWNLOAD).options == {}  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(
@@ -155,5 +155,5 @@ def test_a_download_takes_its_formats_options() -> None:
 )
 def test_download_options_the_format_does_not_read_are_refused(download: dict[str, object], says: str) -> None:
     with pytest.raises(ValidationError, match=says) as caught:
-        parse_input("download", download)
+        spec_of("download").parse(download)
     assert caught.value.errors()[0]["loc"][0] == "options", "the error should name the options field"

@@ -29,12 +29,13 @@ from sqlalchemy import select
 
 from blip2.registry import Registry
 from jobs.broker import Dispatcher, JobMessage
-from jobs.db import SessionFactory, session_scope
+from jobs.db import SessionFactory, create_db_engine, create_session_factory, session_scope
 from jobs.image_store import store_image
 from jobs.kinds import JobKind
 from jobs.models import Job
 from jobs.queues import queue_for_model
 from jobs.repository import add_job
+from jobs.schema_migrations import upgrade
 from jobs.schemas import JOB_CREATE_ADAPTER
 from jobs.settings import Settings
 from jobs.status import JobStatus
@@ -44,6 +45,7 @@ from tests.support.auth import TENANT
 from tests.support.fault_tally import tally
 from tests.support.images import png_bytes
 from tests.support.processes import running_worker, wait_for_cpu_work
+from tests.support.services import temporary_database
 
 pytestmark = pytest.mark.slow
 
@@ -108,8 +110,21 @@ def models_file(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 
 @pytest.fixture(scope="module")
-def fault_settings(worker_settings: Settings, models_file: Path) -> Settings:
-    return worker_settings.model_copy(update={"BLIP2_MODELS_FILE": models_file})
+def fault_settings(worker_settings: Settings, models_file: Path) -> Iterator[Settings]:
+    """The session's settings with the module's models and a database of its own: the session's API
+    sweeps the shared one with a 5 s lease, and would take a job these tests freeze for lost."""
+    with temporary_database() as url:
+        made = worker_settings.model_copy(update={"BLIP2_MODELS_FILE": models_file, "DATABASE_URL": url})
+        upgrade(made)
+        yield made
+
+
+@pytest.fixture(scope="module")
+def sessions(fault_settings: Settings) -> Iterator[SessionFactory]:
+    """Sessions on the module's own database (in place of the session-wide fixture of this name)."""
+    engine = create_db_engine(fault_settings)
+    yield create_session_factory(engine)
+    engine.dispose()
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,10 @@
 """Database work retried through an outage, on a real Postgres behind sessions that first fail to connect."""
 
+import signal
 from collections.abc import Iterator
 
 import pytest
+from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
@@ -55,3 +57,23 @@ def test_retrying_gives_up_after_its_limit(flaky: FlakySessions, monkeypatch: py
     # Tries after 0, 0.1, 0.3, 0.7, 1.5 and 3.1 s of backing off; the next would start past the limit.
     assert flaky.calls == 6
     assert clock.now <= 5, "it waited past its limit"
+
+
+@pytest.mark.parametrize("flaky", [0], indirect=True)
+def test_a_soft_time_limit_in_the_middle_of_a_query_is_not_taken_for_an_outage(flaky: FlakySessions) -> None:
+    """Celery's soft limit is a signal whose handler raises SoftTimeLimitExceeded wherever the job is;
+    landing in a query, it breaks the connection mid-command and the rollback fails like an outage.
+    The limit is what stopped the job: it is raised, and nothing is tried again."""
+
+    def soft_limit(signum: int, frame: object) -> None:
+        raise SoftTimeLimitExceeded()
+
+    previous = signal.signal(signal.SIGALRM, soft_limit)
+    signal.setitimer(signal.ITIMER_REAL, 0.3)  # the query below takes a minute: the signal lands inside it
+    try:
+        with pytest.raises(SoftTimeLimitExceeded):
+            retry_transaction(flaky, lambda s: s.execute(text("SELECT pg_sleep(60)")), what="a test", limit_s=30)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert flaky.calls == 1
