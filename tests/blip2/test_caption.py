@@ -8,6 +8,7 @@ from PIL import Image
 from blip2.caption import caption
 from blip2.decoding import DecodingOptions
 from blip2.errors import InvalidArgument, UnsupportedOperation
+from blip2.generation import clean_text
 from blip2.loading import LoadedModel
 from tests.blip2.conftest import loaded
 
@@ -84,3 +85,9 @@ def test_mismatched_prompts_and_retrieval_models_are_refused(
     with pytest.raises(UnsupportedOperation, match="retrieval model"):
         caption(itm, shapes)
     assert caption(opt, [], decoding=GREEDY) == []
+
+
+def test_generated_text_is_cleaned_of_control_characters() -> None:
+    assert clean_text(" a\x00 red\x07 circle\x1b \n") == "a red circle"
+    assert clean_text("two\tlines\nof text") == "two\tlines\nof text"  # tabs and newlines are text
+    assert clean_text("\x00\x00") == ""

@@ -17,6 +17,7 @@ from jobs.status import JobStatus
 from jobs.submission import Submission, submit_job
 from tests.support.auth import TENANT
 from tests.support.broker import drain, waiting_job_ids
+from tests.support.file_server import serving_files
 from tests.support.images import png_base64
 
 pytestmark = pytest.mark.usefixtures("empty_tables")
@@ -74,3 +75,16 @@ def test_rejected_requests_leave_no_rows(ctx: Submission) -> None:
     with pytest.raises(BatchTooLarge):
         submit_job(ctx, TENANT, many)
     assert count(ctx.sessions, Job) == count(ctx.sessions, Image) == 0
+
+
+def test_a_replayed_key_with_an_image_url_fetches_nothing(ctx: Submission) -> None:
+    """The replay is found before any fetch: the first request fetched the image once, the replay
+    gets the first job and the server sees no second request."""
+    with serving_files() as server:
+        url = server.serve("/cat.png", base64.b64decode(png_base64()))
+        request = JOB_CREATE_ADAPTER.validate_python({"kind": "caption", "input": {"image_url": url}})
+        first = submit_job(ctx, TENANT, request, idempotency_key="url-1")
+        again = submit_job(ctx, TENANT, request, idempotency_key="url-1")
+        fetched = [path for path, _ in server.requests]
+    assert (again.job.id, again.created) == (first.job.id, False)
+    assert fetched == ["/cat.png"], "the replay fetched the URL again"

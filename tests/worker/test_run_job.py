@@ -1,9 +1,13 @@
 """The worker process: runs jobs once, fails bad ones with a code, and lives on."""
 
+import base64
+import io
+import unicodedata
 from pathlib import Path
 from uuid import uuid4
 
 import pytest
+from PIL import Image
 
 from blip2.registry import Registry
 from jobs.broker import Dispatcher, JobMessage
@@ -104,3 +108,18 @@ def test_match_ranks_texts(ctx: Submission) -> None:
     assert isinstance(done.result, dict)
     scores = done.result["scores"]
     assert len(scores) == 2 and {s["index"] for s in scores} <= {0, 1, 2}
+
+
+def test_generated_control_characters_never_reach_a_result(ctx: Submission, photos: dict[str, Image.Image]) -> None:
+    """tiny-opt captions the cat at 640x427 with NULs among its tokens; Postgres refuses NUL in JSON,
+    which once left such a job running until its lease ran out, then failed it the same way again.
+    The text is cleaned: the job succeeds at once, with none of those characters in its result."""
+    buffer = io.BytesIO()
+    photos["chelsea"].convert("RGB").resize((640, 427)).save(buffer, format="PNG")
+    image = base64.b64encode(buffer.getvalue()).decode()
+    job = submit_job(ctx, TENANT, request("caption", "tiny-opt", image=image)).job
+    done = wait_terminal(ctx.sessions, job.id)
+    assert (done.status, done.attempts) == (JobStatus.SUCCEEDED, 1), done.error_message
+    assert done.result is not None and done.result["captions"][0]
+    caption = done.result["captions"][0]
+    assert not [c for c in caption if unicodedata.category(c) == "Cc" and c not in "\t\n"], repr(caption)
