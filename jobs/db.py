@@ -2,8 +2,9 @@
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -11,15 +12,33 @@ from jobs.settings import Settings
 
 SessionFactory = sessionmaker[Session]
 
+# What the jobs table's insert trigger raises when a tenant already has its limit of unfinished jobs
+# (migration 0004); the limit is the connection's `blip2.max_unfinished_jobs`, set as it connects.
+TENANT_QUEUE_FULL_SQLSTATE = "B2J01"
+
 
 def create_db_engine(settings: Settings) -> Engine:
-    """An engine for DATABASE_URL.
+    """An engine for DATABASE_URL, each connection told the per-tenant limit of unfinished jobs.
 
     No ping before each checkout (a round trip per request): a connection that died with a restarted
     Postgres fails its first statement instead, and that error empties the pool of every connection
     older than it, so one request answers 503 (or one worker write is retried) and the next reconnect.
     """
-    return create_engine(settings.sqlalchemy_url, pool_size=10, max_overflow=20)
+    engine = create_engine(settings.sqlalchemy_url, pool_size=10, max_overflow=20)
+    limit = settings.MAX_UNFINISHED_JOBS_PER_TENANT
+
+    @event.listens_for(engine, "connect")
+    def _tell_the_limit(connection: Any, _record: Any) -> None:
+        with connection.cursor() as cursor:
+            cursor.execute(f"SET blip2.max_unfinished_jobs = {int(limit)}")
+        connection.commit()
+
+    return engine
+
+
+def is_tenant_queue_full(exc: BaseException) -> bool:
+    """True when the jobs table refused an insert because the tenant's queue is full."""
+    return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) == TENANT_QUEUE_FULL_SQLSTATE
 
 
 def create_session_factory(engine: Engine) -> SessionFactory:

@@ -16,20 +16,21 @@ from dataclasses import dataclass
 from uuid import UUID
 
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from blip2.errors import DatasetNotFound, InvalidImage, ModelNotFound, UnsupportedOperation
 from blip2.registry import ModelSpec, Registry, generation_limit
 from jobs.broker import Dispatcher, JobMessage
 from jobs.catalog import get_dataset, get_trained_model, resolve_trained, serving_model
-from jobs.db import SessionFactory
+from jobs.db import SessionFactory, is_tenant_queue_full
 from jobs.errors import BatchTooLarge, IdempotencyKeyReused, ModelNameTaken, TenantQueueFull, UnknownImage
 from jobs.fetch import with_fetched_image
 from jobs.image_store import missing_image_ids, store_image
 from jobs.inputs import EvaluateInput, GeneratingInput, ImageFields, JobInput, MatchInput, TrainInput
 from jobs.kinds import KINDS, JobKind, batch_key
 from jobs.models import IdempotencyKey, Job
-from jobs.repository import add_job, count_unfinished_jobs, get_job
+from jobs.repository import add_job, get_job
 from jobs.schemas import JobCreateBase
 from jobs.settings import Settings
 
@@ -87,6 +88,10 @@ def submit_job(
     try:
         job = _record(ctx, session, tenant, request, model, idempotency_key, fingerprint)
         session.commit()
+    except DBAPIError as exc:
+        if not is_tenant_queue_full(exc):
+            raise
+        raise _queue_full(ctx.settings) from exc
     except _KeyTakenMeanwhile:
         session.rollback()
         return Submitted(_replay_or_fail(session, tenant, str(idempotency_key), fingerprint), created=False)
@@ -123,7 +128,6 @@ def _record(
     )
     if key is not None and not _claim_key(session, tenant, key, fingerprint, job.id):
         raise _KeyTakenMeanwhile
-    _check_queue_depth(session, tenant, ctx.settings)  # last: the counter's row stays locked until the commit
     return job
 
 
@@ -179,19 +183,18 @@ def _check_model_fits(spec: ModelSpec, kind: JobKind, job_input: JobInput) -> No
         )
 
 
-def _check_queue_depth(session: Session, tenant: str, settings: Settings) -> None:
-    """TenantQueueFull once this job takes the tenant past MAX_UNFINISHED_JOBS_PER_TENANT queued or running.
+def _queue_full(settings: Settings) -> TenantQueueFull:
+    """The tenant already has MAX_UNFINISHED_JOBS_PER_TENANT jobs queued or running.
 
-    The counter is kept by the jobs table's trigger, and the insert just made locks the tenant's
-    counter row until this transaction ends: two submissions of one tenant at once are counted one
-    after the other, exactly, while other tenants never wait.
+    The jobs table's insert trigger admits a job only below the limit, counting in a row per tenant
+    that the insert locks until its transaction ends: two submissions of one tenant at once are
+    counted one after the other, exactly, while other tenants never wait.
     """
     limit = settings.MAX_UNFINISHED_JOBS_PER_TENANT
-    if count_unfinished_jobs(session, tenant) > limit:
-        raise TenantQueueFull(
-            f"{limit} jobs of this tenant are already queued or running; try again when some finish",
-            retry_after_s=settings.TENANT_QUEUE_FULL_RETRY_AFTER_S,
-        )
+    return TenantQueueFull(
+        f"{limit} jobs of this tenant are already queued or running; try again when some finish",
+        retry_after_s=settings.TENANT_QUEUE_FULL_RETRY_AFTER_S,
+    )
 
 
 def _fingerprint(request: JobCreateBase, model: str) -> str:

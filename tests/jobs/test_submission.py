@@ -1,6 +1,8 @@
 """Submitting jobs: the row is committed, then one message carrying only its id is sent."""
 
 import base64
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from sqlalchemy import func, select
@@ -8,8 +10,8 @@ from sqlalchemy import func, select
 from blip2.errors import InvalidImage, ModelNotFound
 from blip2.registry import Registry
 from jobs.broker import Dispatcher
-from jobs.db import SessionFactory, session_scope
-from jobs.errors import BatchTooLarge, IdempotencyKeyReused, UnknownImage
+from jobs.db import SessionFactory, create_db_engine, create_session_factory, session_scope
+from jobs.errors import BatchTooLarge, IdempotencyKeyReused, TenantQueueFull, UnknownImage
 from jobs.models import Image, Job
 from jobs.schemas import JOB_CREATE_ADAPTER
 from jobs.settings import Settings
@@ -88,3 +90,31 @@ def test_a_replayed_key_with_an_image_url_fetches_nothing(ctx: Submission) -> No
         fetched = [path for path, _ in server.requests]
     assert (again.job.id, again.created) == (first.job.id, False)
     assert fetched == ["/cat.png"], "the replay fetched the URL again"
+
+
+def test_the_tenant_limit_is_exact_under_concurrent_submissions(ctx: Submission, key_prefix: str) -> None:
+    """Sixteen submissions at once against a limit of five: exactly five are accepted, whatever the
+    interleaving (the insert's trigger counts in one row per tenant, locked by each insert in turn)."""
+    shallow = ctx.settings.model_copy(update={"MAX_UNFINISHED_JOBS_PER_TENANT": 5})
+    engine = create_db_engine(shallow)
+    limited = Submission(create_session_factory(engine), ctx.dispatcher, ctx.registry, shallow)
+    barrier = threading.Barrier(16)
+
+    def submit_one() -> str:
+        barrier.wait()
+        try:
+            submit_job(limited, "concurrent", caption_request())
+        except TenantQueueFull:
+            return "full"
+        return "accepted"
+
+    try:
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            outcomes = list(pool.map(lambda _: submit_one(), range(16)))
+    finally:
+        engine.dispose()
+    assert sorted(outcomes).count("accepted") == 5 and outcomes.count("full") == 11
+    with session_scope(ctx.sessions) as session:
+        rows = session.scalar(select(func.count()).select_from(Job).where(Job.tenant == "concurrent"))
+    assert rows == 5
+    drain(key_prefix, QUEUE)

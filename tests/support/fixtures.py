@@ -75,7 +75,7 @@ def other_api_key(sessions: SessionFactory) -> str:
 def empty_tables(engine: Engine) -> None:
     """Start the test with no jobs, images or idempotency keys."""
     with engine.begin() as connection:
-        connection.execute(text("TRUNCATE jobs, images, idempotency_keys CASCADE"))
+        connection.execute(text("TRUNCATE jobs, images, idempotency_keys, tenant_queues CASCADE"))
 
 
 @pytest.fixture(scope="session")
