@@ -36,6 +36,7 @@ from jobs.errors import (
     ImageNotFound,
     InvalidCursor,
     InvalidTenant,
+    InvalidWebhookUrl,
     JobNotCancelable,
     JobNotFound,
     JobsError,
@@ -43,11 +44,13 @@ from jobs.errors import (
     NotReady,
     RateLimited,
     TenantQueueFull,
+    TooManyJobs,
     Unauthorized,
     UnknownImage,
     UploadTooLarge,
 )
 from jobs.kinds import JobKind
+from jobs.schemas import ErrorDetail
 
 # Looked up along the exception's MRO, so the most specific entry wins.
 STATUS_BY_ERROR: dict[type[Exception], int] = {
@@ -63,6 +66,8 @@ STATUS_BY_ERROR: dict[type[Exception], int] = {
     UnknownImage: 422,
     InvalidCursor: 422,
     BatchTooLarge: 422,
+    TooManyJobs: 422,
+    InvalidWebhookUrl: 422,
     ModelNameTaken: 409,
     UploadTooLarge: 413,
     FetchFailed: 422,
@@ -94,6 +99,11 @@ def status_for(exc: Exception) -> int:
     return next(STATUS_BY_ERROR[c] for c in type(exc).__mro__ if c in STATUS_BY_ERROR)
 
 
+def error_detail(exc: JobsError | Blip2Error) -> ErrorDetail:
+    """The error body's detail for a typed error (also one refused job of a batch)."""
+    return ErrorDetail(code=exc.code, message=str(exc), field=exc.field)
+
+
 def _headers_of(exc: JobsError | Blip2Error) -> dict[str, str]:
     headers = {}
     if isinstance(exc, Unauthorized):
@@ -106,7 +116,7 @@ def _headers_of(exc: JobsError | Blip2Error) -> dict[str, str]:
 
 async def _typed_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, JobsError | Blip2Error)
-    body = error_body(exc.code, str(exc), exc.field)
+    body = {"error": error_detail(exc).model_dump(exclude_none=True)}
     return JSONResponse(body, status_code=status_for(exc), headers=_headers_of(exc))
 
 

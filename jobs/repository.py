@@ -42,6 +42,7 @@ def add_job(
     queue: str,
     input: dict[str, Any],
     batch_key: str | None = None,
+    webhook_url: str | None = None,
 ) -> Job:
     """A new queued job of `tenant`, flushed so it has its id and timestamps (committed by the caller).
 
@@ -56,6 +57,7 @@ def add_job(
         input=input,
         status=JobStatus.QUEUED,
         batch_key=batch_key,
+        webhook_url=webhook_url,
         dispatched_at=func.now(),
         dispatch_count=1,
     )

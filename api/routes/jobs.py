@@ -1,18 +1,30 @@
-"""/v1/jobs: submit, read (with long-poll), list and cancel the tenant's jobs."""
+"""/v1/jobs: submit (one, or many in a batch), read (with long-poll, or as an event stream), list and
+cancel the tenant's jobs."""
 
+from collections.abc import AsyncIterator
 from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Body, Depends, Header, Query, Response
+from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from api.deps import ContextDep, CurrentPrincipal, SessionDep, SubmissionDep, get_principal
-from api.long_poll import wait_for_job
+from api.errors import error_detail, status_for
+from api.long_poll import follow_job, wait_for_job
 from api.responses import COMMON_ERRORS, error_responses
 from jobs.kinds import JobKind
-from jobs.repository import cancel_job, list_jobs
-from jobs.schemas import JobCreate, JobPublic, JobsPublic, job_public
+from jobs.repository import cancel_job, get_job, list_jobs
+from jobs.schemas import (
+    JobCreate,
+    JobPublic,
+    JobsBatchCreate,
+    JobsBatchItemResult,
+    JobsBatchPublic,
+    JobsPublic,
+    job_public,
+)
 from jobs.status import JobStatus
-from jobs.submission import submit_job
+from jobs.submission import BatchItem, Refused, Submitted, submit_batch, submit_job
 
 router = APIRouter(
     prefix="/v1/jobs",
@@ -43,6 +55,26 @@ def create_job(
     return job_public(submitted.job)
 
 
+@router.post(":batch", responses=error_responses(413))
+def create_jobs(
+    body: JobsBatchCreate, submission: SubmissionDep, session: SessionDep, principal: CurrentPrincipal
+) -> JobsBatchPublic:
+    """Queue up to MAX_JOBS_PER_BATCH jobs in one transaction, each with its own Idempotency-Key.
+
+    One result per job, in order: `status` 202 with the job, or the status and error the job would have
+    had alone (a refused job creates nothing; the others are accepted all the same).
+    """
+    items = [BatchItem(item.job, item.idempotency_key) for item in body.jobs]
+    outcomes = submit_batch(submission, principal.tenant, items, session=session)
+    return JobsBatchPublic(items=[_batch_result(outcome) for outcome in outcomes])
+
+
+def _batch_result(outcome: Submitted | Refused) -> JobsBatchItemResult:
+    if isinstance(outcome, Refused):
+        return JobsBatchItemResult(status=status_for(outcome.error), error=error_detail(outcome.error))
+    return JobsBatchItemResult(status=202, job=job_public(outcome.job), created=outcome.created)
+
+
 @router.get("")
 def read_jobs(
     session: SessionDep,
@@ -63,6 +95,21 @@ async def read_job(job_id: UUID, context: ContextDep, principal: CurrentPrincipa
     wait_s = min(wait, context.settings.LONG_POLL_MAX_S)
     job = await wait_for_job(context.events, context.sessions, job_id, principal.tenant, wait_s)
     return job_public(job)
+
+
+def existing_job_id(job_id: UUID, session: SessionDep, principal: CurrentPrincipal) -> UUID:
+    """The id of one of the tenant's jobs; 404 before any response starts, for a stream's sake."""
+    return get_job(session, job_id, principal.tenant).id
+
+
+@router.get("/{job_id}/events", response_class=EventSourceResponse, responses=error_responses(404))
+async def job_events(
+    job_id: Annotated[UUID, Depends(existing_job_id)], context: ContextDep, principal: CurrentPrincipal
+) -> AsyncIterator[ServerSentEvent]:
+    """The job's status and progress as server-sent events until it ends: `event: job` with the job's
+    JSON now and at every change, then `event: end` with the finished job, and the stream closes."""
+    async for job in follow_job(context.events, context.sessions, job_id, principal.tenant):
+        yield ServerSentEvent(event="end" if job.status.is_terminal else "job", raw_data=job.model_dump_json())
 
 
 @router.post("/{job_id}/cancel", responses=error_responses(404, 409))
