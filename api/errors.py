@@ -84,6 +84,7 @@ STATUS_BY_ERROR: dict[type[Exception], int] = {
     Blip2Error: 400,
 }
 DATABASE_RETRY_AFTER_S = 2
+_KIND_TAGS = frozenset(kind.value for kind in JobKind)
 log = logging.getLogger(__name__)
 
 
@@ -139,8 +140,8 @@ def field_path(error: Mapping[str, Any]) -> str:
         parts.append(str(error["ctx"]["discriminator"]).strip("'"))
     if parts and parts[0] in ("body", "query", "path", "header"):
         parts = parts[1:]
-    if parts and parts[0] in set(JobKind):
-        parts = parts[1:]
+    # The union's tag names the kind the job was validated as ("jobs.0.job.caption.input"), not a field.
+    parts = [p for i, p in enumerate(parts) if not (p in _KIND_TAGS and (i == 0 or parts[i - 1] == "job"))]
     return ".".join(str(p) for p in parts) or "body"
 
 

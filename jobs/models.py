@@ -133,8 +133,9 @@ class Job(Base):
     batch_id: Mapped[str | None] = mapped_column(String(64))
     # Where the job's outcome is POSTed once it is terminal (the request's, or its tenant's default).
     webhook_url: Mapped[str | None] = mapped_column(String(WEBHOOK_URL_LENGTH))
-    # Loaded with the job (one join), so a job read in one session is shown after it closes.
-    webhook_delivery: Mapped["WebhookDelivery | None"] = relationship(lazy="joined", viewonly=True)
+    # The delivery of the webhook, once the job has finished. Read on access; the API's reads load it
+    # with the job (jobs/repository.py), so a job read in a session that has closed can still be shown.
+    webhook_delivery: Mapped["WebhookDelivery | None"] = relationship(viewonly=True)
 
     @property
     def attempt(self) -> Attempt:
