@@ -8,7 +8,7 @@ runs `deliver_due` every WEBHOOK_INTERVAL_S, and at once when a job finishes (ap
    their `next_attempt_at` moved past the time a send may take (a lease), and committed; so several
    deliverers never send one row at once, no transaction stays open while a receiver answers, and
    a deliverer that dies mid-send leaves the row to be sent again when its lease runs out;
-2. send: the job's public JSON, signed (jobs/webhooks.py), through the SSRF guard, redirects not
+2. send: the job's public JSON, signed (jobs/webhook_signing.py), through the SSRF guard, redirects not
    followed, within WEBHOOK_TIMEOUT_S; a 2xx answer is the receiver's acknowledgement;
 3. record, only if this attempt still holds the row: delivered, or the next attempt after
    WEBHOOK_RETRY_BASE_S * 2^(attempts - 1) (at most WEBHOOK_RETRY_MAX_S), or given up after
@@ -35,7 +35,8 @@ from jobs.db import SessionFactory, session_scope
 from jobs.models import DeliveryStatus, Job, WebhookDelivery
 from jobs.schemas import job_public
 from jobs.settings import Settings
-from jobs.webhooks import ensure_secret, sign
+from jobs.webhook_signing import sign
+from jobs.webhooks import ensure_secret
 
 log = logging.getLogger(__name__)
 
