@@ -156,15 +156,24 @@ def _run(target: Target, paths: list[Path], kind: str, fields: dict[str, Any]) -
 
 
 def _submit_all(target: Target, paths: list[Path], kind: str, options: dict[str, Any]) -> list["Line"]:
-    from blip2_jobs import BatchJob, Client
+    from blip2_jobs import Client
+
+    with Client(target.server, target.key) as client:
+        client.list_jobs(limit=1)  # an unreachable server or a refused key fails here, before the progress bar
+        return _submit_with_progress(client, target, paths, kind, options)
+
+
+def _submit_with_progress(
+    client: "Client", target: Target, paths: list[Path], kind: str, options: dict[str, Any]
+) -> list[Line]:
+    from blip2_jobs import BatchJob
 
     lines: list[Line] = []
-    with Client(target.server, target.key) as client, _progress(len(paths)) as progress:
+    with _progress(len(paths)) as progress:
         task = progress.add_task("uploading", total=len(paths))
         prepared = [(path, _prepare(client, path, kind, options, target.model)) for path in paths]
         progress.update(task, description="submitting")
-        requests = [(path, job) for path, job in prepared if isinstance(job, BatchJob)]
-        outcomes = iter(client.submit_many([job for _, job in requests]).items)
+        outcomes = iter(client.submit_many([job for _, job in prepared if isinstance(job, BatchJob)]).items)
         progress.update(task, description="waiting" if target.wait else "submitted")
         for path, job in prepared:
             line = job if isinstance(job, Line) else _line_of(client, path, next(outcomes), target.wait)
