@@ -146,11 +146,15 @@ def field_path(error: Mapping[str, Any]) -> str:
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    """422 `invalid_request` for a request the schema refuses; `invalid_argument` when every problem is
+    one of the rules across fields that the schema cannot state (decoding options, jobs/inputs.py)."""
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
     fields = [field_path(e) for e in errors]
     message = "; ".join(f"{field}: {e['msg']}" for field, e in zip(fields, errors, strict=True))
-    return JSONResponse(error_body("invalid_request", message, fields[0] if fields else None), status_code=422)
+    beyond_schema = bool(errors) and all(e["type"] == InvalidArgument.code for e in errors)
+    code = InvalidArgument.code if beyond_schema else "invalid_request"
+    return JSONResponse(error_body(code, message, fields[0] if fields else None), status_code=422)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -125,7 +125,7 @@ def send(delivery: Claimed, settings: Settings) -> Outcome:
             status = response.status_code  # the body is never read: a receiver cannot make us download
     except httpx.TimeoutException:
         return Outcome(None, f"no answer within {settings.WEBHOOK_TIMEOUT_S:g} s")
-    except (httpx.HTTPError, Blip2Error) as exc:  # Blip2Error: the guard refused the address
+    except (httpx.HTTPError, httpx.InvalidURL, Blip2Error) as exc:  # Blip2Error: the guard refused the address
         return Outcome(None, _short(f"{type(exc).__name__}: {exc}"))
     return Outcome(status, None if 200 <= status < 300 else f"HTTP {status}")
 

@@ -28,6 +28,8 @@ def check_webhook_url(url: str, allowed_hosts: list[str], field: str = "webhook_
         raise ForbiddenUrl(str(exc), field=field) from exc
     except DownloadFailed as exc:  # the host does not resolve
         raise InvalidWebhookUrl(str(exc), field=field) from exc
+    except ValueError as exc:  # not a URL that can be taken apart (a bad port, a broken IPv6 literal)
+        raise InvalidWebhookUrl(f"{url!r} is not a valid URL ({exc})", field=field) from exc
     return url
 
 
