@@ -5,6 +5,7 @@ the worker agree on one typed shape per kind. Unknown fields are errors, so a mi
 loudly instead of being ignored.
 """
 
+import itertools
 from collections.abc import Hashable
 from typing import Annotated, Any, Literal, Self, TypeAlias
 from uuid import UUID
@@ -26,7 +27,10 @@ _IMAGE_FIELDS = ("image_id", "image", "image_url")
 
 # ---- what the OpenAPI schema says across fields ---------------------------------------------
 # The validators below say the same in Python; these JSON Schema pieces say it in the OpenAPI
-# document, so a client (or schemathesis) knows which combinations are accepted.
+# document, so a client (or schemathesis) knows which combinations are accepted. "Exactly one of"
+# is written as a `not` (none of them, or two at once) rather than as a `oneOf` beside `properties`:
+# client generators read such a `oneOf` as a union of variants and lose the model's own fields,
+# while they pass over a `not`, which validators apply in full.
 
 
 def _given(*names: str) -> dict[str, Any]:
@@ -39,12 +43,19 @@ def _absent(*names: str) -> dict[str, Any]:
     return {"properties": {name: {"type": "null"} for name in names}}
 
 
-ONE_IMAGE: dict[str, Any] = {"oneOf": [_given(name) for name in _IMAGE_FIELDS]}
-NO_IMAGE: dict[str, Any] = _absent(*_IMAGE_FIELDS)
-
-
 def _all_of(*schemas: dict[str, Any]) -> dict[str, Any]:
     return {"allOf": list(schemas)}
+
+
+def exactly_one(*alternatives: dict[str, Any]) -> dict[str, Any]:
+    """JSON Schema: exactly one of the alternatives holds (a `oneOf`, spelt as a `not`; see above)."""
+    none_holds = _all_of(*({"not": alternative} for alternative in alternatives))
+    two_hold = [_all_of(a, b) for a, b in itertools.combinations(alternatives, 2)]
+    return {"not": {"anyOf": [none_holds, *two_hold]}}
+
+
+ONE_IMAGE = exactly_one(*(_given(name) for name in _IMAGE_FIELDS))
+NO_IMAGE = _absent(*_IMAGE_FIELDS)
 
 
 class JobInput(BaseModel):
@@ -214,15 +225,12 @@ class EmbedInput(_ImageRef):
     text, `text` a text and no image, `multimodal` both."""
 
     model_config = ConfigDict(
-        json_schema_extra={
-            "oneOf": [
-                _all_of({"properties": {"mode": {"const": "image"}}}, _absent("text"), ONE_IMAGE),
-                _all_of({"required": ["mode"], "properties": {"mode": {"const": "text"}}}, _given("text"), NO_IMAGE),
-                _all_of({"required": ["mode"], "properties": {"mode": {"const": "multimodal"}}}, _given("text"),
-                        ONE_IMAGE),
-            ]
-        }
-    )  # fmt: skip
+        json_schema_extra=exactly_one(
+            _all_of({"properties": {"mode": {"const": "image"}}}, _absent("text"), ONE_IMAGE),
+            _all_of({"required": ["mode"], "properties": {"mode": {"const": "text"}}}, _given("text"), NO_IMAGE),
+            _all_of({"required": ["mode"], "properties": {"mode": {"const": "multimodal"}}}, _given("text"), ONE_IMAGE),
+        )
+    )
 
     mode: Literal["image", "text", "multimodal"] = "image"
     text: str | None = Field(default=None, min_length=1, max_length=2000)
@@ -243,12 +251,10 @@ class MatchInput(ImageFields):
     """Rank `texts` against one image, or `image_ids` against one `text`; best first."""
 
     model_config = ConfigDict(
-        json_schema_extra={
-            "oneOf": [
-                _all_of(_given("texts"), _absent("text", "image_ids"), ONE_IMAGE),
-                _all_of(_given("text", "image_ids"), _absent("texts"), NO_IMAGE),
-            ]
-        }
+        json_schema_extra=exactly_one(
+            _all_of(_given("texts"), _absent("text", "image_ids"), ONE_IMAGE),
+            _all_of(_given("text", "image_ids"), _absent("texts"), NO_IMAGE),
+        )
     )
 
     texts: list[Annotated[str, Field(min_length=1, max_length=2000)]] | None = Field(
@@ -297,12 +303,10 @@ class DownloadInput(JobInput):
     """Fetch a dataset: a manifest entry by `dataset`, or an archive at `url` with its `sha256`."""
 
     model_config = ConfigDict(
-        json_schema_extra={
-            "oneOf": [
-                _all_of(_given("dataset"), _absent("url", "sha256", "format")),
-                _all_of(_given("url", "sha256", "name", "format"), _absent("dataset")),
-            ]
-        }
+        json_schema_extra=exactly_one(
+            _all_of(_given("dataset"), _absent("url", "sha256", "format")),
+            _all_of(_given("url", "sha256", "name", "format"), _absent("dataset")),
+        )
     )
 
     dataset: str | None = Field(default=None, min_length=1, max_length=64)
