@@ -123,9 +123,13 @@ class JobEventStream(EventSourceResponse):
     media_type = None  # type: ignore[assignment]
 
 
-def existing_job_id(job_id: UUID, session: SessionDep, principal: CurrentPrincipal) -> UUID:
-    """The id of one of the tenant's jobs; 404 before any response starts, for a stream's sake."""
-    return get_job(session, job_id, principal.tenant).id
+def existing_job_id(job_id: UUID, context: ContextDep, principal: CurrentPrincipal) -> UUID:
+    """The id of one of the tenant's jobs; 404 before any response starts, for a stream's sake.
+
+    Its own short session: a request's session would hold a connection for as long as the stream lasts.
+    """
+    with context.sessions() as session:
+        return get_job(session, job_id, principal.tenant).id
 
 
 @router.get(
