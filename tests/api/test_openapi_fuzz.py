@@ -74,6 +74,7 @@ _OFFLINE = Settings(
     _env_file=None,
     DATABASE_URL="postgresql://offline@127.0.0.1/none",
     REDIS_URL="redis://offline",
+    SWEEP_INTERVAL_S=0,  # it never connects: no background loops that would try
     WEBHOOK_INTERVAL_S=0,
 )  # type: ignore[call-arg]
 schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(_OFFLINE), config=CONFIG)
