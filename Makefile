@@ -28,7 +28,7 @@ test: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy blip2 cli jobs api worker bench
+	$(BIN)/mypy blip2 cli jobs api worker bench blip2_jobs
 
 # The library's command line on the default model, without the queue.
 demo: install

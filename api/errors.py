@@ -36,6 +36,7 @@ from jobs.errors import (
     ImageNotFound,
     InvalidCursor,
     InvalidTenant,
+    InvalidWebhookUrl,
     JobNotCancelable,
     JobNotFound,
     JobsError,
@@ -43,11 +44,13 @@ from jobs.errors import (
     NotReady,
     RateLimited,
     TenantQueueFull,
+    TooManyJobs,
     Unauthorized,
     UnknownImage,
     UploadTooLarge,
 )
 from jobs.kinds import JobKind
+from jobs.schemas import ErrorDetail
 
 # Looked up along the exception's MRO, so the most specific entry wins.
 STATUS_BY_ERROR: dict[type[Exception], int] = {
@@ -63,6 +66,8 @@ STATUS_BY_ERROR: dict[type[Exception], int] = {
     UnknownImage: 422,
     InvalidCursor: 422,
     BatchTooLarge: 422,
+    TooManyJobs: 422,
+    InvalidWebhookUrl: 422,
     ModelNameTaken: 409,
     UploadTooLarge: 413,
     FetchFailed: 422,
@@ -79,6 +84,7 @@ STATUS_BY_ERROR: dict[type[Exception], int] = {
     Blip2Error: 400,
 }
 DATABASE_RETRY_AFTER_S = 2
+_KIND_TAGS = frozenset(kind.value for kind in JobKind)
 log = logging.getLogger(__name__)
 
 
@@ -94,6 +100,11 @@ def status_for(exc: Exception) -> int:
     return next(STATUS_BY_ERROR[c] for c in type(exc).__mro__ if c in STATUS_BY_ERROR)
 
 
+def error_detail(exc: JobsError | Blip2Error) -> ErrorDetail:
+    """The error body's detail for a typed error (also one refused job of a batch)."""
+    return ErrorDetail(code=exc.code, message=str(exc), field=exc.field)
+
+
 def _headers_of(exc: JobsError | Blip2Error) -> dict[str, str]:
     headers = {}
     if isinstance(exc, Unauthorized):
@@ -106,7 +117,7 @@ def _headers_of(exc: JobsError | Blip2Error) -> dict[str, str]:
 
 async def _typed_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, JobsError | Blip2Error)
-    body = error_body(exc.code, str(exc), exc.field)
+    body = {"error": error_detail(exc).model_dump(exclude_none=True)}
     return JSONResponse(body, status_code=status_for(exc), headers=_headers_of(exc))
 
 
@@ -129,17 +140,21 @@ def field_path(error: Mapping[str, Any]) -> str:
         parts.append(str(error["ctx"]["discriminator"]).strip("'"))
     if parts and parts[0] in ("body", "query", "path", "header"):
         parts = parts[1:]
-    if parts and parts[0] in set(JobKind):
-        parts = parts[1:]
+    # The union's tag names the kind the job was validated as ("jobs.0.job.caption.input"), not a field.
+    parts = [p for i, p in enumerate(parts) if not (p in _KIND_TAGS and (i == 0 or parts[i - 1] == "job"))]
     return ".".join(str(p) for p in parts) or "body"
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    """422 `invalid_request` for a request the schema refuses; `invalid_argument` when every problem is
+    one of the rules across fields that the schema cannot state (decoding options, jobs/inputs.py)."""
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
     fields = [field_path(e) for e in errors]
     message = "; ".join(f"{field}: {e['msg']}" for field, e in zip(fields, errors, strict=True))
-    return JSONResponse(error_body("invalid_request", message, fields[0] if fields else None), status_code=422)
+    beyond_schema = bool(errors) and all(e["type"] == InvalidArgument.code for e in errors)
+    code = InvalidArgument.code if beyond_schema else "invalid_request"
+    return JSONResponse(error_body(code, message, fields[0] if fields else None), status_code=422)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -18,12 +18,15 @@ from uuid import UUID
 
 import psycopg
 
+from jobs.status import JobStatus
+
 log = logging.getLogger(__name__)
 
 CHANNEL = "job_events"
 FALLBACK_POLL_S = 0.5  # while the listener is not connected
 SAFETY_POLL_S = 5.0  # while it is
 _MAX_BACKOFF_S = 5.0
+_TERMINAL = frozenset(status.value for status in JobStatus if status.is_terminal)
 
 
 class JobEvents:
@@ -33,6 +36,8 @@ class JobEvents:
         self._url = database_url
         self._waiters: dict[UUID, set[asyncio.Event]] = {}
         self.connected = False
+        # Set whenever any job becomes terminal: wakes the webhook deliverer (api/main.py).
+        self.finished = asyncio.Event()
 
     @contextlib.asynccontextmanager
     async def watching(self, job_id: UUID) -> AsyncIterator[asyncio.Event]:
@@ -80,14 +85,18 @@ class JobEvents:
                 self._wake(notice.payload)
 
     def _wake(self, payload: str) -> None:
+        job_id, _, status = payload.partition(" ")
         try:
-            job_id = UUID(payload.split(" ", 1)[0])
+            waiters = self._waiters.get(UUID(job_id), ())
         except ValueError:
             return
-        for event in self._waiters.get(job_id, ()):
+        for event in waiters:
             event.set()
+        if status in _TERMINAL:
+            self.finished.set()
 
     def _wake_all(self) -> None:
         for waiters in self._waiters.values():
             for event in waiters:
                 event.set()
+        self.finished.set()

@@ -24,6 +24,7 @@ from jobs.db import create_db_engine, create_session_factory
 from jobs.rate_limit import RateLimiter
 from jobs.settings import Settings
 from jobs.sweeper import sweep_once
+from jobs.webhook_delivery import CLAIM_BATCH, deliver_due
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     background = [asyncio.create_task(context.events.listen_forever())]
     if context.settings.SWEEP_INTERVAL_S > 0:
         background.append(asyncio.create_task(_sweep_forever(context)))
+    if context.settings.WEBHOOK_INTERVAL_S > 0:
+        background.append(asyncio.create_task(_deliver_forever(context)))
     try:
         yield
     finally:
@@ -107,3 +110,18 @@ async def _sweep_forever(context: ApiContext) -> None:
             log.exception("outbox sweep failed; trying again in %s s", settings.SWEEP_INTERVAL_S)
         else:
             answering_since = now if answering_since is None else answering_since
+
+
+async def _deliver_forever(context: ApiContext) -> None:
+    """Send due webhooks every WEBHOOK_INTERVAL_S, and at once when a job finishes (its notification
+    wakes this loop); a failed pass is logged and tried again. Other API processes may do the same:
+    each delivery is claimed by one of them (jobs/webhook_delivery.py)."""
+    interval = context.settings.WEBHOOK_INTERVAL_S
+    while True:
+        try:
+            attempted = await run_in_threadpool(deliver_due, context.sessions, context.settings)
+        except Exception:
+            attempted = 0
+            log.exception("webhook delivery failed; trying again in %s s", interval)
+        if attempted < CLAIM_BATCH:  # a full claim: more may be due at once
+            await context.events.changed(context.events.finished, interval)

@@ -10,13 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-
-class ErrorDetail(BaseModel):
-    """What went wrong: a stable machine-readable `code`, a message, and the input field at fault."""
-
-    code: str
-    message: str
-    field: str | None = None
+from jobs.schemas import ErrorDetail
 
 
 class ErrorResponse(BaseModel):

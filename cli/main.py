@@ -3,11 +3,13 @@
 blip2-jobs caption photo.jpg --model tiny-opt
 blip2-jobs api --port 8000
 blip2-jobs keys create --tenant acme
+blip2-jobs tenants webhook acme https://hooks.acme.example/blip2
+blip2-jobs submit caption photos/*.jpg --server http://127.0.0.1:8000 --key b2j_... --wait
 """
 
 import typer
 
-from cli import key_commands, model_commands, service_commands
+from cli import key_commands, model_commands, service_commands, submit_commands, webhook_commands
 
 app = typer.Typer(
     name="blip2-jobs",
@@ -18,3 +20,8 @@ app = typer.Typer(
 model_commands.register(app)
 service_commands.register(app)
 key_commands.register(app)
+submit_commands.register(app)
+
+tenants = typer.Typer(help="Per-tenant settings: the default webhook and its signing secret.", no_args_is_help=True)
+webhook_commands.add_commands(tenants)
+app.add_typer(tenants, name="tenants")

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
+    from jobs.db import SessionFactory
     from jobs.settings import Settings
 
 _STOP_GRACE_S = 30.0
@@ -64,6 +65,13 @@ def settings_from_environment() -> "Settings":
     from jobs.settings import Settings
 
     return Settings()
+
+
+def sessions_from_environment() -> "SessionFactory":
+    """Sessions on the database DATABASE_URL names (for the operator commands: keys, tenants)."""
+    from jobs.db import create_db_engine, create_session_factory
+
+    return create_session_factory(create_db_engine(settings_from_environment()))
 
 
 def migrate() -> None:

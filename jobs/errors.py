@@ -110,3 +110,15 @@ class FetchFailed(JobsError):
     """An image URL could not be fetched: unreachable, timed out, or answered with an error status."""
 
     code = "fetch_failed"
+
+
+class InvalidWebhookUrl(JobsError):
+    """A webhook URL whose host does not resolve: no delivery could ever reach it."""
+
+    code = "invalid_webhook_url"
+
+
+class TooManyJobs(JobsError):
+    """A batch request carries more jobs than MAX_JOBS_PER_BATCH."""
+
+    code = "too_many_jobs"

@@ -37,7 +37,9 @@ def store_image(
     # ON CONFLICT: two uploads of the same bytes at once both end with the one row.
     insert_row = insert(Image).values(**row, **info_row)
     session.execute(insert_row.on_conflict_do_nothing(index_elements=["tenant", "sha256"]))
-    return session.scalars(select(Image).where(Image.tenant == tenant, Image.sha256 == digest)).one()
+    stored = find_image(session, tenant, digest)
+    assert stored is not None  # inserted just now, or by whoever inserted it first
+    return stored
 
 
 def get_image(session: Session, image_id: UUID, tenant: str) -> Image:
@@ -46,6 +48,11 @@ def get_image(session: Session, image_id: UUID, tenant: str) -> Image:
     if image is None:
         raise ImageNotFound(f"no image with id {image_id}")
     return image
+
+
+def find_image(session: Session, tenant: str, sha256: str) -> Image | None:
+    """The tenant's image with this content hash, if it uploaded those bytes."""
+    return session.scalars(select(Image).where(Image.tenant == tenant, Image.sha256 == sha256)).one_or_none()
 
 
 def missing_image_ids(session: Session, ids: Iterable[UUID], tenant: str) -> set[UUID]:

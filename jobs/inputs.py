@@ -5,11 +5,13 @@ the worker agree on one typed shape per kind. Unknown fields are errors, so a mi
 loudly instead of being ignored.
 """
 
+import itertools
 from collections.abc import Hashable
 from typing import Annotated, Any, Literal, Self, TypeAlias
 from uuid import UUID
 
 from pydantic import Base64Bytes, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from blip2.data.formats import option_names
 from blip2.decoding import LIMITS, DecodingOptions
@@ -19,6 +21,42 @@ from blip2.errors import InvalidArgument
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 # A static ceiling; the configured MAX_BATCH_SIZE (usually lower) is checked on submission.
 LIST_CEILING = 1024
+# Standard base64 with its padding: what `image` must be for its bytes to be read at all.
+BASE64_PATTERN = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+_IMAGE_FIELDS = ("image_id", "image", "image_url")
+
+
+# ---- what the OpenAPI schema says across fields ---------------------------------------------
+# The validators below say the same in Python; these JSON Schema pieces say it in the OpenAPI
+# document, so a client (or schemathesis) knows which combinations are accepted. "Exactly one of"
+# is written as a `not` (none of them, or two at once) rather than as a `oneOf` beside `properties`:
+# client generators read such a `oneOf` as a union of variants and lose the model's own fields,
+# while they pass over a `not`, which validators apply in full.
+
+
+def _given(*names: str) -> dict[str, Any]:
+    """JSON Schema: every one of these fields is present and not null."""
+    return {"required": list(names), "properties": {name: {"not": {"type": "null"}} for name in names}}
+
+
+def _absent(*names: str) -> dict[str, Any]:
+    """JSON Schema: none of these fields is present, except as null."""
+    return {"properties": {name: {"type": "null"} for name in names}}
+
+
+def _all_of(*schemas: dict[str, Any]) -> dict[str, Any]:
+    return {"allOf": list(schemas)}
+
+
+def exactly_one(*alternatives: dict[str, Any]) -> dict[str, Any]:
+    """JSON Schema: exactly one of the alternatives holds (a `oneOf`, spelt as a `not`; see above)."""
+    none_holds = _all_of(*({"not": alternative} for alternative in alternatives))
+    two_hold = [_all_of(a, b) for a, b in itertools.combinations(alternatives, 2)]
+    return {"not": {"anyOf": [none_holds, *two_hold]}}
+
+
+ONE_IMAGE = exactly_one(*(_given(name) for name in _IMAGE_FIELDS))
+NO_IMAGE = _absent(*_IMAGE_FIELDS)
 
 
 class JobInput(BaseModel):
@@ -43,7 +81,11 @@ def _bounded(name: str) -> Any:
 
 
 class DecodingInput(BaseModel):
-    """Text generation options, named as blip2's DecodingOptions; unset ones take the model's defaults."""
+    """Text generation options, named as blip2's DecodingOptions; unset ones take the model's defaults.
+
+    Across fields, with unset ones at the model's defaults (30 new tokens, 5 beams): `min_new_tokens`
+    at most `max_new_tokens`, and without sampling `num_captions` at most `num_beams`.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -60,11 +102,13 @@ class DecodingInput(BaseModel):
 
     @model_validator(mode="after")
     def _within_library_rules(self) -> Self:
-        # The rules across fields (min <= max, captions <= beams) are the library's, checked by building options.
+        # The rules across fields (min <= max, captions <= beams) are the library's, checked by building
+        # options. JSON Schema cannot compare two values, so the schema cannot say them: their error has
+        # its own type (and code, api/errors.py), `invalid_argument`, apart from a malformed request.
         try:
             DecodingOptions().with_overrides(**self.overrides())
         except InvalidArgument as exc:
-            raise ValueError(str(exc)) from exc
+            raise PydanticCustomError(InvalidArgument.code, str(exc)) from exc
         return self
 
     def overrides(self) -> dict[str, Any]:
@@ -99,7 +143,7 @@ class ImageFields(JobInput):
     """
 
     image_id: UUID | None = None
-    image: Base64Bytes | None = None
+    image: Base64Bytes | None = Field(default=None, json_schema_extra={"pattern": BASE64_PATTERN, "minLength": 4})
     image_url: str | None = Field(default=None, pattern=r"^https?://", max_length=2000)
 
     def images_given(self) -> int:
@@ -112,6 +156,8 @@ class ImageFields(JobInput):
 
 class _ImageRef(ImageFields):
     """An input about one image, given by exactly one of `image_id`, `image` or `image_url`."""
+
+    model_config = ConfigDict(json_schema_extra=ONE_IMAGE)
 
     @model_validator(mode="after")
     def _one_image(self) -> Self:
@@ -176,7 +222,16 @@ class InstructInput(GeneratingInput):
 
 
 class EmbedInput(_ImageRef):
-    """An embedding of an image, a text, or both together (`mode`)."""
+    """An embedding of an image, a text, or both together (`mode`): `image` takes one image and no
+    text, `text` a text and no image, `multimodal` both."""
+
+    model_config = ConfigDict(
+        json_schema_extra=exactly_one(
+            _all_of({"properties": {"mode": {"const": "image"}}}, _absent("text"), ONE_IMAGE),
+            _all_of({"required": ["mode"], "properties": {"mode": {"const": "text"}}}, _given("text"), NO_IMAGE),
+            _all_of({"required": ["mode"], "properties": {"mode": {"const": "multimodal"}}}, _given("text"), ONE_IMAGE),
+        )
+    )
 
     mode: Literal["image", "text", "multimodal"] = "image"
     text: str | None = Field(default=None, min_length=1, max_length=2000)
@@ -195,6 +250,13 @@ class EmbedInput(_ImageRef):
 
 class MatchInput(ImageFields):
     """Rank `texts` against one image, or `image_ids` against one `text`; best first."""
+
+    model_config = ConfigDict(
+        json_schema_extra=exactly_one(
+            _all_of(_given("texts"), _absent("text", "image_ids"), ONE_IMAGE),
+            _all_of(_given("text", "image_ids"), _absent("texts"), NO_IMAGE),
+        )
+    )
 
     texts: list[Annotated[str, Field(min_length=1, max_length=2000)]] | None = Field(
         default=None, min_length=1, max_length=LIST_CEILING
@@ -240,6 +302,13 @@ _BLIP2_TRAINED_PARTS: list[Component] = ["qformer"]
 
 class DownloadInput(JobInput):
     """Fetch a dataset: a manifest entry by `dataset`, or an archive at `url` with its `sha256`."""
+
+    model_config = ConfigDict(
+        json_schema_extra=exactly_one(
+            _all_of(_given("dataset"), _absent("url", "sha256", "format")),
+            _all_of(_given("url", "sha256", "name", "format"), _absent("dataset")),
+        )
+    )
 
     dataset: str | None = Field(default=None, min_length=1, max_length=64)
     url: str | None = Field(default=None, pattern=r"^https?://", max_length=2000)

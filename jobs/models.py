@@ -1,5 +1,5 @@
 """The tables, as SQLAlchemy 2 typed ORM classes: API keys, jobs, images, idempotency keys, datasets,
-trained models.
+trained models, webhook secrets and deliveries.
 
 Everything a client makes belongs to the tenant of the API key that made it (`tenant` columns);
 every read is filtered by it, so another tenant's id looks exactly like one that does not exist.
@@ -16,9 +16,10 @@ from uuid import UUID, uuid4
 
 from sqlalchemy import DateTime, Enum, ForeignKey, Index, LargeBinary, String, UniqueConstraint, func, text
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from jobs.kinds import JobKind
+from jobs.schemas import WEBHOOK_URL_LENGTH
 from jobs.status import JobStatus
 
 
@@ -130,6 +131,11 @@ class Job(Base):
     heartbeat_at: Mapped[datetime | None] = _now_column(nullable=True)
     batch_key: Mapped[str | None] = mapped_column(String(32))
     batch_id: Mapped[str | None] = mapped_column(String(64))
+    # Where the job's outcome is POSTed once it is terminal (the request's, or its tenant's default).
+    webhook_url: Mapped[str | None] = mapped_column(String(WEBHOOK_URL_LENGTH))
+    # The delivery of the webhook, once the job has finished. Read on access; the API's reads load it
+    # with the job (jobs/repository.py), so a job read in a session that has closed can still be shown.
+    webhook_delivery: Mapped["WebhookDelivery | None"] = relationship(viewonly=True)
 
     @property
     def attempt(self) -> Attempt:
@@ -189,4 +195,47 @@ class TrainedModel(Base):
     dataset: Mapped[str] = mapped_column(String(64))
     metrics: Mapped[dict[str, float]] = mapped_column(JSONB)
     job_id: Mapped[UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = _now_column()
+
+
+class DeliveryStatus(StrEnum):
+    """Where a webhook delivery is: still to be sent (or sent again), acknowledged, or given up."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+class TenantWebhook(Base):
+    """A tenant's webhook signing secret (`whsec_...`) and the URL its jobs use when they name none."""
+
+    __tablename__ = "tenant_webhooks"
+
+    tenant: Mapped[str] = mapped_column(String(TENANT_LENGTH), primary_key=True)
+    secret: Mapped[str] = mapped_column(String(100))
+    url: Mapped[str | None] = mapped_column(String(WEBHOOK_URL_LENGTH))
+    created_at: Mapped[datetime] = _now_column()
+    updated_at: Mapped[datetime] = _now_column()
+
+
+class WebhookDelivery(Base):
+    """The outbox row of one job's webhook: written by a trigger on `jobs` in the transaction that makes
+    the job terminal (migration 0005_webhooks), then sent and re-sent by the deliverers until
+    acknowledged or given up. `attempts` doubles as the token a sender's result write is checked against."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("ix_webhook_deliveries_due", "next_attempt_at", postgresql_where=text("status = 'pending'")),
+    )
+
+    id: Mapped[UUID] = mapped_column(primary_key=True, default=uuid4)
+    job_id: Mapped[UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), unique=True)
+    tenant: Mapped[str] = _tenant_column()
+    url: Mapped[str] = mapped_column(String(WEBHOOK_URL_LENGTH))
+    status: Mapped[DeliveryStatus] = mapped_column(_string_enum(DeliveryStatus, 16), default=DeliveryStatus.PENDING)
+    attempts: Mapped[int] = mapped_column(default=0)
+    last_status: Mapped[int | None]  # the receiver's HTTP status on the last attempt (None: no answer)
+    last_error: Mapped[str | None]  # why the last attempt failed
+    next_attempt_at: Mapped[datetime] = _now_column()
+    delivered_at: Mapped[datetime | None] = _now_column(nullable=True)
     created_at: Mapped[datetime] = _now_column()

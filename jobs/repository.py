@@ -15,7 +15,7 @@ from uuid import UUID
 
 from sqlalchemy import ColumnElement, Integer, Select, Uuid, column, func, select, tuple_, update, values
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from jobs.errors import InvalidCursor, JobNotCancelable, JobNotFound
 from jobs.kinds import JobKind
@@ -23,6 +23,8 @@ from jobs.models import Attempt, Job, TenantQueue
 from jobs.status import JobStatus
 
 _UNFINISHED = (JobStatus.QUEUED, JobStatus.RUNNING)
+# A second query for the jobs' webhook deliveries (a join would not do: FOR UPDATE refuses outer joins).
+_WITH_WEBHOOK = selectinload(Job.webhook_delivery)
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ def add_job(
     queue: str,
     input: dict[str, Any],
     batch_key: str | None = None,
+    webhook_url: str | None = None,
 ) -> Job:
     """A new queued job of `tenant`, flushed so it has its id and timestamps (committed by the caller).
 
@@ -56,6 +59,7 @@ def add_job(
         input=input,
         status=JobStatus.QUEUED,
         batch_key=batch_key,
+        webhook_url=webhook_url,
         dispatched_at=func.now(),
         dispatch_count=1,
     )
@@ -70,8 +74,11 @@ def find_job(session: Session, job_id: UUID) -> Job | None:
 
 
 def get_job(session: Session, job_id: UUID, tenant: str | None = None) -> Job:
-    """The job with this id (of `tenant`, when given), or JobNotFound: another tenant's job is not found."""
-    job = session.get(Job, job_id, populate_existing=True)
+    """The job with this id (of `tenant`, when given), or JobNotFound: another tenant's job is not found.
+
+    Its webhook delivery is loaded with it, so it can be shown after the session has closed.
+    """
+    job = session.get(Job, job_id, populate_existing=True, options=[_WITH_WEBHOOK])
     if job is None or (tenant is not None and job.tenant != tenant):
         raise JobNotFound(f"no job with id {job_id}")
     return job
@@ -95,7 +102,7 @@ def list_jobs(
     query = _filtered(select(Job).where(Job.tenant == tenant), status, kind)
     if cursor is not None:
         query = query.where(tuple_(Job.created_at, Job.id) < _decode_cursor(cursor))
-    query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+    query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1).options(_WITH_WEBHOOK)
     rows = list(session.scalars(query))
     more = len(rows) > limit
     page = rows[:limit]

@@ -14,7 +14,11 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
 from jobs.inputs import JobInput
 from jobs.kinds import KINDS, JobKind, KindSpec
 from jobs.outputs import JobOutput, ProgressDetail
+from jobs.settings import JOBS_PER_BATCH_CEILING
 from jobs.status import JobStatus
+
+WEBHOOK_URL_PATTERN = r"^https?://"
+WEBHOOK_URL_LENGTH = 2000  # as the column (jobs/models.py, which this module may not import)
 
 if TYPE_CHECKING:
     from jobs.models import Job
@@ -40,6 +44,12 @@ class ImagePublic(ImageBase):
     id: UUID
 
 
+class ImagesPublic(BaseModel):
+    """The tenant's images with a given content hash: none, or the one (`GET /v1/images?sha256=`)."""
+
+    data: list[ImagePublic]
+
+
 # ---- job requests ---------------------------------------------------------------------------
 
 
@@ -51,6 +61,8 @@ class JobCreateBase(BaseModel):
     kind: JobKind
     model: str | None = Field(default=None, min_length=1, max_length=500)
     input: JobInput
+    # Where to POST the finished job (signed; see README "Webhooks"); default: the tenant's, if any.
+    webhook_url: str | None = Field(default=None, pattern=WEBHOOK_URL_PATTERN, max_length=WEBHOOK_URL_LENGTH)
 
 
 def _camel(kind: JobKind) -> str:
@@ -80,6 +92,22 @@ JOB_CREATE_ADAPTER: TypeAdapter[JobCreateBase] = TypeAdapter(JobCreate)
 # ---- jobs -----------------------------------------------------------------------------------
 
 
+class WebhookPublic(BaseModel):
+    """Where a job's webhook goes and how its delivery went.
+
+    `status`: `waiting` until the job finishes, then `pending` while it is (re)tried, `delivered` once
+    the receiver answered 2xx, `failed` after WEBHOOK_MAX_ATTEMPTS.
+    """
+
+    url: str
+    status: Literal["waiting", "pending", "delivered", "failed"]
+    attempts: int
+    last_status: int | None  # the receiver's HTTP status on the last attempt (None: no answer)
+    last_error: str | None
+    delivered_at: datetime | None
+    next_attempt_at: datetime | None
+
+
 class JobErrorPublic(BaseModel):
     """Why a job failed: a stable code and a human message."""
 
@@ -103,6 +131,7 @@ class JobPublicBase(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    webhook: WebhookPublic | None = None  # None: the job has no webhook
 
 
 def _response_model(spec: KindSpec[JobInput]) -> type[JobPublicBase]:
@@ -144,8 +173,38 @@ def job_public(job: "Job") -> JobPublicBase:
             "created_at": job.created_at,
             "started_at": job.started_at,
             "finished_at": job.finished_at,
+            "webhook": _webhook_public(job),
         }
     )
+
+
+def _webhook_public(job: "Job") -> WebhookPublic | None:
+    if job.webhook_url is None:
+        return None
+    delivery = job.webhook_delivery
+    if delivery is None:
+        return WebhookPublic(
+            url=job.webhook_url, status="waiting", attempts=0, last_status=None, last_error=None,
+            delivered_at=None, next_attempt_at=None,
+        )  # fmt: skip
+    pending = delivery.status == "pending"
+    return WebhookPublic(
+        url=delivery.url,
+        status=delivery.status.value,
+        attempts=delivery.attempts,
+        last_status=delivery.last_status,
+        last_error=delivery.last_error,
+        delivered_at=delivery.delivered_at,
+        next_attempt_at=delivery.next_attempt_at if pending else None,
+    )
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong: a stable machine-readable `code`, a message, and the input field at fault."""
+
+    code: str
+    message: str
+    field: str | None = None
 
 
 class JobsPublic(BaseModel):
@@ -153,6 +212,42 @@ class JobsPublic(BaseModel):
 
     data: list[JobPublic]
     next_cursor: str | None
+
+
+# ---- batches --------------------------------------------------------------------------------
+
+
+class JobsBatchItem(BaseModel):
+    """One job of a batch, with its own Idempotency-Key (the header's role for a single job)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
+    job: JobCreate
+
+
+class JobsBatchCreate(BaseModel):
+    """The body of POST /v1/jobs:batch: up to MAX_JOBS_PER_BATCH jobs, accepted in one transaction."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    jobs: list[JobsBatchItem] = Field(min_length=1, max_length=JOBS_PER_BATCH_CEILING)
+
+
+class JobsBatchItemResult(BaseModel):
+    """What became of one job of a batch: `status` is the HTTP status it would have had alone (202, or
+    its error's), with the job (`created` False for an Idempotency-Key replay) or the error."""
+
+    status: int
+    job: JobPublic | None = None
+    created: bool | None = None
+    error: ErrorDetail | None = None
+
+
+class JobsBatchPublic(BaseModel):
+    """The answer to a batch: one result per job, in the request's order."""
+
+    items: list[JobsBatchItemResult]
 
 
 # ---- models and datasets --------------------------------------------------------------------

@@ -15,6 +15,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # Refused as the Flower password anywhere but development (the full-stack-fastapi-template rule).
 DEFAULT_SECRET = "changethis"
 _PSYCOPG_SCHEMES = ("postgresql://", "postgres://")
+# The most jobs one batch request may carry whatever MAX_JOBS_PER_BATCH says (the schema's bound).
+JOBS_PER_BATCH_CEILING = 1000
 
 
 class MissingSetting(ValueError):
@@ -83,6 +85,19 @@ class Settings(BaseSettings):
     # Jobs one tenant may have queued or running at once; over it, submissions get 503 with Retry-After.
     MAX_UNFINISHED_JOBS_PER_TENANT: int = Field(default=1000, gt=0)
     TENANT_QUEUE_FULL_RETRY_AFTER_S: int = Field(default=10, gt=0)
+
+    # POST /v1/jobs:batch takes at most this many jobs in one request (and one transaction).
+    MAX_JOBS_PER_BATCH: int = Field(default=100, gt=0, le=JOBS_PER_BATCH_CEILING)
+
+    # Webhooks (jobs/webhooks.py): each API process sends due deliveries every WEBHOOK_INTERVAL_S
+    # (0: this process sends none), each POST waiting at most WEBHOOK_TIMEOUT_S for its answer. A
+    # failed delivery is tried again after WEBHOOK_RETRY_BASE_S, doubling per attempt up to
+    # WEBHOOK_RETRY_MAX_S, and given up after WEBHOOK_MAX_ATTEMPTS.
+    WEBHOOK_INTERVAL_S: float = Field(default=1.0, ge=0)
+    WEBHOOK_TIMEOUT_S: float = Field(default=10.0, gt=0)
+    WEBHOOK_RETRY_BASE_S: float = Field(default=5.0, gt=0)
+    WEBHOOK_RETRY_MAX_S: float = Field(default=3600.0, gt=0)
+    WEBHOOK_MAX_ATTEMPTS: int = Field(default=10, ge=1)
 
     FLOWER_USER: str = "admin"
     FLOWER_PASSWORD: str = DEFAULT_SECRET

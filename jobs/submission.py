@@ -6,25 +6,41 @@ message is sent after the commit. That order is the outbox's guarantee: a worker
 id it cannot find, and a send that fails, or a process that dies before sending, leaves the job
 queued, and the sweeper sends it later.
 
-An `image_url` is fetched before the transaction opens (it may take FETCH_TIMEOUT_S), and only when
-the request is not a replay of an Idempotency-Key already seen: a replay fetches nothing.
+An `image_url` is fetched, and a `webhook_url`'s address checked, before the transaction opens (it
+may take FETCH_TIMEOUT_S), and only when the request is not a replay of an Idempotency-Key already
+seen: a replay fetches nothing.
+
+A batch (`submit_batch`) runs the same steps per job: every job is prepared (replay, fetch), then
+each is recorded in a savepoint of the one transaction, so a refused job leaves nothing behind while
+the others commit together; then the accepted jobs' messages are sent.
 """
 
 import hashlib
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
+from typing import TypeVar
 from uuid import UUID
 
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from blip2.errors import DatasetNotFound, InvalidImage, ModelNotFound, UnsupportedOperation
+from blip2.errors import Blip2Error, DatasetNotFound, InvalidImage, ModelNotFound, UnsupportedOperation
 from blip2.registry import ModelSpec, Registry, generation_limit
 from jobs.broker import Dispatcher, JobMessage
 from jobs.catalog import get_dataset, get_trained_model, resolve_trained, serving_model
 from jobs.db import SessionFactory, is_tenant_queue_full
-from jobs.errors import BatchTooLarge, IdempotencyKeyReused, ModelNameTaken, TenantQueueFull, UnknownImage
+from jobs.errors import (
+    BatchTooLarge,
+    IdempotencyKeyReused,
+    JobsError,
+    ModelNameTaken,
+    TenantQueueFull,
+    TooManyJobs,
+    UnknownImage,
+)
 from jobs.fetch import with_fetched_image
 from jobs.image_store import missing_image_ids, store_image
 from jobs.inputs import EvaluateInput, GeneratingInput, ImageFields, JobInput, MatchInput, TrainInput
@@ -33,6 +49,9 @@ from jobs.models import IdempotencyKey, Job
 from jobs.repository import add_job, get_job
 from jobs.schemas import JobCreateBase
 from jobs.settings import Settings
+from jobs.webhooks import check_webhook_url, default_url, ensure_secret
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -54,12 +73,37 @@ class Submitted:
 
 
 @dataclass(frozen=True)
+class Refused:
+    """A job of a batch that was not accepted, and why (the error a single submission would raise)."""
+
+    error: JobsError | Blip2Error
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One job of a batch and its own Idempotency-Key."""
+
+    request: JobCreateBase
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True)
 class _Target:
     """The model a job names, as the registry resolves it for the tenant."""
 
     name: str
     spec: ModelSpec | None  # None for a download (no model)
     owner: str  # the tenant, for the tenant's trained model; "" for a registry model
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A request that is not a replay, ready to record: its model, its fingerprint, its URL fetched."""
+
+    request: JobCreateBase
+    model: str
+    fingerprint: str
+    key: str | None
 
 
 def submit_job(
@@ -78,41 +122,99 @@ def submit_job(
     if session is None:
         with ctx.sessions() as own:
             return submit_job(ctx, tenant, request, idempotency_key, session=own)
+    outcome = _prepare(ctx, session, tenant, BatchItem(request, idempotency_key))
+    if isinstance(outcome, _Prepared):
+        outcome = _record_one(ctx, session, tenant, outcome, alone=True)
+        session.commit()
+        _send(ctx, [outcome])
+    return outcome
+
+
+def submit_batch(
+    ctx: Submission, tenant: str, items: Sequence[BatchItem], *, session: Session
+) -> list[Submitted | Refused]:
+    """Submit many jobs in one transaction: each is checked, recorded or refused on its own (a refused
+    job leaves nothing behind, the others are kept), all are committed together, then each accepted
+    job's message is sent. Outcomes in the order of `items`.
+    """
+    if len(items) > ctx.settings.MAX_JOBS_PER_BATCH:
+        raise TooManyJobs(f"{len(items)} jobs, over the limit of {ctx.settings.MAX_JOBS_PER_BATCH}", field="jobs")
+    prepared = [_refused_or(partial(_prepare, ctx, session, tenant, item)) for item in items]
+    outcomes = [
+        _refused_or(partial(_record_one, ctx, session, tenant, p)) if isinstance(p, _Prepared) else p for p in prepared
+    ]
+    session.commit()
+    _send(ctx, [o for o in outcomes if isinstance(o, Submitted)])
+    return outcomes
+
+
+def _refused_or(step: Callable[[], _T]) -> _T | Refused:
+    """The step's result, or Refused with the typed error it raised (any other error propagates)."""
+    try:
+        return step()
+    except (JobsError, Blip2Error) as exc:
+        return Refused(exc)
+
+
+def _prepare(ctx: Submission, session: Session, tenant: str, item: BatchItem) -> Submitted | _Prepared:
+    """The first job of a replayed Idempotency-Key, or the request ready to record.
+
+    What may take seconds happens here, before the job's transaction opens, and only for a request
+    that is not a replay: the webhook URL's address check and the image_url's fetch.
+    """
+    request = item.request
     model = _model_name(ctx, request)
     fingerprint = _fingerprint(request, model)
-    if idempotency_key is not None and (replayed := _replay(session, tenant, idempotency_key, fingerprint)):
+    key = item.idempotency_key
+    if key is not None and (replayed := _replay(session, tenant, key, fingerprint)):
         return Submitted(replayed, created=False)
-    if isinstance(request.input, ImageFields) and request.input.image_url is not None:
-        session.rollback()  # no transaction stays open while the URL is fetched
+    image_url = request.input.image_url if isinstance(request.input, ImageFields) else None
+    if request.webhook_url is not None or image_url is not None:
+        session.rollback()  # no transaction stays open while addresses are resolved and URLs fetched
+    if request.webhook_url is not None:
+        check_webhook_url(request.webhook_url, ctx.settings.fetch_allowed_hosts)
+    if image_url is not None:
         request = request.model_copy(update={"input": with_fetched_image(request.input, ctx.settings)})
+    return _Prepared(request, model, fingerprint, key)
+
+
+def _record_one(
+    ctx: Submission, session: Session, tenant: str, prepared: _Prepared, *, alone: bool = False
+) -> Submitted:
+    """Record the job in the open transaction. Among a batch's jobs, in a savepoint: if it is refused,
+    or its Idempotency-Key was taken meanwhile, nothing of it stays and the others do. `alone`, the
+    transaction is the job's own (no savepoint's two round trips), and such an outcome rolls it back."""
     try:
-        job = _record(ctx, session, tenant, request, model, idempotency_key, fingerprint)
-        session.commit()
+        if alone:
+            job = _record(ctx, session, tenant, prepared)
+        else:
+            with session.begin_nested():
+                job = _record(ctx, session, tenant, prepared)
     except DBAPIError as exc:
         if not is_tenant_queue_full(exc):
             raise
         raise _queue_full(ctx.settings) from exc
     except _KeyTakenMeanwhile:
-        session.rollback()
-        return Submitted(_replay_or_fail(session, tenant, str(idempotency_key), fingerprint), created=False)
-    ctx.dispatcher.try_send(JobMessage.of(job))
+        if alone:
+            session.rollback()
+        return Submitted(_replay_or_fail(session, tenant, str(prepared.key), prepared.fingerprint), created=False)
     return Submitted(job, created=True)
+
+
+def _send(ctx: Submission, submitted: Sequence[Submitted]) -> None:
+    """Send the message of each job this request created (its row is committed)."""
+    for item in submitted:
+        if item.created:
+            ctx.dispatcher.try_send(JobMessage.of(item.job))
 
 
 class _KeyTakenMeanwhile(Exception):
     """A concurrent request committed the same Idempotency-Key first."""
 
 
-def _record(
-    ctx: Submission,
-    session: Session,
-    tenant: str,
-    request: JobCreateBase,
-    model: str,
-    key: str | None,
-    fingerprint: str,
-) -> Job:
-    target = _resolve_target(session, ctx.registry, tenant, model)
+def _record(ctx: Submission, session: Session, tenant: str, prepared: _Prepared) -> Job:
+    request = prepared.request
+    target = _resolve_target(session, ctx.registry, tenant, prepared.model)
     _check_request(session, ctx, tenant, request, target)
     job_input = _store_inline_image(session, tenant, request.input, ctx.settings)
     _check_images_exist(session, tenant, job_input)
@@ -125,10 +227,20 @@ def _record(
         queue=KINDS[kind].queue(serving_model(session, ctx.registry, target.name, tenant)),
         input=job_input.model_dump(mode="json", exclude_none=True),
         batch_key=batch_key(kind, job_input, target.name, target.owner),
+        webhook_url=_webhook_url(session, tenant, request),
     )
-    if key is not None and not _claim_key(session, tenant, key, fingerprint, job.id):
+    if prepared.key is not None and not _claim_key(session, tenant, prepared.key, prepared.fingerprint, job.id):
         raise _KeyTakenMeanwhile
     return job
+
+
+def _webhook_url(session: Session, tenant: str, request: JobCreateBase) -> str | None:
+    """The job's webhook: the request's, else the tenant's default; the tenant gets a signing secret
+    the first time it has one, so every delivery is signed."""
+    url = request.webhook_url or default_url(session, tenant)
+    if url is not None:
+        ensure_secret(session, tenant)
+    return url
 
 
 # ---- checks ---------------------------------------------------------------------------------

@@ -1,18 +1,30 @@
-"""/v1/jobs: submit, read (with long-poll), list and cancel the tenant's jobs."""
+"""/v1/jobs: submit (one, or many in a batch), read (with long-poll, or as an event stream), list and
+cancel the tenant's jobs."""
 
+from collections.abc import AsyncIterator
 from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Body, Depends, Header, Query, Response
+from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from api.deps import ContextDep, CurrentPrincipal, SessionDep, SubmissionDep, get_principal
-from api.long_poll import wait_for_job
+from api.errors import error_detail, status_for
+from api.long_poll import follow_job, wait_for_job
 from api.responses import COMMON_ERRORS, error_responses
 from jobs.kinds import JobKind
-from jobs.repository import cancel_job, list_jobs
-from jobs.schemas import JobCreate, JobPublic, JobsPublic, job_public
+from jobs.repository import cancel_job, get_job, list_jobs
+from jobs.schemas import (
+    JobCreate,
+    JobPublic,
+    JobsBatchCreate,
+    JobsBatchItemResult,
+    JobsBatchPublic,
+    JobsPublic,
+    job_public,
+)
 from jobs.status import JobStatus
-from jobs.submission import submit_job
+from jobs.submission import BatchItem, Refused, Submitted, submit_batch, submit_job
 
 router = APIRouter(
     prefix="/v1/jobs",
@@ -28,7 +40,20 @@ IdempotencyKeyHeader = Annotated[
 WaitQuery = Annotated[float, Query(ge=0, description="Wait up to this many seconds (at most 30) for a result.")]
 
 
-@router.post("", status_code=202, responses=error_responses(409, 413, 415))
+# Where a created job's id leads (OpenAPI links). Not to its event stream: that stays open until the job ends.
+_JOB_LINKS = {
+    "read": {"operationId": "read_job", "parameters": {"job_id": "$response.body#/id"}},
+    "cancel": {"operationId": "cancel_job", "parameters": {"job_id": "$response.body#/id"}},
+}
+
+
+@router.post(
+    "",
+    status_code=202,
+    operation_id="create_job",
+    responses=error_responses(409, 413, 415),
+    openapi_extra={"responses": {"202": {"links": _JOB_LINKS}}},
+)
 def create_job(
     body: Annotated[JobCreate, Body()],
     submission: SubmissionDep,
@@ -43,21 +68,46 @@ def create_job(
     return job_public(submitted.job)
 
 
-@router.get("")
+@router.post(":batch", operation_id="create_jobs", responses=error_responses(413))
+def create_jobs(
+    body: JobsBatchCreate, submission: SubmissionDep, session: SessionDep, principal: CurrentPrincipal
+) -> JobsBatchPublic:
+    """Queue up to MAX_JOBS_PER_BATCH jobs in one transaction, each with its own Idempotency-Key.
+
+    One result per job, in order: `status` 202 with the job, or the status and error the job would have
+    had alone (a refused job creates nothing; the others are accepted all the same).
+    """
+    items = [BatchItem(item.job, item.idempotency_key) for item in body.jobs]
+    outcomes = submit_batch(submission, principal.tenant, items, session=session)
+    return JobsBatchPublic(items=[_batch_result(outcome) for outcome in outcomes])
+
+
+def _batch_result(outcome: Submitted | Refused) -> JobsBatchItemResult:
+    if isinstance(outcome, Refused):
+        return JobsBatchItemResult(status=status_for(outcome.error), error=error_detail(outcome.error))
+    return JobsBatchItemResult(status=202, job=job_public(outcome.job), created=outcome.created)
+
+
+CursorQuery = Annotated[
+    str | None, Query(pattern=r"^[A-Za-z0-9_-]+$", max_length=200, description="A `next_cursor` this API returned.")
+]
+
+
+@router.get("", operation_id="read_jobs")
 def read_jobs(
     session: SessionDep,
     principal: CurrentPrincipal,
     status: JobStatus | None = None,
     kind: JobKind | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: str | None = None,
+    cursor: CursorQuery = None,
 ) -> JobsPublic:
     """The tenant's jobs newest first; pass `next_cursor` back as `cursor` for the next page."""
     page = list_jobs(session, tenant=principal.tenant, limit=limit, cursor=cursor, status=status, kind=kind)
     return JobsPublic(data=[job_public(job) for job in page.jobs], next_cursor=page.next_cursor)
 
 
-@router.get("/{job_id}", responses=error_responses(404))
+@router.get("/{job_id}", operation_id="read_job", responses=error_responses(404))
 async def read_job(job_id: UUID, context: ContextDep, principal: CurrentPrincipal, wait: WaitQuery = 0) -> JobPublic:
     """A job; with `wait`, answers as soon as it is terminal or when the wait is over."""
     wait_s = min(wait, context.settings.LONG_POLL_MAX_S)
@@ -65,7 +115,36 @@ async def read_job(job_id: UUID, context: ContextDep, principal: CurrentPrincipa
     return job_public(job)
 
 
-@router.post("/{job_id}/cancel", responses=error_responses(404, 409))
+class JobEventStream(EventSourceResponse):
+    """The event stream's response class, without a media type of its own: FastAPI still answers (and
+    documents) the stream as text/event-stream, and documents the route's errors, answered before any
+    stream starts, as the JSON they are (it gives them the route's media type otherwise)."""
+
+    media_type = None  # type: ignore[assignment]
+
+
+def existing_job_id(job_id: UUID, context: ContextDep, principal: CurrentPrincipal) -> UUID:
+    """The id of one of the tenant's jobs; 404 before any response starts, for a stream's sake.
+
+    Its own short session: a request's session would hold a connection for as long as the stream lasts.
+    """
+    with context.sessions() as session:
+        return get_job(session, job_id, principal.tenant).id
+
+
+@router.get(
+    "/{job_id}/events", operation_id="job_events", response_class=JobEventStream, responses=error_responses(404)
+)
+async def job_events(
+    job_id: Annotated[UUID, Depends(existing_job_id)], context: ContextDep, principal: CurrentPrincipal
+) -> AsyncIterator[ServerSentEvent]:
+    """The job's status and progress as server-sent events until it ends: `event: job` with the job's
+    JSON now and at every change, then `event: end` with the finished job, and the stream closes."""
+    async for job in follow_job(context.events, context.sessions, job_id, principal.tenant):
+        yield ServerSentEvent(event="end" if job.status.is_terminal else "job", raw_data=job.model_dump_json())
+
+
+@router.post("/{job_id}/cancel", operation_id="cancel_job", responses=error_responses(404, 409))
 def cancel(job_id: UUID, session: SessionDep, principal: CurrentPrincipal) -> JobPublic:
     """Cancel a job that has not finished (a queued one never runs); 409 once it has."""
     job = cancel_job(session, job_id, principal.tenant)

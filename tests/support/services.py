@@ -56,6 +56,7 @@ def make_settings(database_url: str, key_prefix: str, data_dir: Path, **override
         "REDIS_KEY_PREFIX": key_prefix,
         "BLIP2_DATA_DIR": data_dir,
         "SWEEP_INTERVAL_S": 0,
+        "WEBHOOK_INTERVAL_S": 0,  # only the API processes that a test starts for it deliver webhooks
         "BLIP2_DEFAULT_MODEL": "tiny-opt",  # the test workers serve the tiny models' queues
         "FETCH_ALLOWED_HOSTS": "127.0.0.1",  # the tests' own file servers; `localhost` stays forbidden
         # Workers beat twice a second, so a killed worker's job is recovered within seconds.

@@ -25,11 +25,28 @@ def serving(command: str, settings: Settings, tmp_path_factory: pytest.TempPathF
         yield url
 
 
+# The session's API sweeps every second for jobs queued over two seconds, and retries webhooks fast.
+FAST_API = {
+    "SWEEP_INTERVAL_S": 1.0,
+    "QUEUED_TOO_LONG_S": 2.0,
+    "WEBHOOK_INTERVAL_S": 0.2,
+    "WEBHOOK_TIMEOUT_S": 2.0,
+    "WEBHOOK_RETRY_BASE_S": 0.3,
+    "WEBHOOK_RETRY_MAX_S": 1.0,
+    "WEBHOOK_MAX_ATTEMPTS": 1000,
+}
+
+
 @pytest.fixture(scope="session")
-def api_url(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The API, sweeping every second for jobs queued over two seconds."""
-    fast_sweep = settings.model_copy(update={"SWEEP_INTERVAL_S": 1.0, "QUEUED_TOO_LONG_S": 2.0})
-    with serving("api", fast_sweep, tmp_path_factory) as url:
+def api_settings(settings: Settings) -> Settings:
+    """The settings of the session's API process (FAST_API)."""
+    return settings.model_copy(update=FAST_API)
+
+
+@pytest.fixture(scope="session")
+def api_url(api_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The API process of the session (api_settings)."""
+    with serving("api", api_settings, tmp_path_factory) as url:
         yield url
 
 

@@ -1,0 +1,92 @@
+"""The synchronous client: runs the flows of `_protocol` over an `httpx.Client`, retrying 429 and 503."""
+
+import time
+from collections.abc import Sequence
+from typing import Self, TypeVar
+from uuid import UUID
+
+import httpx
+
+from blip2_jobs import _protocol as protocol
+from blip2_jobs._protocol import BatchJob, Call, Flow
+from jobs.schemas import ImagePublic, JobCreateBase, JobPublicBase, JobsBatchPublic, JobsPublic
+
+T = TypeVar("T")
+DEFAULT_TIMEOUT_S = 60.0
+DEFAULT_MAX_RETRIES = 8
+DEFAULT_BATCH_CHUNK = 100  # the server's default MAX_JOBS_PER_BATCH
+
+
+class Client:
+    """blip2-jobs over HTTP for one API key (its tenant's jobs and images); use it as a context manager."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self._http = httpx.Client(transport=transport, **protocol.http_options(base_url, api_key, timeout_s))
+        self.max_retries = max_retries
+        self._known_images: dict[str, UUID] = {}  # sha256 -> id, so a file seen once is never checked again
+
+    def upload_image(self, data: bytes) -> ImagePublic:
+        """The image with these bytes, uploaded only if the tenant does not have it already."""
+        return self._run(protocol.upload_image(data, self._known_images))
+
+    def get_image(self, image_id: UUID) -> ImagePublic:
+        return self._run(protocol.get_image(image_id))
+
+    def submit(self, request: JobCreateBase, idempotency_key: str | None = None) -> JobPublicBase:
+        """Queue a job; the same Idempotency-Key again returns the first job instead of making another."""
+        return self._run(protocol.submit(request, idempotency_key))
+
+    def submit_many(self, jobs: Sequence[BatchJob], chunk: int = DEFAULT_BATCH_CHUNK) -> JobsBatchPublic:
+        """Queue many jobs through the batch endpoint; one result (job or error) per job, in order."""
+        return self._run(protocol.submit_many(jobs, chunk))
+
+    def get(self, job_id: UUID, wait_s: float = 0.0) -> JobPublicBase:
+        """A job; with `wait_s`, as soon as it is terminal or when the wait is over (at most 30 s)."""
+        return self._run(protocol.get_job(job_id, wait_s))
+
+    def wait(self, job_id: UUID, timeout_s: float | None = None) -> JobPublicBase:
+        """The job once it has finished (long-polling); WaitTimedOut after `timeout_s`, if given."""
+        return self._run(protocol.wait(job_id, timeout_s))
+
+    def cancel(self, job_id: UUID) -> JobPublicBase:
+        return self._run(protocol.cancel(job_id))
+
+    def list_jobs(self, limit: int = 20, cursor: str | None = None) -> JobsPublic:
+        return self._run(protocol.list_jobs(limit, cursor))
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _run(self, flow: Flow[T]) -> T:
+        call = next(flow)
+        while True:
+            response = self._send(call)
+            try:
+                call = flow.send(response)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+
+    def _send(self, call: Call) -> httpx.Response:
+        attempt = 0
+        while True:
+            response = self._http.send(call.build(self._http))
+            delay = protocol.retry_delay(response, attempt, self.max_retries)
+            if delay is None:
+                return response
+            response.close()
+            time.sleep(delay)
+            attempt += 1
