@@ -305,7 +305,9 @@ class DownloadInput(JobInput):
 
     model_config = ConfigDict(
         json_schema_extra=exactly_one(
-            _all_of(_given("dataset"), _absent("url", "sha256", "format")),
+            _all_of(
+                _given("dataset"), _absent("url", "sha256", "format"), {"properties": {"options": {"maxProperties": 0}}}
+            ),
             _all_of(_given("url", "sha256", "name", "format"), _absent("dataset")),
         )
     )
@@ -330,8 +332,10 @@ class DownloadInput(JobInput):
             return options  # no format: the model's own check says what is missing
         known = option_names(info.data["format"])
         if unknown := sorted(set(options) - set(known)):
-            raise ValueError(
-                f"{', '.join(unknown)}: not an option of {info.data['format']} (it has {', '.join(known)})"
+            # Which names a format reads is the library's to say, not the schema's: a rule across fields.
+            raise PydanticCustomError(
+                InvalidArgument.code,
+                f"{', '.join(unknown)}: not an option of {info.data['format']} (it has {', '.join(known)})",
             )
         return options
 

@@ -97,8 +97,9 @@ stateful_schema = schema.exclude(operation_id="job_events")
 
 @pytest.fixture(scope="module")
 def app(settings: Settings, key_prefix: str) -> Iterator[FastAPI]:
-    # No long-polls: a generated ?wait=30 on a queued job would only make the run slow.
-    yield create_app(settings.model_copy(update={"LONG_POLL_MAX_S": 0}))
+    # No long-polls: a generated ?wait=30 on a queued job would only make the run slow. No rate limit:
+    # hundreds of generated requests would spend it, and the stateful phase would see nothing but 429s.
+    yield create_app(settings.model_copy(update={"LONG_POLL_MAX_S": 0, "RATE_LIMIT_REQUESTS": 0}))
     drain(key_prefix, "infer.tiny-opt")
 
 
