@@ -149,6 +149,11 @@ def worker(
     run_worker(settings, options)
 
 
+# Flower's task list shows name, uuid, state, received, runtime and worker by default; a job's kind
+# and model (the message's argsrepr), its result and a failure's error code need their columns named.
+FLOWER_TASK_COLUMNS = "name,uuid,state,args,result,exception,received,runtime,worker"
+
+
 def flower(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 5555,
     address: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
@@ -162,7 +167,10 @@ def flower(
         celery = create_celery(settings)
     auth = f"{settings.FLOWER_USER}:{settings.FLOWER_PASSWORD}"
     protect_metrics()
-    celery.start(["flower", f"--port={port}", f"--address={address}", f"--basic-auth={auth}"])
+    celery.start([
+        "flower", f"--port={port}", f"--address={address}", f"--basic-auth={auth}",
+        f"--tasks-columns={FLOWER_TASK_COLUMNS}",
+    ])  # fmt: skip
 
 
 def up(

@@ -6,6 +6,8 @@ A batch runs many jobs under one message, so the worker reports the others itsel
 events Celery's own would be (`task-succeeded`, `task-failed` with the job's error code and message,
 `task-revoked` for a job canceled while it ran). Flower ranks a task's states, so a later event of
 a lower rank (the no-op delivery of a job's own message after its batch ran it) never hides one.
+Each event also names the task and its arguments as the job's message does: a job whose own message
+has not been received yet (it waits behind the batch that ran it) still shows its kind and model.
 """
 
 import logging
@@ -13,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from celery import Celery
+from celery.utils.saferepr import saferepr
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +25,8 @@ class JobEvent:
     """How one job ended, as a task event: `error` is "code: message" for a failure."""
 
     job_id: str
+    name: str  # the task's name, `blip2.<kind>`
+    args: str  # the message's argsrepr: job id, kind, model
     succeeded: bool
     summary: str = ""  # a succeeded job's result, short
     error: str = ""
@@ -50,8 +55,9 @@ class TaskEvents:
 
 
 def _event(event: JobEvent, runtime_s: float) -> tuple[str, dict[str, object]]:
+    task: dict[str, object] = {"uuid": event.job_id, "name": event.name, "args": event.args}
     if event.canceled:
-        return "task-revoked", {"uuid": event.job_id, "terminated": False, "expired": False, "signum": None}
+        return "task-revoked", task | {"terminated": False, "expired": False, "signum": None}
     if event.succeeded:
-        return "task-succeeded", {"uuid": event.job_id, "result": event.summary, "runtime": runtime_s}
-    return "task-failed", {"uuid": event.job_id, "exception": f"JobFailed({event.error!r})", "traceback": ""}
+        return "task-succeeded", task | {"result": saferepr(event.summary), "runtime": runtime_s}  # as Celery's own
+    return "task-failed", task | {"exception": f"JobFailed({event.error!r})", "traceback": ""}

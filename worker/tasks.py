@@ -19,6 +19,7 @@ from uuid import UUID
 from celery import Celery, Task
 from celery.exceptions import Ignore
 
+from jobs.broker import JobMessage
 from jobs.kinds import KINDS
 from jobs.models import Job
 from jobs.repository import find_job
@@ -88,11 +89,13 @@ def report(task: Task, runtime: WorkerRuntime, job_id: UUID, ended: Job | None) 
 
 def job_event(job: Job) -> JobEvent:
     """How a finished job shows in Flower."""
+    message = JobMessage.of(job)
+    task = (str(job.id), message.task_name, message.argsrepr)
     if job.status is JobStatus.SUCCEEDED:
-        return JobEvent(str(job.id), succeeded=True, summary=_summary(job))
+        return JobEvent(*task, succeeded=True, summary=_summary(job))
     if job.status is JobStatus.CANCELED:
-        return JobEvent(str(job.id), succeeded=False, canceled=True)
-    return JobEvent(str(job.id), succeeded=False, error=f"{job.error_code}: {job.error_message}")
+        return JobEvent(*task, succeeded=False, canceled=True)
+    return JobEvent(*task, succeeded=False, error=f"{job.error_code}: {job.error_message}")
 
 
 def _summary(job: Job, limit: int = 200) -> str:

@@ -4,6 +4,8 @@ from typing import Any
 
 import httpx
 
+from tests.support.images import png_bytes
+
 TERMINAL = ("succeeded", "failed", "canceled")
 
 
@@ -21,3 +23,10 @@ def run_job(http: httpx.Client, body: dict[str, Any], polls: int = 20) -> dict[s
     created = http.post("/v1/jobs", json=body)
     assert created.status_code == 202, created.text
     return wait_for_job(http, created.headers["Location"], polls)
+
+
+def upload(http: httpx.Client, color: tuple[int, int, int]) -> str:
+    """Upload a solid-colour PNG (201 expected); its image id."""
+    response = http.post("/v1/images", files={"file": ("x.png", png_bytes(color=color))})
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
