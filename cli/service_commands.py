@@ -14,15 +14,20 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from jobs.metrics_dir import shared_metrics_dir
+
 if TYPE_CHECKING:
     from jobs.settings import Settings
+    from worker.app import WorkerOptions
+    from worker.model_holder import ModelLoadOptions
+    from worker.runtime import BatchOptions
 
 _STOP_GRACE_S = 30.0
 
@@ -81,18 +86,23 @@ def api(
     workers: Annotated[int, typer.Option(min=1, help="API processes sharing the port.")] = 1,
 ) -> None:
     """Serve the HTTP API (uvicorn)."""
-    import uvicorn
+    with ExitStack() as stack:
+        if workers > 1:  # N processes answer /metrics in turn: each must expose what all of them recorded
+            stack.enter_context(shared_metrics_dir())
+        import uvicorn
 
-    from api.main import create_app
+        from api.main import create_app
 
-    with one_line_errors():
-        app = create_app(settings_from_environment())
-    # No line per request: at hundreds of requests a second that is most of the API's work; metrics count them.
-    if workers == 1:
-        uvicorn.run(app, host=host, port=port, access_log=False)
-        return
-    # Several processes: each builds its own app (and connections) from the same environment.
-    uvicorn.run("api.main:app_from_environment", factory=True, host=host, port=port, workers=workers, access_log=False)
+        with one_line_errors():
+            app = create_app(settings_from_environment())
+        # No line per request: at hundreds of requests a second that is most of the API's work; metrics count them.
+        if workers == 1:
+            uvicorn.run(app, host=host, port=port, access_log=False)
+            return
+        # Several processes: each builds its own app (and connections) from the same environment.
+        uvicorn.run(
+            "api.main:app_from_environment", factory=True, host=host, port=port, workers=workers, access_log=False
+        )
 
 
 def worker(
@@ -118,35 +128,74 @@ def worker(
     instance: Annotated[
         str, typer.Option(hidden=True, help="Tells apart several workers of one queue on a host.")
     ] = "",
+    metrics_port: Annotated[
+        int, typer.Option(min=0, help="Serve Prometheus metrics on this port (0: none; with --gpus, one port per GPU).")
+    ] = 0,
+    metrics_host: Annotated[
+        str, typer.Option(help="Address the metrics listen on; not public unless widened (0.0.0.0).")
+    ] = "127.0.0.1",
 ) -> None:
     """Run a worker that holds one model in memory and runs its jobs in batches."""
+    with ExitStack() as stack:
+        if metrics_port and gpus is None:
+            # Before anything imports prometheus_client: the job-running child records, this process serves.
+            stack.enter_context(shared_metrics_dir())
+        from worker.model_holder import ModelLoadOptions
+        from worker.runtime import BatchOptions
+
+        with one_line_errors():
+            settings = settings_from_environment()
+            load = ModelLoadOptions(device=device, dtype=dtype, quantize=quantize)
+            batch = BatchOptions(size=batch_size, wait_ms=batch_wait_ms)
+            options = _worker_options(settings, model, queues, load, batch, instance)
+            if gpus is not None:
+                _run_per_gpu(gpus, options, metrics_port, metrics_host)
+                return
+        from worker.app import run_worker
+
+        if metrics_port:
+            _serve_metrics(metrics_host, metrics_port)
+        run_worker(settings, options)
+
+
+def _worker_options(
+    settings: "Settings", model: str | None, queues: list[str] | None, load: "ModelLoadOptions",
+    batch: "BatchOptions", instance: str,
+) -> "WorkerOptions":  # fmt: skip
+    """What `worker` was asked for, checked here (a typo is one line, not a failed child process)."""
     from blip2.errors import ModelNotFound
     from blip2.quantization import QuantizationPlan
     from blip2.registry import Registry
-    from worker.app import WorkerOptions, run_worker
-    from worker.model_holder import ModelLoadOptions
-    from worker.runtime import BatchOptions
+    from worker.app import WorkerOptions
 
-    with one_line_errors():
-        settings = settings_from_environment()
-        name = model or settings.BLIP2_DEFAULT_MODEL
-        if not Registry.load(settings.BLIP2_MODELS_FILE).is_known(name):
-            raise ModelNotFound(f"unknown model {name!r}")
-        chosen = [q.strip() for item in queues or [] for q in item.split(",") if q.strip()]
-        QuantizationPlan.parse(quantize)  # torch-free: a typo fails here, not in the child process
-        load = ModelLoadOptions(device=device, dtype=dtype, quantize=quantize)
-        batch = BatchOptions(size=batch_size, wait_ms=batch_wait_ms)
-        options = WorkerOptions(model=name, queues=chosen, load=load, batch=batch, instance=instance)
-        settings.require("REDIS_URL")
-        settings.require("DATABASE_URL")
-        if gpus is not None:
-            from cli.gpu_workers import gpu_indices, per_gpu_workers
+    name = model or settings.BLIP2_DEFAULT_MODEL
+    if not Registry.load(settings.BLIP2_MODELS_FILE).is_known(name):
+        raise ModelNotFound(f"unknown model {name!r}")
+    chosen = [q.strip() for item in queues or [] for q in item.split(",") if q.strip()]
+    QuantizationPlan.parse(load.quantize)  # torch-free
+    settings.require("REDIS_URL")
+    settings.require("DATABASE_URL")
+    return WorkerOptions(model=name, queues=chosen, load=load, batch=batch, instance=instance)
 
-            args = [f"--model={name}", f"--queues={','.join(options.consumed_queues())}", f"--quantize={quantize}",
-                    f"--dtype={dtype}", f"--batch-size={batch_size}", f"--batch-wait-ms={batch_wait_ms}"]  # fmt: skip
-            _supervise(per_gpu_workers(gpu_indices(gpus), args), dict(os.environ))
-            return
-    run_worker(settings, options)
+
+def _run_per_gpu(gpus: str, options: "WorkerOptions", metrics_port: int, metrics_host: str) -> None:
+    """One worker process per GPU, supervised until one exits or we are told to stop."""
+    from cli.gpu_workers import gpu_indices, per_gpu_workers
+
+    load, batch = options.load, options.batch
+    args = [f"--model={options.model}", f"--queues={','.join(options.consumed_queues())}",
+            f"--quantize={load.quantize}", f"--dtype={load.dtype}", f"--batch-size={batch.size}",
+            f"--batch-wait-ms={batch.wait_ms}", f"--metrics-host={metrics_host}"]  # fmt: skip
+    _supervise(per_gpu_workers(gpu_indices(gpus), args, metrics_port), dict(os.environ))
+
+
+def _serve_metrics(host: str, port: int) -> None:
+    from jobs.metrics import serve_shared_metrics
+
+    try:
+        serve_shared_metrics(host, port)
+    except OSError as exc:
+        _fail(f"metrics: cannot listen on {host}:{port}: {exc}")
 
 
 # Flower's task list shows name, uuid, state, received, runtime and worker by default; a job's kind

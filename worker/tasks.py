@@ -24,6 +24,7 @@ from jobs.kinds import KINDS
 from jobs.models import Job
 from jobs.repository import find_job
 from jobs.status import JobStatus
+from worker import metrics as worker_metrics
 from worker.batches import run_batch_for
 from worker.db_retry import retry_transaction
 from worker.events import JobEvent, TaskEvents
@@ -58,6 +59,7 @@ def _inference_task(runtime: WorkerRuntime) -> Callable[[Task, str], str]:
     def run_inference(task: Task, job_id: str) -> str:
         own, started = UUID(job_id), time.monotonic()
         ended = run_batch_for(runtime, own, batch_id=task.request.id)
+        worker_metrics.batch_ran(ended, runtime.models.registry)
         others = [job for job in ended if job.id != own and job.status.is_terminal]
         TaskEvents(task.app, task.request.hostname or "").send(map(job_event, others), time.monotonic() - started)
         return report(task, runtime, own, next((job for job in ended if job.id == own), None))
@@ -68,7 +70,9 @@ def _inference_task(runtime: WorkerRuntime) -> Callable[[Task, str], str]:
 def _long_task(runtime: WorkerRuntime) -> Callable[[Task, str], str]:
     def run_long(task: Task, job_id: str) -> str:
         own = UUID(job_id)
-        return report(task, runtime, own, run_long_job(runtime, own, batch_id=task.request.id))
+        ended = run_long_job(runtime, own, batch_id=task.request.id)
+        worker_metrics.jobs_ended([ended] if ended else [], runtime.models.registry)
+        return report(task, runtime, own, ended)
 
     return run_long
 

@@ -25,14 +25,14 @@ from playwright.sync_api import Browser, Page, expect
 from sqlalchemy import update
 
 from jobs.db import SessionFactory, session_scope
-from jobs.models import Image, Job
+from jobs.models import Job
 from jobs.queues import queue_for_model
 from jobs.settings import Settings
 from jobs.status import JobStatus
 from tests.support.auth import bearer
 from tests.support.broker import withhold
 from tests.support.browser import offline_page
-from tests.support.jobs import upload
+from tests.support.jobs import damage, submit, upload
 from tests.support.processes import running_worker
 from tests.support.waiting import wait_terminal, wait_until
 
@@ -46,18 +46,8 @@ FLOWER_STATE = {JobStatus.SUCCEEDED: "SUCCESS", JobStatus.FAILED: "FAILURE"}
 COLUMNS = ["name", "uuid", "state", "args", "result", "exception", "received", "runtime", "worker"]
 
 
-def submit(http: httpx.Client, model: str, image_id: str) -> str:
-    body = {"kind": "caption", "model": model, "input": {"image_id": image_id, **GREEDY}}
-    response = http.post("/v1/jobs", json=body)
-    assert response.status_code == 202, response.text
-    return str(response.json()["id"])
-
-
-def damage(sessions: SessionFactory, image_id: str) -> None:
-    """Cut the stored bytes of an image short, after the upload checked them: its job fails `invalid_image`."""
-    with session_scope(sessions) as session:
-        image = session.get_one(Image, UUID(image_id))
-        image.data = image.data[:40]
+def caption(http: httpx.Client, model: str, image_id: str) -> str:
+    return submit(http, {"kind": "caption", "model": model, "input": {"image_id": image_id, **GREEDY}})
 
 
 def hold_back(sessions: SessionFactory, settings: Settings, queue: str, job_ids: set[str]) -> None:
@@ -101,9 +91,8 @@ def jobs_shown(
     """Each job this module ran: its model, the state Flower must show, and its error code if it failed."""
     broken = upload(http, (7, 11, 13))
     damage(sessions, broken)
-    alone = [
-        wait_terminal(sessions, UUID(submit(http, "tiny-opt", image))) for image in (broken, upload(http, (17, 19, 23)))
-    ]
+    images = (broken, upload(http, (17, 19, 23)))
+    alone = [wait_terminal(sessions, UUID(caption(http, "tiny-opt", image))) for image in images]
     assert [job.status for job in alone] == [JobStatus.FAILED, JobStatus.SUCCEEDED], alone
     batched = run_withheld_batch(http, sessions, worker_settings, tmp_path_factory.mktemp("batch-worker"))
     return {str(job.id): shown_as(job) for job in alone + batched}
@@ -119,9 +108,9 @@ def run_withheld_batch(http: httpx.Client, sessions: SessionFactory, settings: S
     queue = queue_for_model(BATCH_MODEL)
     images = [upload(http, (40 + n, 90, 140)) for n in range(3)] + [upload(http, (41, 43, 47))]
     damage(sessions, images[-1])
-    withheld = [submit(http, BATCH_MODEL, image) for image in images]
+    withheld = [caption(http, BATCH_MODEL, image) for image in images]
     hold_back(sessions, settings, queue, set(withheld))
-    last = submit(http, BATCH_MODEL, upload(http, (53, 59, 61)))
+    last = caption(http, BATCH_MODEL, upload(http, (53, 59, 61)))
     with running_worker(settings, logs / "worker.log", model=BATCH_MODEL, queues=[queue], options=["--batch-size=8"]):
         ended = [wait_terminal(sessions, UUID(job_id), timeout_s=300) for job_id in [*withheld, last]]
     assert len({job.batch_id for job in ended}) == 1, "the five jobs did not run as one batch"
