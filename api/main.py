@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager, suppress
 
 import redis
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import ApiContext
@@ -32,7 +33,8 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings) -> FastAPI:
     """The API for these settings; connections open lazily, so building it touches no server."""
     context = build_context(settings)
-    app = FastAPI(title="blip2-jobs", version="0.1.0", lifespan=_lifespan)
+    # /docs and /redoc load Swagger UI and ReDoc from the fastapi-offline wheel, not a CDN: they work air-gapped.
+    app = FastAPIOffline(title="blip2-jobs", version="0.1.0", lifespan=_lifespan)
     app.state.context = context
     install_error_handlers(app)
     app.add_middleware(LimitRequestBody, settings=settings)  # 413 while an oversized body arrives
