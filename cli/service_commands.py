@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated
@@ -233,27 +234,43 @@ def up(
 ) -> None:
     """Migrate, then run the API, one worker and Flower (with embedded Postgres/Redis if their URLs are unset)."""
     from jobs.embedded import services_for
-    from jobs.queues import queue_for_model
     from jobs.schema_migrations import upgrade
 
     with one_line_errors():
         settings = settings_from_environment()
     with services_for(settings) as running:
-        upgrade(running)
+        upgrade(running)  # migrations before anything starts, as compose's one-shot `migrate` service
         _announce_key(settings, running)
         env = os.environ | {"DATABASE_URL": str(running.DATABASE_URL), "REDIS_URL": str(running.REDIS_URL)}
         served = _served_models(models, running.BLIP2_DEFAULT_MODEL)
-        queues = ",".join(queue_for_model(m) for m in served)
-        commands = {
-            f"API      http://{host}:{port} (docs: /docs)": ["api", f"--host={host}", f"--port={port}"],
-            f"worker   models {', '.join(served)}": ["worker", f"--model={served[0]}", f"--queues={queues}"],
-            "worker   queues train, download (training, evaluation, datasets)": ["worker", "--queues=train,download"],
-            f"Flower   http://{host}:{flower_port} (user {running.FLOWER_USER})": [
-                "flower", f"--address={host}", f"--port={flower_port}",
-            ],
-        }  # fmt: skip
-        children: dict[str, tuple[list[str], dict[str, str]]] = {label: (args, {}) for label, args in commands.items()}
-        _supervise(children, env)
+        started = up_processes(host, port, flower_port, served, running.FLOWER_USER)
+        _supervise({process.label: (process.args, {}) for process in started}, env)
+
+
+@dataclass(frozen=True)
+class UpProcess:
+    """One process `up` starts: named as its service in docker-compose.yml, which runs the same system
+    on real machines (tests/test_compose.py keeps the two in step)."""
+
+    service: str
+    label: str  # what `up` prints
+    args: list[str]  # `blip2-jobs` arguments
+
+
+def up_processes(host: str, port: int, flower_port: int, served: list[str], flower_user: str) -> list[UpProcess]:
+    """The API, a worker for the served models, a worker for long jobs, and Flower."""
+    from jobs.queues import queue_for_model
+
+    queues = ",".join(queue_for_model(m) for m in served)
+    return [
+        UpProcess("api", f"API      http://{host}:{port} (docs: /docs)", ["api", f"--host={host}", f"--port={port}"]),
+        UpProcess("worker", f"worker   models {', '.join(served)}",
+                  ["worker", f"--model={served[0]}", f"--queues={queues}"]),
+        UpProcess("trainer", "worker   queues train, download (training, evaluation, datasets)",
+                  ["worker", "--queues=train,download"]),
+        UpProcess("flower", f"Flower   http://{host}:{flower_port} (user {flower_user})",
+                  ["flower", f"--address={host}", f"--port={flower_port}"]),
+    ]  # fmt: skip
 
 
 def _announce_key(configured: "Settings", running: "Settings") -> None:
