@@ -3,8 +3,8 @@
 - `http_requests_total{handler, method, status}` and the `http_request_duration_seconds` histogram,
   by route template (`/v1/jobs/{job_id}`, never the id), recorded by prometheus-fastapi-instrumentator.
 - `blip2_jobs{status, kind, model}`, `blip2_job_failures_total{code, kind, model}` and
-  `blip2_queue_depth{queue}` (queued jobs), from one GROUP BY over `jobs` per scrape, cached for a few
-  seconds (METRICS_JOBS_CACHE_S), so several Prometheus servers, or a dashboard's refreshes, cost Postgres one query.
+  `blip2_queue_depth{queue}` (queued jobs), from one GROUP BY over `jobs` per scrape, cached for
+  METRICS_JOBS_CACHE_S, so several Prometheus servers, or a dashboard's refreshes, cost one query.
 
 Postgres is the source of truth, so the job counts are read from it rather than counted by the
 processes that change them: a job failed by the sweeper or canceled through the API counts the same

@@ -6,7 +6,6 @@ own text format; where several processes record (jobs/metrics_dir.py) all of the
 """
 
 import logging
-from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest, start_http_server
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -40,10 +39,10 @@ def exposition(recorded: CollectorRegistry, *live: Collector) -> bytes:
     return generate_latest(registry)
 
 
-def serve_shared_metrics(host: str, port: int) -> Any:
-    """Serve every process's metrics from the shared directory on host:port (a thread of this process)."""
+def serve_shared_metrics(host: str, port: int) -> None:
+    """Serve every process's metrics from the shared directory on host:port, from a daemon thread of this
+    process, for as long as it lives (raises OSError if the port is taken)."""
     registry = CollectorRegistry()
     MultiProcessCollector(registry)
-    server, _thread = start_http_server(port, addr=host, registry=registry)
+    start_http_server(port, addr=host, registry=registry)
     log.info("metrics on http://%s:%d/metrics", host, port)
-    return server

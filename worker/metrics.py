@@ -50,18 +50,19 @@ GPU_MAX_ALLOCATED = Gauge(
 )  # fmt: skip
 
 
-def batch_ran(jobs: list[Job], registry: Registry) -> None:
-    """A batch ended: its size, and each of its jobs that ended."""
+def batch_ran(jobs: list[Job], batch_id: str, registry: Registry) -> None:
+    """A batch ended: its size, and each of its jobs that ended in it."""
     if jobs:
         BATCH_SIZE.labels(jobs[0].kind.value, model_label(registry, jobs[0].model)).observe(len(jobs))
-    jobs_ended(jobs, registry)
+    jobs_ended(jobs, batch_id, registry)
     gpu_memory()
 
 
-def jobs_ended(jobs: Iterable[Job], registry: Registry) -> None:
-    """Count and time the jobs that reached an end (a job taken over by another run is not this one's)."""
+def jobs_ended(jobs: Iterable[Job], batch_id: str, registry: Registry) -> None:
+    """Count and time the jobs that reached an end in this run (`batch_id`: the claim's task id); a job
+    taken for lost and run again elsewhere is the other run's to count."""
     for job in jobs:
-        if not job.status.is_terminal:
+        if not job.status.is_terminal or job.batch_id != batch_id:
             continue
         kind, model, outcome = job.kind.value, model_label(registry, job.model), job.status.value
         JOBS_RUN.labels(kind, model, outcome).inc()

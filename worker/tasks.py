@@ -8,6 +8,7 @@ nothing twice. Every error fails only its job; the process lives on to take the 
 What the task itself returns is what Flower shows for the message's own job (worker/events.py):
 its result when it succeeded, a `JobFailed` carrying its error code and message when it failed,
 and nothing (Celery's `Ignore`) while it is still queued or running under another message.
+Each run's batch size and the jobs that ended in it go to the worker's metrics (worker/metrics.py).
 """
 
 import logging
@@ -59,7 +60,7 @@ def _inference_task(runtime: WorkerRuntime) -> Callable[[Task, str], str]:
     def run_inference(task: Task, job_id: str) -> str:
         own, started = UUID(job_id), time.monotonic()
         ended = run_batch_for(runtime, own, batch_id=task.request.id)
-        worker_metrics.batch_ran(ended, runtime.models.registry)
+        worker_metrics.batch_ran(ended, task.request.id, runtime.models.registry)
         others = [job for job in ended if job.id != own and job.status.is_terminal]
         TaskEvents(task.app, task.request.hostname or "").send(map(job_event, others), time.monotonic() - started)
         return report(task, runtime, own, next((job for job in ended if job.id == own), None))
@@ -71,7 +72,7 @@ def _long_task(runtime: WorkerRuntime) -> Callable[[Task, str], str]:
     def run_long(task: Task, job_id: str) -> str:
         own = UUID(job_id)
         ended = run_long_job(runtime, own, batch_id=task.request.id)
-        worker_metrics.jobs_ended([ended] if ended else [], runtime.models.registry)
+        worker_metrics.jobs_ended([ended] if ended else [], task.request.id, runtime.models.registry)
         return report(task, runtime, own, ended)
 
     return run_long

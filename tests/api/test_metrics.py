@@ -6,6 +6,7 @@ from uuid import UUID, uuid4
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import Engine, text
 
 from api.main import create_app
 from jobs.db import SessionFactory, session_scope
@@ -21,12 +22,21 @@ QUEUE = "infer.tiny-opt"
 
 
 @pytest.fixture
-def client(settings: Settings, empty_tables: None, api_key: str, key_prefix: str) -> Iterator[TestClient]:
-    """The app with no cache on the jobs table's counts, so each scrape reads the table as it is now."""
-    drain(key_prefix, QUEUE)
+def client(settings: Settings, engine: Engine, api_key: str, key_prefix: str) -> Iterator[TestClient]:
+    """The app on empty tables, with no cache on the jobs table's counts, so each scrape reads the table as
+    it is now; the tables are emptied again afterwards, so no job made here is left for a later worker."""
+    empty(engine, key_prefix)
     app = create_app(settings.model_copy(update={"METRICS_JOBS_CACHE_S": 0.0}))
-    with TestClient(app, headers=bearer(api_key)) as test_client:
-        yield test_client
+    try:
+        with TestClient(app, headers=bearer(api_key)) as test_client:
+            yield test_client
+    finally:
+        empty(engine, key_prefix)
+
+
+def empty(engine: Engine, key_prefix: str) -> None:
+    with engine.begin() as connection:
+        connection.execute(text("TRUNCATE jobs, images, idempotency_keys CASCADE"))
     drain(key_prefix, QUEUE)
 
 
@@ -95,7 +105,10 @@ def test_a_queue_that_drained_reads_zero(client: TestClient, sessions: SessionFa
 def test_models_outside_the_registry_share_one_label(client: TestClient, sessions: SessionFactory) -> None:
     """A tenant's trained model is named by that tenant: other tenants' keys must not read it here."""
     with session_scope(sessions) as session:
-        add_job(session, tenant=TENANT, kind=JobKind.CAPTION, model="acme-private-captioner", queue=QUEUE, input={})
+        job_input = {"image_id": str(uuid4())}
+        add_job(
+            session, tenant=TENANT, kind=JobKind.CAPTION, model="acme-private-captioner", queue=QUEUE, input=job_input
+        )
     text = scrape(client)
     assert "acme-private-captioner" not in text
     assert sample(text, "blip2_jobs", {"status": "queued", "kind": "caption", "model": "other"}) == 1
