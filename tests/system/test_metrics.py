@@ -18,9 +18,10 @@ from jobs.db import SessionFactory
 from jobs.embedded import free_port
 from jobs.queues import queue_for_model
 from jobs.settings import Settings
+from tests.support.auth import bearer
 from tests.support.jobs import damage, run_job, submit, upload
 from tests.support.metrics import sample, samples, scrape_text
-from tests.support.processes import running_worker
+from tests.support.processes import cli_process, running_worker, wait_for_http
 from tests.support.waiting import wait_terminal, wait_until
 
 pytestmark = pytest.mark.slow
@@ -72,6 +73,21 @@ def test_api_metrics_move_with_the_jobs(
     for name in ("http_requests_total", "http_request_duration_seconds_count"):
         moved = (sample(after, name, submitted) or 0) - (sample(before, name, submitted) or 0)
         assert moved == 2, f"{name}: {moved} submissions counted, 2 made"
+
+
+def test_an_api_of_several_processes_counts_all_their_requests(
+    settings: Settings, api_key: str, tmp_path: Path
+) -> None:
+    """`api --workers 2`: whichever process answers a scrape, it shows every process's requests."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with cli_process(["api", "--workers=2", f"--port={port}"], settings, tmp_path / "api.log") as process:
+        wait_for_http(f"{url}/healthz", process)
+        for _ in range(20):
+            assert httpx.get(f"{url}/healthz", timeout=30).status_code == 200
+        healthz = {"handler": "/healthz", "method": "GET", "status": "200"}
+        seen = {sample(scrape(url, bearer(api_key)), "http_requests_total", healthz) for _ in range(6)}
+    assert len(seen) == 1 and (seen.pop() or 0) >= 21, "a scrape showed only its own process's requests"
 
 
 @pytest.fixture
