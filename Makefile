@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install up test lint demo demo-models migrate api worker flower compose-up clean
+.PHONY: install browser up test lint demo demo-models migrate api worker flower compose-up clean
 
 install: $(STAMP)
 
@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test,lint]'
 	rm -f $(VENV)/.installed-* && touch $@
+
+# Debian's chromium for the browser tests (they skip without it; CI installs it and requires them).
+browser:
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
 up: install
 	$(BIN)/blip2-jobs up

@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from api.job_events import JobEvents
+from api.metrics import ApiMetrics
 from blip2.registry import Registry
 from jobs.api_keys import Principal, authenticate
 from jobs.broker import Dispatcher
@@ -37,6 +38,7 @@ class ApiContext:
     registry: Registry
     rate_limiter: RateLimiter
     events: JobEvents  # wakes long-polls and event streams when their job changes
+    metrics: ApiMetrics  # what /metrics exposes
 
     @property
     def submission(self) -> Submission:

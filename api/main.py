@@ -11,13 +11,15 @@ from contextlib import asynccontextmanager, suppress
 
 import redis
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import ApiContext
 from api.errors import install_error_handlers
 from api.job_events import JobEvents
 from api.limits import LimitRequestBody
-from api.routes import catalog, health, images, jobs
+from api.metrics import ApiMetrics, JobsCollector
+from api.routes import catalog, health, images, jobs, metrics
 from blip2.registry import Registry
 from jobs.broker import Dispatcher, create_celery
 from jobs.db import create_db_engine, create_session_factory
@@ -32,11 +34,13 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings) -> FastAPI:
     """The API for these settings; connections open lazily, so building it touches no server."""
     context = build_context(settings)
-    app = FastAPI(title="blip2-jobs", version="0.1.0", lifespan=_lifespan)
+    # /docs and /redoc load Swagger UI and ReDoc from the fastapi-offline wheel, not a CDN: they work air-gapped.
+    app = FastAPIOffline(title="blip2-jobs", version="0.1.0", lifespan=_lifespan)
     app.state.context = context
     install_error_handlers(app)
     app.add_middleware(LimitRequestBody, settings=settings)  # 413 while an oversized body arrives
-    for router in (images.router, jobs.router, catalog.router, health.router):
+    context.metrics.instrument(app)
+    for router in (images.router, jobs.router, catalog.router, health.router, metrics.router):
         app.include_router(router)
     return app
 
@@ -48,16 +52,18 @@ def app_from_environment() -> FastAPI:
 
 def build_context(settings: Settings) -> ApiContext:
     engine = create_db_engine(settings)
+    sessions = create_session_factory(engine)
+    registry = Registry.load(settings.BLIP2_MODELS_FILE)
     celery = create_celery(settings)
     # Short timeouts: with Redis down, a request waits a second for the limiter, not a minute.
     counters = redis.Redis.from_url(settings.broker_url, socket_timeout=1, socket_connect_timeout=1)
     return ApiContext(
         settings=settings,
         engine=engine,
-        sessions=create_session_factory(engine),
+        sessions=sessions,
         celery=celery,
         dispatcher=Dispatcher(celery),
-        registry=Registry.load(settings.BLIP2_MODELS_FILE),
+        registry=registry,
         rate_limiter=RateLimiter(
             counters,
             requests=settings.RATE_LIMIT_REQUESTS,
@@ -65,6 +71,7 @@ def build_context(settings: Settings) -> ApiContext:
             key_prefix=settings.REDIS_KEY_PREFIX,
         ),
         events=JobEvents(settings.DATABASE_URL),
+        metrics=ApiMetrics(jobs=JobsCollector(sessions, registry, cache_s=settings.METRICS_JOBS_CACHE_S)),
     )
 
 

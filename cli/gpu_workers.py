@@ -37,12 +37,16 @@ def _nvidia_smi_indices() -> list[str]:
     return [line.strip() for line in out.stdout.splitlines() if line.strip().isdigit()] if out.returncode == 0 else []
 
 
-def per_gpu_workers(indices: list[str], worker_args: list[str]) -> dict[str, tuple[list[str], dict[str, str]]]:
-    """For each GPU, a label and the `blip2-jobs` arguments and environment of its worker."""
+def per_gpu_workers(
+    indices: list[str], worker_args: list[str], metrics_port: int = 0
+) -> dict[str, tuple[list[str], dict[str, str]]]:
+    """For each GPU, a label and the `blip2-jobs` arguments and environment of its worker; with a
+    metrics port, the n-th GPU's worker serves its metrics on metrics_port + n."""
     return {
         f"worker   GPU {index}": (
-            ["worker", *worker_args, "--device=cuda:0", f"--instance=gpu{index}"],
+            ["worker", *worker_args, "--device=cuda:0", f"--instance=gpu{index}"]
+            + ([f"--metrics-port={metrics_port + n}"] if metrics_port else []),
             {"CUDA_VISIBLE_DEVICES": index},
         )
-        for index in indices
+        for n, index in enumerate(indices)
     }

@@ -14,16 +14,22 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from jobs.metrics_dir import shared_metrics_dir
+
 if TYPE_CHECKING:
     from jobs.db import SessionFactory
     from jobs.settings import Settings
+    from worker.app import WorkerOptions
+    from worker.model_holder import ModelLoadOptions
+    from worker.runtime import BatchOptions
 
 _STOP_GRACE_S = 30.0
 
@@ -89,18 +95,23 @@ def api(
     workers: Annotated[int, typer.Option(min=1, help="API processes sharing the port.")] = 1,
 ) -> None:
     """Serve the HTTP API (uvicorn)."""
-    import uvicorn
+    with ExitStack() as stack:
+        if workers > 1:  # N processes answer /metrics in turn: each must expose what all of them recorded
+            stack.enter_context(shared_metrics_dir())
+        import uvicorn
 
-    from api.main import create_app
+        from api.main import create_app
 
-    with one_line_errors():
-        app = create_app(settings_from_environment())
-    # No line per request: at hundreds of requests a second that is most of the API's work; metrics count them.
-    if workers == 1:
-        uvicorn.run(app, host=host, port=port, access_log=False)
-        return
-    # Several processes: each builds its own app (and connections) from the same environment.
-    uvicorn.run("api.main:app_from_environment", factory=True, host=host, port=port, workers=workers, access_log=False)
+        with one_line_errors():
+            app = create_app(settings_from_environment())
+        # No line per request: at hundreds of requests a second that is most of the API's work; metrics count them.
+        if workers == 1:
+            uvicorn.run(app, host=host, port=port, access_log=False)
+            return
+        # Several processes: each builds its own app (and connections) from the same environment.
+        uvicorn.run(
+            "api.main:app_from_environment", factory=True, host=host, port=port, workers=workers, access_log=False
+        )
 
 
 def worker(
@@ -126,35 +137,79 @@ def worker(
     instance: Annotated[
         str, typer.Option(hidden=True, help="Tells apart several workers of one queue on a host.")
     ] = "",
+    metrics_port: Annotated[
+        int, typer.Option(min=0, help="Serve Prometheus metrics on this port (0: none; with --gpus, one port per GPU).")
+    ] = 0,
+    metrics_host: Annotated[
+        str, typer.Option(help="Address the metrics listen on; not public unless widened (0.0.0.0).")
+    ] = "127.0.0.1",
 ) -> None:
     """Run a worker that holds one model in memory and runs its jobs in batches."""
+    with ExitStack() as stack:
+        if metrics_port and gpus is None:
+            # Before anything imports prometheus_client: the job-running child records, this process serves.
+            stack.enter_context(shared_metrics_dir())
+        from worker.model_holder import ModelLoadOptions
+        from worker.runtime import BatchOptions
+
+        with one_line_errors():
+            settings = settings_from_environment()
+            load = ModelLoadOptions(device=device, dtype=dtype, quantize=quantize)
+            batch = BatchOptions(size=batch_size, wait_ms=batch_wait_ms)
+            options = _worker_options(settings, model, queues, load, batch, instance)
+            if gpus is not None:
+                _run_per_gpu(gpus, options, metrics_port, metrics_host)
+                return
+        from worker.app import run_worker
+
+        if metrics_port:
+            _serve_metrics(metrics_host, metrics_port)
+        run_worker(settings, options)
+
+
+def _worker_options(
+    settings: "Settings", model: str | None, queues: list[str] | None, load: "ModelLoadOptions",
+    batch: "BatchOptions", instance: str,
+) -> "WorkerOptions":  # fmt: skip
+    """What `worker` was asked for, checked here (a typo is one line, not a failed child process)."""
     from blip2.errors import ModelNotFound
     from blip2.quantization import QuantizationPlan
     from blip2.registry import Registry
-    from worker.app import WorkerOptions, run_worker
-    from worker.model_holder import ModelLoadOptions
-    from worker.runtime import BatchOptions
+    from worker.app import WorkerOptions
 
-    with one_line_errors():
-        settings = settings_from_environment()
-        name = model or settings.BLIP2_DEFAULT_MODEL
-        if not Registry.load(settings.BLIP2_MODELS_FILE).is_known(name):
-            raise ModelNotFound(f"unknown model {name!r}")
-        chosen = [q.strip() for item in queues or [] for q in item.split(",") if q.strip()]
-        QuantizationPlan.parse(quantize)  # torch-free: a typo fails here, not in the child process
-        load = ModelLoadOptions(device=device, dtype=dtype, quantize=quantize)
-        batch = BatchOptions(size=batch_size, wait_ms=batch_wait_ms)
-        options = WorkerOptions(model=name, queues=chosen, load=load, batch=batch, instance=instance)
-        settings.require("REDIS_URL")
-        settings.require("DATABASE_URL")
-        if gpus is not None:
-            from cli.gpu_workers import gpu_indices, per_gpu_workers
+    name = model or settings.BLIP2_DEFAULT_MODEL
+    if not Registry.load(settings.BLIP2_MODELS_FILE).is_known(name):
+        raise ModelNotFound(f"unknown model {name!r}")
+    chosen = [q.strip() for item in queues or [] for q in item.split(",") if q.strip()]
+    QuantizationPlan.parse(load.quantize)  # torch-free
+    settings.require("REDIS_URL")
+    settings.require("DATABASE_URL")
+    return WorkerOptions(model=name, queues=chosen, load=load, batch=batch, instance=instance)
 
-            args = [f"--model={name}", f"--queues={','.join(options.consumed_queues())}", f"--quantize={quantize}",
-                    f"--dtype={dtype}", f"--batch-size={batch_size}", f"--batch-wait-ms={batch_wait_ms}"]  # fmt: skip
-            _supervise(per_gpu_workers(gpu_indices(gpus), args), dict(os.environ))
-            return
-    run_worker(settings, options)
+
+def _run_per_gpu(gpus: str, options: "WorkerOptions", metrics_port: int, metrics_host: str) -> None:
+    """One worker process per GPU, supervised until one exits or we are told to stop."""
+    from cli.gpu_workers import gpu_indices, per_gpu_workers
+
+    load, batch = options.load, options.batch
+    args = [f"--model={options.model}", f"--queues={','.join(options.consumed_queues())}",
+            f"--quantize={load.quantize}", f"--dtype={load.dtype}", f"--batch-size={batch.size}",
+            f"--batch-wait-ms={batch.wait_ms}", f"--metrics-host={metrics_host}"]  # fmt: skip
+    _supervise(per_gpu_workers(gpu_indices(gpus), args, metrics_port), dict(os.environ))
+
+
+def _serve_metrics(host: str, port: int) -> None:
+    from jobs.metrics import serve_shared_metrics
+
+    try:
+        serve_shared_metrics(host, port)
+    except OSError as exc:
+        _fail(f"metrics: cannot listen on {host}:{port}: {exc}")
+
+
+# Flower's task list shows name, uuid, state, received, runtime and worker by default; a job's kind
+# and model (the message's argsrepr), its result and a failure's error code need their columns named.
+FLOWER_TASK_COLUMNS = "name,uuid,state,args,result,exception,received,runtime,worker"
 
 
 def flower(
@@ -170,7 +225,10 @@ def flower(
         celery = create_celery(settings)
     auth = f"{settings.FLOWER_USER}:{settings.FLOWER_PASSWORD}"
     protect_metrics()
-    celery.start(["flower", f"--port={port}", f"--address={address}", f"--basic-auth={auth}"])
+    celery.start([
+        "flower", f"--port={port}", f"--address={address}", f"--basic-auth={auth}",
+        f"--tasks-columns={FLOWER_TASK_COLUMNS}",
+    ])  # fmt: skip
 
 
 def up(
@@ -184,27 +242,43 @@ def up(
 ) -> None:
     """Migrate, then run the API, one worker and Flower (with embedded Postgres/Redis if their URLs are unset)."""
     from jobs.embedded import services_for
-    from jobs.queues import queue_for_model
     from jobs.schema_migrations import upgrade
 
     with one_line_errors():
         settings = settings_from_environment()
     with services_for(settings) as running:
-        upgrade(running)
+        upgrade(running)  # migrations before anything starts, as compose's one-shot `migrate` service
         _announce_key(settings, running)
         env = os.environ | {"DATABASE_URL": str(running.DATABASE_URL), "REDIS_URL": str(running.REDIS_URL)}
         served = _served_models(models, running.BLIP2_DEFAULT_MODEL)
-        queues = ",".join(queue_for_model(m) for m in served)
-        commands = {
-            f"API      http://{host}:{port} (docs: /docs)": ["api", f"--host={host}", f"--port={port}"],
-            f"worker   models {', '.join(served)}": ["worker", f"--model={served[0]}", f"--queues={queues}"],
-            "worker   queues train, download (training, evaluation, datasets)": ["worker", "--queues=train,download"],
-            f"Flower   http://{host}:{flower_port} (user {running.FLOWER_USER})": [
-                "flower", f"--address={host}", f"--port={flower_port}",
-            ],
-        }  # fmt: skip
-        children: dict[str, tuple[list[str], dict[str, str]]] = {label: (args, {}) for label, args in commands.items()}
-        _supervise(children, env)
+        started = up_processes(host, port, flower_port, served, running.FLOWER_USER)
+        _supervise({process.label: (process.args, {}) for process in started}, env)
+
+
+@dataclass(frozen=True)
+class UpProcess:
+    """One process `up` starts: named as its service in docker-compose.yml, which runs the same system
+    on real machines (tests/test_compose.py keeps the two in step)."""
+
+    service: str
+    label: str  # what `up` prints
+    args: list[str]  # `blip2-jobs` arguments
+
+
+def up_processes(host: str, port: int, flower_port: int, served: list[str], flower_user: str) -> list[UpProcess]:
+    """The API, a worker for the served models, a worker for long jobs, and Flower."""
+    from jobs.queues import queue_for_model
+
+    queues = ",".join(queue_for_model(m) for m in served)
+    return [
+        UpProcess("api", f"API      http://{host}:{port} (docs: /docs)", ["api", f"--host={host}", f"--port={port}"]),
+        UpProcess("worker", f"worker   models {', '.join(served)}",
+                  ["worker", f"--model={served[0]}", f"--queues={queues}"]),
+        UpProcess("trainer", "worker   queues train, download (training, evaluation, datasets)",
+                  ["worker", "--queues=train,download"]),
+        UpProcess("flower", f"Flower   http://{host}:{flower_port} (user {flower_user})",
+                  ["flower", f"--address={host}", f"--port={flower_port}"]),
+    ]  # fmt: skip
 
 
 def _announce_key(configured: "Settings", running: "Settings") -> None:

@@ -38,6 +38,15 @@ class JobMessage:
     def of(cls, job: "Job") -> "JobMessage":
         return cls(job.id, job.queue, job.kind, job.model)
 
+    @property
+    def task_name(self) -> str:
+        return KINDS[self.kind].task_name
+
+    @property
+    def argsrepr(self) -> str:
+        """The arguments as Flower lists them: the job's id, kind and model (the worker's own events repeat it)."""
+        return f"job={self.job_id} kind={self.kind.value} model={self.model or '-'}"
+
 
 def create_celery(settings: Settings) -> Celery:
     """A Celery app on REDIS_URL, with no result backend: Postgres is the source of truth for jobs."""
@@ -70,10 +79,10 @@ class Dispatcher:
     def send(self, message: JobMessage) -> None:
         """Publish the job's message; raises if the broker cannot be reached."""
         self._celery.send_task(
-            KINDS[message.kind].task_name,
+            message.task_name,
             args=[str(message.job_id)],
             task_id=str(message.job_id),
-            argsrepr=f"job={message.job_id} kind={message.kind.value} model={message.model or '-'}",
+            argsrepr=message.argsrepr,
             queue=message.queue,
             retry=True,
             retry_policy=_PUBLISH_RETRY,

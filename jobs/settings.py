@@ -102,6 +102,9 @@ class Settings(BaseSettings):
     FLOWER_USER: str = "admin"
     FLOWER_PASSWORD: str = DEFAULT_SECRET
 
+    # One read of the jobs table serves the API's /metrics scrapes for this long (0: every scrape reads).
+    METRICS_JOBS_CACHE_S: float = Field(default=5.0, ge=0)
+
     @model_validator(mode="after")
     def _check_limits_and_secrets(self) -> Self:
         if self.TASK_HARD_TIME_LIMIT_S <= self.TASK_SOFT_TIME_LIMIT_S:

@@ -11,6 +11,9 @@ from tests.support.model_fixtures import *  # noqa: F403, I001
 # Database, Redis and worker fixtures for the job-system tests (tests/jobs, api, worker, system).
 from tests.support.fixtures import *  # noqa: F403
 
+# A headless Chromium for the tests that look at pages (Flower, the API docs).
+from tests.support.browser import browser  # noqa: F401
+
 import pytest
 
 from tests.support.fault_tally import tally

@@ -15,11 +15,12 @@ hard time limit is failed by the main process (worker/time_limits.py), not run a
 from dataclasses import dataclass, field
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_process_shutdown
 
 from jobs.broker import create_celery
 from jobs.queues import queue_for_model
 from jobs.settings import Settings
+from worker import metrics as worker_metrics
 from worker.model_holder import ModelLoadOptions
 from worker.runtime import BatchOptions, WorkerRuntime
 from worker.tasks import register_tasks
@@ -63,6 +64,7 @@ def create_worker_app(settings: Settings, options: WorkerOptions) -> Celery:
     register_tasks(app, runtime)
     record_hard_time_limits(app, settings)
     worker_process_init.connect(runtime.start, weak=False)
+    worker_process_shutdown.connect(worker_metrics.process_exited, weak=False)
     return app
 
 

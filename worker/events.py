@@ -15,8 +15,9 @@ import time
 from collections.abc import Iterable
 
 from celery import Celery
+from celery.utils.saferepr import saferepr
 
-from jobs.kinds import KINDS
+from jobs.broker import JobMessage
 from jobs.models import Job
 from jobs.status import JobStatus
 
@@ -50,24 +51,24 @@ class TaskEvents:
             log.warning("task events for %d jobs not sent: %s", len(events), exc)
 
 
+def _task(job: Job) -> dict[str, object]:
+    """The task as the job's own message names it: a job whose message has not been received yet (it
+    waits behind the batch that ran it) still shows its kind and model."""
+    message = JobMessage.of(job)
+    return {"uuid": str(job.id), "name": message.task_name, "args": message.argsrepr, "kwargs": "{}"}
+
+
 def _started_fields(job: Job) -> dict[str, object]:
-    return {
-        "uuid": str(job.id),
-        "name": KINDS[job.kind].task_name,
-        "args": f"job={job.id} kind={job.kind.value} model={job.model or '-'} tenant={job.tenant}",
-        "kwargs": "{}",
-        "retries": job.attempts - 1,
-        "timestamp": time.time(),
-    }
+    return _task(job) | {"retries": job.attempts - 1, "timestamp": time.time()}
 
 
 def _ended(job: Job, runtime_s: float) -> tuple[str, dict[str, object]]:
+    task = _task(job)
     if job.status is JobStatus.SUCCEEDED:
-        return "task-succeeded", {"uuid": str(job.id), "result": summary(job), "runtime": runtime_s}
+        return "task-succeeded", task | {"result": saferepr(summary(job)), "runtime": runtime_s}  # as Celery's own
     if job.status is JobStatus.CANCELED:
-        return "task-revoked", {"uuid": str(job.id), "terminated": False, "expired": False, "signum": None}
-    failure = f"JobFailed('{job.error_code}: {job.error_message}')"
-    return "task-failed", {"uuid": str(job.id), "exception": failure, "traceback": ""}
+        return "task-revoked", task | {"terminated": False, "expired": False, "signum": None}
+    return "task-failed", task | {"exception": f"JobFailed('{job.error_code}: {job.error_message}')", "traceback": ""}
 
 
 def summary(job: Job, limit: int = 200) -> str:

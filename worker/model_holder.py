@@ -6,6 +6,7 @@ CUDA must not be initialised in a process that forks afterwards.
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -13,6 +14,7 @@ from blip2.registry import Registry
 from jobs.catalog import resolve_trained
 from jobs.db import SessionFactory, session_scope
 from jobs.settings import Settings
+from worker import metrics as worker_metrics
 
 if TYPE_CHECKING:
     from blip2.loading import LoadedModel
@@ -52,6 +54,10 @@ class ModelHolder:
                 self._models[key] = self._load(name, tenant)
             return self._models[key]
 
+    @property
+    def registry(self) -> Registry:
+        return self._registry
+
     def load_fresh(self, name: str, tenant: str) -> "LoadedModel":
         """A copy of its own, loaded as this worker loads every model but not held: for a training job,
         which changes the weights, and for long jobs that should not keep a model after they end."""
@@ -64,6 +70,8 @@ class ModelHolder:
         log.info("loading model %s (%s)", name, options)
         with session_scope(self._sessions) as session:  # a model trained since start-up is served too
             registry = resolve_trained(session, self._registry, name, tenant)
+        started = time.monotonic()
         model = load_model(name, data_dir=self._settings.BLIP2_DATA_DIR, options=options, registry=registry)
+        worker_metrics.model_loaded(name, time.monotonic() - started, self._registry)
         log.info("model loaded: %s", model.describe())
         return model

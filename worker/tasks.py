@@ -6,7 +6,8 @@ claims and runs that job (worker/long_jobs.py). Either way the claim is a condit
 nothing twice. Every error fails only its job; the process lives on to take the next one.
 
 A task always returns: what Flower shows is each job's own state, reported by the worker as task
-events (worker/events.py), not the message's.
+events (worker/events.py), not the message's. Each run's batch size and the jobs that ended in it go
+to the worker's metrics (worker/metrics.py).
 """
 
 import logging
@@ -18,6 +19,7 @@ from uuid import UUID
 from celery import Celery, Task
 
 from jobs.kinds import KINDS
+from worker import metrics as worker_metrics
 from worker.batches import run_batch_for
 from worker.events import TaskEvents
 from worker.long_jobs import run_long_job
@@ -48,6 +50,7 @@ def _inference_task(runtime: WorkerRuntime) -> Callable[[Task, str], str]:
         events, started = _events(task), time.monotonic()
         ended = run_batch_for(runtime, UUID(job_id), batch_id=task.request.id, on_claimed=events.started)
         events.ended(ended, time.monotonic() - started)
+        worker_metrics.batch_ran(ended, task.request.id, runtime.models.registry)
         return f"{len(ended)} jobs run" if ended else "nothing queued"
 
     return run_inference
@@ -58,6 +61,7 @@ def _long_task(runtime: WorkerRuntime) -> Callable[[Task, str], str]:
         events, started = _events(task), time.monotonic()
         ended = run_long_job(runtime, UUID(job_id), batch_id=task.request.id, on_claimed=events.started)
         events.ended([ended] if ended else [], time.monotonic() - started)
+        worker_metrics.jobs_ended([ended] if ended else [], task.request.id, runtime.models.registry)
         return ended.status.value if ended else "not queued"
 
     return run_long

@@ -30,6 +30,12 @@ def test_each_gpu_gets_a_worker_of_its_own() -> None:
         assert "--device=cuda:0" in args and f"--instance={name}" in args  # its only device, its own Celery name
 
 
+def test_each_gpu_worker_serves_its_metrics_on_a_port_of_its_own() -> None:
+    plan = per_gpu_workers(["0", "3"], ["--model=tiny-opt", "--metrics-host=0.0.0.0"], metrics_port=9100)
+    ports = [[arg for arg in args if arg.startswith("--metrics-port=")] for args, _env in plan.values()]
+    assert ports == [["--metrics-port=9100"], ["--metrics-port=9101"]]
+
+
 @pytest.mark.parametrize("spec", ["", "one,two", "0,-1", "gpu0"])
 def test_bad_gpu_lists_are_refused(spec: str) -> None:
     with pytest.raises(InvalidArgument, match="--gpus"):

@@ -13,14 +13,8 @@ from jobs.queues import queue_for_model
 from jobs.repository import add_job
 from jobs.settings import Settings
 from tests.support.auth import TENANT
-from tests.support.images import png_bytes
 from tests.support.jobs import run_job as run
-
-
-def upload(http: httpx.Client, color: tuple[int, int, int]) -> str:
-    response = http.post("/v1/images", files={"file": ("x.png", png_bytes(color=color))})
-    assert response.status_code == 201
-    return str(response.json()["id"])
+from tests.support.jobs import upload
 
 
 @pytest.fixture
