@@ -33,7 +33,7 @@ def exposition(recorded: CollectorRegistry, *live: Collector) -> bytes:
     if metrics_are_shared():
         MultiProcessCollector(registry)
     else:
-        registry.register(recorded)  # type: ignore[arg-type]  # a registry collects like a collector
+        registry.register(recorded)  # a registry collects like a collector
     for collector in live:
         registry.register(collector)
     return generate_latest(registry)

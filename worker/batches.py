@@ -25,6 +25,7 @@ from uuid import UUID
 
 from celery.exceptions import SoftTimeLimitExceeded
 from PIL.Image import Image
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
@@ -132,10 +133,20 @@ def run_batch_for(
 
 def _rules(runtime: WorkerRuntime) -> BatchRules:
     def cost(job: Job) -> int:
-        spec = KINDS[job.kind]
-        return spec.batch_cost(spec.parse(job.input))
+        job_input = _parsed(job)
+        return 1 if isinstance(job_input, JobError) else KINDS[job.kind].batch_cost(job_input)
 
     return BatchRules(batch_size=runtime.batch.size, cost=cost)
+
+
+def _parsed(job: Job) -> "JobInput | JobError":
+    """The job's typed input, or why its stored input is not one (a row written by hand, or by an older
+    version): such a job fails alone, and the queue goes on, rather than every claim failing on it."""
+    try:
+        parsed: JobInput = KINDS[job.kind].parse(job.input)
+    except ValidationError as exc:
+        return JobError("invalid_input", f"the stored input is not a {job.kind.value} input: {exc}")
+    return parsed
 
 
 def _claim(runtime: WorkerRuntime, message_job: UUID, batch_id: str) -> Batch:
@@ -170,8 +181,17 @@ def _claim_more(head: Job, batch_id: str, room: int) -> Callable[[Session], list
 
 def _prepare(runtime: WorkerRuntime, batch: Batch) -> None:
     """Each job's typed input and decoded images; a job whose image is missing or will not decode fails alone."""
-    inputs = {item.job.id: KINDS[item.job.kind].parse(item.job.input) for item in batch.items}
-    wanted = {(image_id, job.tenant) for job in batch.jobs for image_id in inputs[job.id].referenced_image_ids()}
+    inputs = {item.job.id: _parsed(item.job) for item in batch.items}
+    for item in batch.items:
+        parsed = inputs[item.job.id]
+        item.error = parsed if isinstance(parsed, JobError) else None
+    valid = {job_id: i for job_id, i in inputs.items() if not isinstance(i, JobError)}
+    wanted = {
+        (image_id, job.tenant)
+        for job in batch.jobs
+        if job.id in valid
+        for image_id in valid[job.id].referenced_image_ids()
+    }
     stored = _transaction(runtime, "loading images", lambda s: load_images(s, wanted))
     decoded: dict[UUID, Image | JobError] = {}
     for image_id, data in stored.items():
@@ -180,7 +200,8 @@ def _prepare(runtime: WorkerRuntime, batch: Batch) -> None:
         except Blip2Error as exc:
             decoded[image_id] = JobError.of(exc)
     for item in batch.items:
-        _prepare_item(item, inputs[item.job.id], decoded)
+        if item.error is None:
+            _prepare_item(item, valid[item.job.id], decoded)
 
 
 def _prepare_item(item: Item, job_input: JobInput, decoded: dict[UUID, "Image | JobError"]) -> None:
