@@ -67,6 +67,8 @@ def add_job(
     )
     session.add(job)
     session.flush()
+    if cached_result is not None:
+        session.refresh(job, ["started_at", "finished_at"])  # the database's clock, as every transition's
     return job
 
 

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
 from jobs.inputs import JobInput
 from jobs.kinds import KINDS, JobKind, KindSpec
 from jobs.outputs import JobOutput, ProgressDetail
-from jobs.status import JobStatus
+from jobs.status import JobStatus, Priority
 
 if TYPE_CHECKING:
     from jobs.models import Job
@@ -51,6 +51,10 @@ class JobCreateBase(BaseModel):
     kind: JobKind
     model: str | None = Field(default=None, min_length=1, max_length=500)
     input: JobInput
+    # Batch jobs run only while no interactive job of their model waits (or once they waited too long).
+    priority: Priority = Priority.INTERACTIVE
+    # False: run it even if an identical job already succeeded (true: answer from that job's result).
+    cache: bool = True
 
 
 def _camel(kind: JobKind) -> str:
@@ -98,6 +102,8 @@ class JobPublicBase(BaseModel):
     result: JobOutput | None
     error: JobErrorPublic | None
     attempts: int
+    priority: Priority
+    cached: bool  # answered from an identical job's result at submission; no worker ran it
     progress: float | None  # 0..1 while running
     progress_detail: ProgressDetail | None  # what a long job reports: steps and loss, bytes, records
     created_at: datetime
@@ -139,6 +145,8 @@ def job_public(job: "Job") -> JobPublicBase:
             "result": job.result,
             "error": error,
             "attempts": job.attempts,
+            "priority": job.priority,
+            "cached": job.cached,
             "progress": job.progress,
             "progress_detail": job.progress_detail,
             "created_at": job.created_at,

@@ -6,12 +6,17 @@ message is sent after the commit. That order is the outbox's guarantee: a worker
 id it cannot find, and a send that fails, or a process that dies before sending, leaves the job
 queued, and the sweeper sends it later.
 
+A job identical to one that already succeeded is answered from that job's result instead
+(jobs/result_cache.py): its row is committed succeeded and `cached`, no message is sent, and it does
+not count against the tenant's queue.
+
 An `image_url` is fetched before the transaction opens (it may take FETCH_TIMEOUT_S), and only when
 the request is not a replay of an Idempotency-Key already seen: a replay fetches nothing.
 """
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from uuid import UUID
 
@@ -25,13 +30,22 @@ from jobs.catalog import get_dataset, get_trained_model, resolve_trained, servin
 from jobs.db import SessionFactory
 from jobs.errors import BatchTooLarge, IdempotencyKeyReused, ModelNameTaken, TenantQueueFull, UnknownImage
 from jobs.fetch import with_fetched_image
-from jobs.image_store import missing_image_ids, store_image
+from jobs.image_store import image_hashes, store_image
 from jobs.inputs import EvaluateInput, GeneratingInput, ImageFields, JobInput, MatchInput, TrainInput
 from jobs.kinds import KINDS, JobKind, batch_key
 from jobs.models import IdempotencyKey, Job
 from jobs.repository import add_job, count_unfinished_jobs, get_job
+from jobs.result_cache import (
+    SHARED_SCOPE,
+    cache_key,
+    cacheable,
+    cached_result,
+    checkpoint_fingerprint,
+    trained_fingerprint,
+)
 from jobs.schemas import JobCreateBase
 from jobs.settings import Settings
+from jobs.status import JobStatus
 
 
 @dataclass(frozen=True)
@@ -90,7 +104,8 @@ def submit_job(
     except _KeyTakenMeanwhile:
         session.rollback()
         return Submitted(_replay_or_fail(session, tenant, str(idempotency_key), fingerprint), created=False)
-    ctx.dispatcher.try_send(JobMessage.of(job))
+    if job.status is JobStatus.QUEUED:  # not a job the cache answered
+        ctx.dispatcher.try_send(JobMessage.of(job))
     return Submitted(job, created=True)
 
 
@@ -110,8 +125,10 @@ def _record(
     target = _resolve_target(session, ctx.registry, tenant, model)
     _check_request(session, ctx, tenant, request, target)
     job_input = _store_inline_image(session, tenant, request.input, ctx.settings)
-    _check_images_exist(session, tenant, job_input)
+    images = _check_images_exist(session, tenant, job_input)
     kind = JobKind(request.kind)
+    result_key = _result_key(session, ctx, tenant, kind, job_input, target, images)
+    answer = cached_result(session, result_key) if result_key is not None and request.cache else None
     job = add_job(
         session,
         tenant=tenant,
@@ -120,11 +137,43 @@ def _record(
         queue=KINDS[kind].queue(serving_model(session, ctx.registry, target.name, tenant)),
         input=job_input.model_dump(mode="json", exclude_none=True),
         batch_key=batch_key(kind, job_input, target.name, target.owner),
+        priority=request.priority,
+        cache_key=result_key,
+        cached_result=answer,
     )
     if key is not None and not _claim_key(session, tenant, key, fingerprint, job.id):
         raise _KeyTakenMeanwhile
-    _check_queue_depth(session, tenant, ctx.settings)  # last: the counter's row stays locked until the commit
+    if answer is None:  # a cached answer is never queued, so it never counts against the limit
+        _check_queue_depth(session, tenant, ctx.settings)  # last: the counter's row stays locked until the commit
     return job
+
+
+def _result_key(
+    session: Session,
+    ctx: Submission,
+    tenant: str,
+    kind: JobKind,
+    job_input: JobInput,
+    target: _Target,
+    images: Mapping[UUID, str],
+) -> str | None:
+    """The job's result-cache key; None for jobs whose result answers no other (see jobs/result_cache.py)."""
+    if target.spec is None or not cacheable(kind, job_input):
+        return None
+    checkpoint = _checkpoint_fingerprint(session, tenant, target)
+    if checkpoint is None:
+        return None
+    shared = ctx.settings.RESULT_CACHE_SHARED and not target.owner
+    scope = SHARED_SCOPE if shared else tenant
+    return cache_key(scope=scope, kind=kind, model=target.name, checkpoint=checkpoint, job_input=job_input,
+                     image_hashes=images)  # fmt: skip
+
+
+def _checkpoint_fingerprint(session: Session, tenant: str, target: _Target) -> str | None:
+    if not target.owner:
+        return checkpoint_fingerprint(target.spec) if target.spec is not None else None
+    trained = get_trained_model(session, tenant, target.name)
+    return None if trained is None else trained_fingerprint(trained)
 
 
 # ---- checks ---------------------------------------------------------------------------------
@@ -210,13 +259,17 @@ def _store_inline_image(session: Session, tenant: str, job_input: JobInput, sett
     return job_input.model_copy(update={"image": None, "image_id": stored.id})
 
 
-def _check_images_exist(session: Session, tenant: str, job_input: JobInput) -> None:
+def _check_images_exist(session: Session, tenant: str, job_input: JobInput) -> dict[UUID, str]:
+    """The content hash of every image the input names; UnknownImage if one is not the tenant's."""
     if not isinstance(job_input, ImageFields):
-        return
-    missing = missing_image_ids(session, job_input.referenced_image_ids(), tenant)
+        return {}
+    wanted = job_input.referenced_image_ids()
+    found = image_hashes(session, wanted, tenant)
+    missing = set(wanted) - found.keys()
     if missing:
         field = "input.image_ids" if isinstance(job_input, MatchInput) and job_input.image_ids else "input.image_id"
         raise UnknownImage(f"no uploaded image with id {', '.join(sorted(map(str, missing)))}", field=field)
+    return found
 
 
 # ---- idempotency keys -----------------------------------------------------------------------

@@ -25,7 +25,7 @@ ONE_AT_A_TIME = BatchRules(batch_size=1, cost=lambda job: 1)
 @pytest.fixture(autouse=True)
 def empty_queue(engine: Engine, empty_tables: None) -> None:
     with engine.begin() as connection:
-        connection.execute(text("TRUNCATE queue_clocks, queue_shares, tenants"))
+        connection.execute(text("TRUNCATE tenants"))
 
 
 def queue_jobs(
