@@ -17,7 +17,7 @@ from api.deps import ApiContext
 from api.errors import install_error_handlers
 from api.job_events import JobEvents
 from api.limits import LimitRequestBody
-from api.routes import catalog, health, images, jobs
+from api.routes import catalog, health, images, jobs, usage
 from blip2.registry import Registry
 from jobs.broker import Dispatcher, create_celery
 from jobs.db import create_db_engine, create_session_factory
@@ -35,7 +35,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.context = context
     install_error_handlers(app)
     app.add_middleware(LimitRequestBody, settings=settings)  # 413 while an oversized body arrives
-    for router in (images.router, jobs.router, catalog.router, health.router):
+    for router in (images.router, jobs.router, catalog.router, usage.router, health.router):
         app.include_router(router)
     return app
 

@@ -30,7 +30,7 @@ def create(
     from jobs.api_keys import create_key
     from jobs.db import session_scope
 
-    with one_line_errors(), session_scope(_sessions()) as session:
+    with one_line_errors(), session_scope(sessions_from_environment()) as session:
         created = create_key(session, tenant=tenant, name=name)
     typer.echo(created.secret)
     typer.echo(f"created key {created.row.prefix}… (id {created.row.id}) for tenant {tenant}", err=True)
@@ -41,7 +41,7 @@ def list_(tenant: Annotated[str | None, typer.Option(help="Only this tenant's ke
     """Every key: id, tenant, shown prefix, name, created, revoked."""
     from jobs.api_keys import list_keys
 
-    with one_line_errors(), _sessions()() as session:
+    with one_line_errors(), sessions_from_environment()() as session:
         rows = list_keys(session, tenant)
     typer.echo("id\ttenant\tprefix\tname\tcreated\trevoked")
     for row in rows:
@@ -56,12 +56,13 @@ def revoke(key: Annotated[str, typer.Argument(help="The key's id, or its prefix 
     from jobs.api_keys import revoke_key
     from jobs.db import session_scope
 
-    with one_line_errors(), session_scope(_sessions()) as session:
+    with one_line_errors(), session_scope(sessions_from_environment()) as session:
         row = revoke_key(session, key)
     typer.echo(f"revoked key {row.prefix}… (id {row.id}) of tenant {row.tenant}")
 
 
-def _sessions() -> "SessionFactory":
+def sessions_from_environment() -> "SessionFactory":
+    """Sessions on the database DATABASE_URL names (the operator commands')."""
     from jobs.db import create_db_engine, create_session_factory
 
     return create_session_factory(create_db_engine(settings_from_environment()))

@@ -3,11 +3,13 @@
 blip2-jobs caption photo.jpg --model tiny-opt
 blip2-jobs api --port 8000
 blip2-jobs keys create --tenant acme
+blip2-jobs tenants set acme --weight 2
+blip2-jobs usage --tenant acme
 """
 
 import typer
 
-from cli import key_commands, model_commands, service_commands
+from cli import key_commands, model_commands, service_commands, tenant_commands
 
 app = typer.Typer(
     name="blip2-jobs",
@@ -18,3 +20,4 @@ app = typer.Typer(
 model_commands.register(app)
 service_commands.register(app)
 key_commands.register(app)
+tenant_commands.register(app)

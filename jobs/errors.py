@@ -110,3 +110,9 @@ class FetchFailed(JobsError):
     """An image URL could not be fetched: unreachable, timed out, or answered with an error status."""
 
     code = "fetch_failed"
+
+
+class InvalidTimeRange(JobsError):
+    """A usage window whose end is not after its start, or a date that cannot be read."""
+
+    code = "invalid_time_range"

@@ -1,4 +1,4 @@
-"""The HTTP API's schemas: one family per resource (images, jobs, models, datasets).
+"""The HTTP API's schemas: one family per resource (images, jobs, models, datasets, usage).
 
 The job request and response schemas are built from the table of job kinds (jobs/kinds.py): one
 request model and one response model per kind, each a member of a union discriminated by `kind`, so
@@ -200,3 +200,44 @@ class DatasetsPublic(BaseModel):
     """Every registered dataset."""
 
     data: list[DatasetPublic]
+
+
+# ---- usage ----------------------------------------------------------------------------------
+
+
+class JobCountPublic(BaseModel):
+    """How many of the tenant's jobs of one kind are in one status."""
+
+    kind: JobKind
+    status: JobStatus
+    count: int
+
+
+class ImagesUsagePublic(BaseModel):
+    """The images the tenant stored (uploads, inline and fetched images)."""
+
+    count: int
+    bytes: int
+
+
+class ModelUsagePublic(BaseModel):
+    """The model time the tenant's jobs took on one model, each job's share of its batch's."""
+
+    model: str
+    worker_seconds: float
+    jobs: int  # the jobs whose time is counted
+
+
+class UsagePublic(BaseModel):
+    """A tenant's usage from `from` until `to` (unbounded where not given): jobs submitted, by kind and
+    status; images stored; worker-seconds by model, counted when each job finished."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    tenant: str
+    from_: datetime | None = Field(alias="from")
+    to: datetime | None
+    jobs: list[JobCountPublic]
+    images: ImagesUsagePublic
+    models: list[ModelUsagePublic]
+    worker_seconds: float  # all models together
