@@ -21,6 +21,7 @@ from api.routes import catalog, health, images, jobs, usage
 from blip2.registry import Registry
 from jobs.broker import Dispatcher, create_celery
 from jobs.db import create_db_engine, create_session_factory
+from jobs.presence import PresenceCache
 from jobs.rate_limit import RateLimiter
 from jobs.settings import Settings
 from jobs.sweeper import sweep_once
@@ -64,6 +65,7 @@ def build_context(settings: Settings) -> ApiContext:
             key_prefix=settings.REDIS_KEY_PREFIX,
         ),
         events=JobEvents(settings.DATABASE_URL),
+        presence=PresenceCache(),
     )
 
 

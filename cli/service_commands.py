@@ -118,11 +118,16 @@ def worker(
     instance: Annotated[
         str, typer.Option(hidden=True, help="Tells apart several workers of one queue on a host.")
     ] = "",
+    tenant: Annotated[
+        str | None, typer.Option(help="Serve this tenant's trained model --model, on a queue of its own.")
+    ] = None,
 ) -> None:
-    """Run a worker that holds one model in memory and runs its jobs in batches."""
-    from blip2.errors import ModelNotFound
+    """Run a worker that holds one model in memory and runs its jobs in batches.
+
+    With --tenant it serves that tenant's trained model on the queue infer.tenant.TENANT.MODEL: while it
+    runs, the model's jobs go there; when none runs, to its base model's workers, as before.
+    """
     from blip2.quantization import QuantizationPlan
-    from blip2.registry import Registry
     from worker.app import WorkerOptions, run_worker
     from worker.model_holder import ModelLoadOptions
     from worker.runtime import BatchOptions
@@ -130,23 +135,47 @@ def worker(
     with one_line_errors():
         settings = settings_from_environment()
         name = model or settings.BLIP2_DEFAULT_MODEL
-        if not Registry.load(settings.BLIP2_MODELS_FILE).is_known(name):
-            raise ModelNotFound(f"unknown model {name!r}")
+        _check_servable(settings, name, tenant)
         chosen = [q.strip() for item in queues or [] for q in item.split(",") if q.strip()]
         QuantizationPlan.parse(quantize)  # torch-free: a typo fails here, not in the child process
         load = ModelLoadOptions(device=device, dtype=dtype, quantize=quantize)
         batch = BatchOptions(size=batch_size, wait_ms=batch_wait_ms)
-        options = WorkerOptions(model=name, queues=chosen, load=load, batch=batch, instance=instance)
+        options = WorkerOptions(model=name, queues=chosen, load=load, batch=batch, instance=instance,
+                                tenant=tenant or "")  # fmt: skip
         settings.require("REDIS_URL")
         settings.require("DATABASE_URL")
         if gpus is not None:
             from cli.gpu_workers import gpu_indices, per_gpu_workers
 
             args = [f"--model={name}", f"--queues={','.join(options.consumed_queues())}", f"--quantize={quantize}",
-                    f"--dtype={dtype}", f"--batch-size={batch_size}", f"--batch-wait-ms={batch_wait_ms}"]  # fmt: skip
+                    f"--dtype={dtype}", f"--batch-size={batch_size}", f"--batch-wait-ms={batch_wait_ms}",
+                    *([f"--tenant={tenant}"] if tenant else [])]  # fmt: skip
             _supervise(per_gpu_workers(gpu_indices(gpus), args), dict(os.environ))
             return
     run_worker(settings, options)
+
+
+def _check_servable(settings: "Settings", name: str, tenant: str | None) -> None:
+    """ModelNotFound unless `name` is a registry model, or (with `tenant`) one of the tenant's trained models."""
+    from blip2.errors import ModelNotFound
+    from blip2.registry import Registry
+
+    if tenant is None:
+        if not Registry.load(settings.BLIP2_MODELS_FILE).is_known(name):
+            raise ModelNotFound(f"unknown model {name!r} (a tenant's trained model needs --tenant)")
+        return
+    from jobs.api_keys import check_tenant
+    from jobs.catalog import get_trained_model
+    from jobs.db import create_db_engine, create_session_factory
+
+    engine = create_db_engine(settings)
+    try:
+        with create_session_factory(engine)() as session:
+            trained = get_trained_model(session, check_tenant(tenant), name)
+    finally:
+        engine.dispose()
+    if trained is None:
+        raise ModelNotFound(f"unknown model {name!r}: tenant {tenant!r} has no trained model of that name")
 
 
 def flower(

@@ -17,7 +17,7 @@ the request is not a replay of an Idempotency-Key already seen: a replay fetches
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from uuid import UUID
 
 from sqlalchemy.dialects.postgresql import insert
@@ -34,6 +34,8 @@ from jobs.image_store import image_hashes, store_image
 from jobs.inputs import EvaluateInput, GeneratingInput, ImageFields, JobInput, MatchInput, TrainInput
 from jobs.kinds import KINDS, JobKind, batch_key
 from jobs.models import IdempotencyKey, Job
+from jobs.presence import PresenceCache
+from jobs.queues import queue_for_trained
 from jobs.repository import add_job, count_unfinished_jobs, get_job
 from jobs.result_cache import (
     SHARED_SCOPE,
@@ -56,6 +58,7 @@ class Submission:
     dispatcher: Dispatcher
     registry: Registry
     settings: Settings
+    presence: PresenceCache = field(default_factory=PresenceCache)  # which trained models have workers
 
 
 @dataclass(frozen=True)
@@ -134,7 +137,7 @@ def _record(
         tenant=tenant,
         kind=kind,
         model=target.name,
-        queue=KINDS[kind].queue(serving_model(session, ctx.registry, target.name, tenant)),
+        queue=_route(session, ctx, tenant, kind, target),
         input=job_input.model_dump(mode="json", exclude_none=True),
         batch_key=batch_key(kind, job_input, target.name, target.owner),
         priority=request.priority,
@@ -146,6 +149,16 @@ def _record(
     if answer is None:  # a cached answer is never queued, so it never counts against the limit
         _check_queue_depth(session, tenant, ctx.settings)  # last: the counter's row stays locked until the commit
     return job
+
+
+def _route(session: Session, ctx: Submission, tenant: str, kind: JobKind, target: _Target) -> str:
+    """The job's queue: its trained model's own workers while one lives, else its (base) model's."""
+    spec = KINDS[kind]
+    if target.owner and not spec.long:
+        own = queue_for_trained(tenant, target.name)
+        if ctx.presence.is_served(session, own):
+            return own
+    return spec.queue(serving_model(session, ctx.registry, target.name, tenant))
 
 
 def _result_key(
