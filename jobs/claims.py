@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from uuid import UUID
 
-from sqlalchemy import ColumnElement, String, column, exists, func, or_, select, true, values
-from sqlalchemy.orm import Session
+from sqlalchemy import CTE, ColumnElement, exists, func, or_, select, true
+from sqlalchemy.orm import Session, aliased
 
-from jobs.fair_share import FairShare, lock_fair_share, save_fair_share
+from jobs.fair_share import lock_fair_share, named_tenants, save_fair_share
 from jobs.models import Job
 from jobs.repository import claim_jobs
 from jobs.status import JobStatus, Priority
@@ -58,17 +58,17 @@ def queue_of(session: Session, job_id: UUID) -> str | None:
 def claim_batch(session: Session, queue: str, batch_id: str, rules: BatchRules) -> list[Job]:
     """Claim the next batch on `queue` for the claim `batch_id`; empty when nothing is queued there."""
     share = lock_fair_share(session, queue)
-    runnable = _runnable(session, queue, rules)
-    tenants = _tenants_waiting(session, queue)
-    heads = _first_per_tenant(session, queue, tenants, [runnable], limit=1)
+    runnable, heads = _first_runnable(session, queue, rules, [], limit=1)
     if not heads:
         return []
-    share.load(session, tenants)
+    share.load(session, heads.keys())
     head = share.take(heads, 1, rules.cost)[0]
     batch = [head]
     if head.batch_key is not None and head.attempts == 0:
         room = rules.room(head) - 1
-        batch += _take_mates(session, share, tenants, head.batch_key, rules, room, runnable, exclude=head.id)
+        where = [runnable, *_first_runs_of(head.batch_key), Job.id != head.id]
+        mates = _first_per_tenant(session, queue, where, room, tenants=list(heads))
+        batch += share.take(mates, room, rules.cost)
     save_fair_share(session, share)
     return claim_jobs(session, [job.id for job in batch], batch_id)
 
@@ -76,73 +76,71 @@ def claim_batch(session: Session, queue: str, batch_id: str, rules: BatchRules) 
 def claim_more(session: Session, queue: str, batch_key: str, batch_id: str, limit: int, rules: BatchRules) -> list[Job]:
     """Claim up to `limit` more queued jobs of a batch already running (that arrived while it gathered),
     in fair order, of the class that may run now."""
-    if limit < 1:
-        return []
+    if limit < 1 or not _any_queued(session, queue, _first_runs_of(batch_key)):
+        return []  # what a gathering batch mostly finds: one read, and no lock taken
     share = lock_fair_share(session, queue)
-    runnable = _runnable(session, queue, rules)
-    tenants = _tenants_waiting(session, queue)
-    share.load(session, tenants)
-    more = _take_mates(session, share, tenants, batch_key, rules, limit, runnable)
+    _, mates = _first_runnable(session, queue, rules, _first_runs_of(batch_key), limit)
+    share.load(session, mates.keys())
+    more = share.take(mates, limit, rules.cost)
     save_fair_share(session, share)
     return claim_jobs(session, [job.id for job in more], batch_id)
 
 
-def _take_mates(
-    session: Session,
-    share: FairShare,
-    tenants: Sequence[str],
-    batch_key: str,
-    rules: BatchRules,
-    room: int,
-    runnable: ColumnElement[bool],
-    exclude: UUID | None = None,
-) -> list[Job]:
-    """Up to `room` queued first runs with `batch_key`, in fair order across tenants."""
-    where = [runnable, Job.batch_key == batch_key, Job.attempts == 0]
-    if exclude is not None:
-        where.append(Job.id != exclude)
-    waiting = _first_per_tenant(session, queue=share.queue, tenants=tenants, where=where, limit=room)
-    return share.take(waiting, room, rules.cost)
+def _first_runs_of(batch_key: str) -> list[ColumnElement[bool]]:
+    """Jobs that may join a batch of `batch_key`: its key, and never run before (a job run again runs alone)."""
+    return [Job.batch_key == batch_key, Job.attempts == 0]
 
 
-def _runnable(session: Session, queue: str, rules: BatchRules) -> ColumnElement[bool]:
-    """Which queued jobs may run now: the interactive ones (batch jobs past their wait included) while
-    any waits, else every one."""
+def _first_runnable(
+    session: Session, queue: str, rules: BatchRules, where: Sequence[ColumnElement[bool]], limit: int
+) -> tuple[ColumnElement[bool], dict[str, list[Job]]]:
+    """Each tenant's first `limit` queued jobs matching `where`, of the class that may run now: the
+    interactive ones (batch jobs past their wait included) while any waits, else all; and that class."""
     overdue = func.make_interval(0, 0, 0, 0, 0, 0, rules.batch_max_wait.total_seconds())
     urgent = or_(Job.priority == Priority.INTERACTIVE, Job.created_at <= func.now() - overdue)
-    waiting = session.scalar(select(exists().where(Job.queue == queue, Job.status == JobStatus.QUEUED, urgent)))
-    return urgent if waiting else true()
+    found = _first_per_tenant(session, queue, [urgent, *where], limit)
+    if found or _any_queued(session, queue, [urgent]):
+        return urgent, found
+    return true(), _first_per_tenant(session, queue, where, limit)
 
 
-def _tenants_waiting(session: Session, queue: str) -> list[str]:
-    """The tenants with jobs queued on `queue`, read from the index one tenant at a time (a loose index
-    scan: one probe per tenant, however long their queues)."""
-    queued = (Job.queue == queue, Job.status == JobStatus.QUEUED)
-    walk = select(func.min(Job.tenant).label("tenant")).where(*queued).cte("walk", recursive=True)
-    following = select(func.min(Job.tenant)).where(*queued, Job.tenant > walk.c.tenant).scalar_subquery()
-    walk = walk.union_all(select(following).where(walk.c.tenant.is_not(None)))
-    return [tenant for tenant in session.scalars(select(walk.c.tenant)) if tenant is not None]
+def _any_queued(session: Session, queue: str, where: Sequence[ColumnElement[bool]]) -> bool:
+    return bool(session.scalar(select(exists().where(Job.queue == queue, Job.status == JobStatus.QUEUED, *where))))
 
 
 def _first_per_tenant(
-    session: Session, queue: str, tenants: Sequence[str], where: Sequence[ColumnElement[bool]], limit: int
+    session: Session,
+    queue: str,
+    where: Sequence[ColumnElement[bool]],
+    limit: int,
+    tenants: Sequence[str] | None = None,
 ) -> dict[str, list[Job]]:
-    """Each tenant's first `limit` queued jobs of `queue` matching `where`, oldest first, locked
-    (SKIP LOCKED: a job a sweeper or a cancel holds is left for the next claim)."""
-    if not tenants or limit < 1:
+    """Each tenant's first `limit` queued jobs of `queue` matching `where`, oldest first, locked (SKIP
+    LOCKED: a job a sweeper or a cancel holds is left for the next claim); of `tenants`, or of every
+    tenant with jobs queued there."""
+    if limit < 1 or tenants == []:
         return {}
-    waiting = values(column("tenant", String()), name="waiting").data([(tenant,) for tenant in tenants])
+    source = _tenants_waiting(queue) if tenants is None else named_tenants(tenants)
     first = (
-        select(Job.id)
-        .where(Job.queue == queue, Job.status == JobStatus.QUEUED, Job.tenant == waiting.c.tenant, *where)
+        select(Job)
+        .where(Job.queue == queue, Job.status == JobStatus.QUEUED, Job.tenant == source.c.tenant, *where)
         .order_by(Job.created_at, Job.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
         .lateral("first")
     )
-    ids = list(session.scalars(select(first.c.id).select_from(waiting).join(first, true())))
+    job = aliased(Job, first)
+    query = select(job).select_from(source).join(first, true()).order_by(first.c.created_at, first.c.id)
     by_tenant: dict[str, list[Job]] = {}
-    rows = select(Job).where(Job.id.in_(ids)).order_by(Job.created_at, Job.id)
-    for job in session.scalars(rows.execution_options(populate_existing=True)):
-        by_tenant.setdefault(job.tenant, []).append(job)
+    for row in session.scalars(query.execution_options(populate_existing=True)):
+        by_tenant.setdefault(row.tenant, []).append(row)
     return by_tenant
+
+
+def _tenants_waiting(queue: str) -> CTE:
+    """The tenants with jobs queued on `queue`, walked through the index one tenant at a time (a loose
+    index scan: a probe per tenant, however long their queues); the walk ends on a NULL."""
+    queued = (Job.queue == queue, Job.status == JobStatus.QUEUED)
+    walk = select(func.min(Job.tenant).label("tenant")).where(*queued).cte("walk", recursive=True)
+    following = select(func.min(Job.tenant)).where(*queued, Job.tenant > walk.c.tenant).scalar_subquery()
+    return walk.union_all(select(following).where(walk.c.tenant.is_not(None)))

@@ -22,9 +22,10 @@ from collections import deque
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import select, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import Float, String, and_, bindparam, func, literal, select, update
+from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.selectable import TableValuedAlias
 
 from jobs.models import Job, QueueClock, QueueShare, Tenant
 
@@ -65,15 +66,21 @@ class FairShare:
         return taken
 
     def load(self, session: Session, tenants: Collection[str]) -> None:
-        """Read the tenants' places in this queue and their weights."""
+        """Read the tenants' places in this queue and their weights (one query)."""
         if not tenants:
             return
-        shares = select(QueueShare.tenant, QueueShare.virtual_finish).where(
-            QueueShare.queue == self.queue, QueueShare.tenant.in_(tenants)
+        named = named_tenants(tenants)
+        query = (
+            select(named.c.tenant, QueueShare.virtual_finish, Tenant.weight)
+            .select_from(named)
+            .outerjoin(QueueShare, and_(QueueShare.queue == self.queue, QueueShare.tenant == named.c.tenant))
+            .outerjoin(Tenant, Tenant.name == named.c.tenant)
         )
-        self.finish.update({row.tenant: row.virtual_finish for row in session.execute(shares)})
-        weights = select(Tenant.name, Tenant.weight).where(Tenant.name.in_(tenants))
-        self.weights.update({row.name: row.weight for row in session.execute(weights)})
+        for tenant, finish, weight in session.execute(query):
+            if finish is not None:
+                self.finish[tenant] = finish
+            if weight is not None:
+                self.weights[tenant] = weight
 
 
 def lock_fair_share(session: Session, queue: str) -> FairShare:
@@ -92,18 +99,31 @@ def lock_fair_share(session: Session, queue: str) -> FairShare:
 
 
 def save_fair_share(session: Session, share: FairShare) -> None:
-    """Write what the claim charged: the tenants' new places and the queue's clock."""
+    """Write what the claim charged, in one statement: the tenants' new places and the queue's clock."""
     if not share.charged:
         return
-    rows = [{"queue": share.queue, "tenant": t, "virtual_finish": share.finish[t]} for t in sorted(share.charged)]
-    upsert = insert(QueueShare).values(rows)
-    session.execute(
-        upsert.on_conflict_do_update(
-            index_elements=["queue", "tenant"], set_={"virtual_finish": upsert.excluded.virtual_finish}
-        )
+    tenants = sorted(share.charged)
+    finishes = [share.finish[tenant] for tenant in tenants]
+    places = (
+        func.unnest(bindparam(None, tenants, type_=ARRAY(String())), bindparam(None, finishes, type_=ARRAY(Float())))
+        .table_valued("tenant", "finish")
+        .render_derived()
     )
+    upsert = insert(QueueShare).from_select(
+        ["queue", "tenant", "virtual_finish"], select(literal(share.queue), places.c.tenant, places.c.finish)
+    )
+    charged = upsert.on_conflict_do_update(
+        index_elements=["queue", "tenant"], set_={"virtual_finish": upsert.excluded.virtual_finish}
+    ).cte("charged")
     clock = max(share.clock, share.last_start if share.last_start is not None else share.clock)
-    session.execute(update(QueueClock).where(QueueClock.queue == share.queue).values(virtual_time=clock))
+    statement = update(QueueClock).where(QueueClock.queue == share.queue).values(virtual_time=clock)
+    session.execute(statement.add_cte(charged))
+
+
+def named_tenants(tenants: Collection[str]) -> TableValuedAlias:
+    """The tenants as a table of one column, `tenant`: an array bound as one parameter, so the statement
+    is compiled once however many tenants it names."""
+    return func.unnest(bindparam(None, list(tenants), type_=ARRAY(String()))).table_valued("tenant").render_derived()
 
 
 # ---- tenants' weights -------------------------------------------------------------------------
