@@ -29,7 +29,8 @@ def table_names(settings: Settings) -> set[str]:
 
 def test_upgrade_then_downgrade(empty_database: Settings) -> None:
     upgrade(empty_database)
-    expected = {"api_keys", "jobs", "images", "idempotency_keys", "datasets", "trained_models", "alembic_version"}
+    expected = {"api_keys", "jobs", "images", "idempotency_keys", "datasets", "trained_models", "alembic_version",
+                "tenant_queues", "tenants", "queue_clocks", "queue_shares", "worker_presence"}  # fmt: skip
     assert expected <= table_names(empty_database)
     downgrade(empty_database)
     assert table_names(empty_database) <= {"alembic_version"}
@@ -70,5 +71,26 @@ def test_rows_from_before_tenants_belong_to_the_default_tenant(empty_database: S
             # New rows must name their tenant: the migration's default is gone again.
             columns = {c["name"]: c for c in inspect(connection).get_columns("jobs")}
             assert columns["tenant"]["default"] is None and not columns["tenant"]["nullable"]
+    finally:
+        engine.dispose()
+
+
+def test_jobs_from_before_priorities_are_interactive_and_not_cached(empty_database: Settings) -> None:
+    upgrade(empty_database, "0004")
+    engine = create_engine(empty_database.sqlalchemy_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO jobs (id, tenant, kind, model, queue, status, input, attempts, dispatch_count)"
+                    " VALUES (gen_random_uuid(), 't', 'caption', 'tiny-opt', 'infer.tiny-opt', 'queued', '{}', 0, 1)"
+                )
+            )
+        upgrade(empty_database)
+        with engine.connect() as connection:
+            row = connection.execute(text("SELECT priority, cached, cache_key, worker_seconds FROM jobs")).one()
+            assert tuple(row) == ("interactive", False, None, None)
+            columns = {c["name"]: c for c in inspect(connection).get_columns("jobs")}
+            assert columns["priority"]["default"] is None, "new rows must name their priority"
     finally:
         engine.dispose()

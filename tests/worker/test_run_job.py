@@ -28,7 +28,7 @@ def ctx(sessions: SessionFactory, dispatcher: Dispatcher, settings: Settings) ->
 
 
 def request(kind: str, model: str, **job_input: object) -> JobCreateBase:
-    body = {"kind": kind, "model": model, "input": {"image": png_base64()} | job_input}
+    body = {"kind": kind, "model": model, "input": {"image": png_base64()} | job_input, "cache": False}
     return JOB_CREATE_ADAPTER.validate_python(body)
 
 
