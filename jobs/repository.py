@@ -260,9 +260,15 @@ def fail_unfinished_job(session: Session, job_id: UUID, code: str, message: str)
 
 
 def fail_batch(session: Session, batch_id: str, code: str, message: str) -> list[Job]:
-    """Fail every job still running in the batch a claim took (its process was killed at the hard time limit)."""
+    """Fail every job still running in the batch a claim took (its process was killed at the hard time limit).
+
+    Nothing measured the killed process's model time, so each job's usage is its time since its claim,
+    shared equally among the batch's jobs: the time the batch held its worker.
+    """
     where = [Job.batch_id == batch_id, Job.status == JobStatus.RUNNING]
-    return _transition(session, where, **_failed(code, message))
+    size = select(func.count()).where(*where).scalar_subquery()
+    held = func.extract("epoch", func.now() - Job.started_at) / size
+    return _transition(session, where, **_failed(code, message), worker_seconds=held)
 
 
 def _failed(code: str, message: str) -> dict[str, Any]:
