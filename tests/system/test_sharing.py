@@ -12,7 +12,7 @@ own queue, so no other worker takes these jobs.
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -99,6 +99,12 @@ def finished_order(sessions: SessionFactory, ids: list[UUID]) -> list[Job]:
         return list(session.scalars(query.order_by(Job.finished_at, Job.started_at, Job.id)))
 
 
+def at(moment: datetime | None) -> datetime:
+    """A moment a job that ran has (started_at, finished_at)."""
+    assert moment is not None, "a job that ran has no start or finish"
+    return moment
+
+
 def cancel_the_rest(sessions: SessionFactory, ids: list[UUID]) -> None:
     """Cancel what is still queued: the test has what it needs, the worker need not run the rest."""
     with session_scope(sessions) as session:
@@ -126,10 +132,9 @@ def test_a_small_tenant_is_not_stuck_behind_a_big_backlog(
     wait_until(enough, "40 of A's jobs and all of B's finished", timeout_s=600, interval_s=0.5)
     cancel_the_rest(ctx.sessions, a_jobs)
     done = finished_order(ctx.sessions, a_jobs + b_jobs)
-    a_40th = [job.finished_at for job in done if job.tenant == A][39]
-    last_b = max(job.finished_at for job in done if job.tenant == B)
-    assert a_40th is not None and last_b is not None
-    a_before = sum(job.tenant == A and job.finished_at < last_b for job in done if job.finished_at)
+    a_40th = [at(job.finished_at) for job in done if job.tenant == A][39]
+    last_b = max(at(job.finished_at) for job in done if job.tenant == B)
+    a_before = sum(job.tenant == A and at(job.finished_at) < last_b for job in done)
     print(f"\nbatch size {batch_size}: B's last job finished after {a_before} of A's; first 30 finished:",
           "".join(job.tenant[-1] for job in done[:30]))  # fmt: skip
     assert last_b < a_40th, f"B's last job finished after A's 40th ({a_before} of A's before it)"
@@ -150,6 +155,7 @@ def test_a_tenants_weight_sets_its_share(ctx: Submission, worker_for: Any, image
         with session_scope(ctx.sessions) as session:
             set_tenant_weight(session, A, 1)
     first = [job.tenant for job in finished_order(ctx.sessions, a_jobs + b_jobs)][:40]
+    print(f"\nweight 3 against 1: A ran {first.count(A)} of the first 40:", "".join(t[-1] for t in first))
     assert 29 <= first.count(A) <= 31, f"weight 3 should take 30 of the first 40, took {first.count(A)}: {first}"
 
 
@@ -162,8 +168,8 @@ def test_interactive_jobs_run_before_batch_jobs(ctx: Submission, worker_for: Any
     worker_for("fair-priority", "--batch-size=1")
     jobs = {job_id: wait_terminal(ctx.sessions, job_id, timeout_s=300) for job_id in bulk + urgent}
     assert {job.status for job in jobs.values()} == {JobStatus.SUCCEEDED}
-    last_urgent = max(jobs[i].started_at for i in urgent if jobs[i].started_at)
-    first_bulk = min(jobs[i].started_at for i in bulk if jobs[i].started_at)
+    last_urgent = max(at(jobs[i].started_at) for i in urgent)
+    first_bulk = min(at(jobs[i].started_at) for i in bulk)
     assert last_urgent < first_bulk, "a batch job started while interactive jobs were waiting"
 
 
@@ -182,7 +188,7 @@ def test_a_batch_job_that_waited_too_long_is_not_starved(
     impatient = sharing_settings.model_copy(update={"BATCH_PRIORITY_MAX_WAIT_S": 1.0})
     worker_for("fair-aged", "--batch-size=1", settings=impatient)
     jobs = {job_id: wait_terminal(ctx.sessions, job_id, timeout_s=300) for job_id in [patient.id, *urgent]}
-    first = min(jobs.values(), key=lambda job: job.started_at or job.created_at)
+    first = min(jobs.values(), key=lambda job: at(job.started_at))
     assert first.id == patient.id, "a batch job past its wait still waited behind newer interactive jobs"
 
 
