@@ -51,9 +51,11 @@ class JobCreateBase(BaseModel):
     kind: JobKind
     model: str | None = Field(default=None, min_length=1, max_length=500)
     input: JobInput
-    # Batch jobs run only while no interactive job of their model waits (or once they waited too long).
+    # Batch inference jobs run only while no interactive job of their model waits (or once they waited
+    # too long); long jobs (train, evaluate, download) run one per message on their own queues.
     priority: Priority = Priority.INTERACTIVE
-    # False: run it even if an identical job already succeeded (true: answer from that job's result).
+    # False: run it even if an identical job already succeeded (true: answer from that job's result;
+    # inference jobs only, never sampling without a seed).
     cache: bool = True
 
 
