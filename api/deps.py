@@ -21,6 +21,7 @@ from jobs.api_keys import Principal, authenticate
 from jobs.broker import Dispatcher
 from jobs.db import SessionFactory
 from jobs.errors import Unauthorized
+from jobs.presence import PresenceCache
 from jobs.rate_limit import RateLimiter
 from jobs.settings import Settings
 from jobs.submission import Submission
@@ -39,11 +40,16 @@ class ApiContext:
     rate_limiter: RateLimiter
     events: JobEvents  # wakes long-polls and event streams when their job changes
     metrics: ApiMetrics  # what /metrics exposes
+    presence: PresenceCache  # which trained models have workers of their own, read at most every 2 s
 
     @property
     def submission(self) -> Submission:
         return Submission(
-            sessions=self.sessions, dispatcher=self.dispatcher, registry=self.registry, settings=self.settings
+            sessions=self.sessions,
+            dispatcher=self.dispatcher,
+            registry=self.registry,
+            settings=self.settings,
+            presence=self.presence,
         )
 
 

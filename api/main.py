@@ -19,10 +19,11 @@ from api.errors import install_error_handlers
 from api.job_events import JobEvents
 from api.limits import LimitRequestBody
 from api.metrics import ApiMetrics, JobsCollector
-from api.routes import catalog, health, images, jobs, metrics
+from api.routes import catalog, health, images, jobs, metrics, usage
 from blip2.registry import Registry
 from jobs.broker import Dispatcher, create_celery
 from jobs.db import create_db_engine, create_session_factory
+from jobs.presence import PresenceCache
 from jobs.rate_limit import RateLimiter
 from jobs.settings import Settings
 from jobs.sweeper import sweep_once
@@ -40,7 +41,7 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(LimitRequestBody, settings=settings)  # 413 while an oversized body arrives
     context.metrics.instrument(app)
-    for router in (images.router, jobs.router, catalog.router, health.router, metrics.router):
+    for router in (images.router, jobs.router, catalog.router, usage.router, health.router, metrics.router):
         app.include_router(router)
     return app
 
@@ -72,6 +73,7 @@ def build_context(settings: Settings) -> ApiContext:
         ),
         events=JobEvents(settings.DATABASE_URL),
         metrics=ApiMetrics(jobs=JobsCollector(sessions, registry, cache_s=settings.METRICS_JOBS_CACHE_S)),
+        presence=PresenceCache(),
     )
 
 

@@ -75,6 +75,7 @@ async def _clients(
                     "kind": "caption",
                     "model": args.model,
                     "input": {"image_id": image_ids[n % len(image_ids)], **decoding},
+                    "cache": False,  # measure the workers, not the result cache
                 }
                 started = time.perf_counter()
                 await run_job(client, body)

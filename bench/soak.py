@@ -63,7 +63,7 @@ async def _soak(system: RunningSystem, image_ids: list[str], args: argparse.Name
         async def one_client(count: int) -> None:
             nonlocal done
             for n in range(count):
-                body = {"kind": "caption", "model": args.model,
+                body = {"kind": "caption", "model": args.model, "cache": False,  # the worker's memory, not the cache's
                         "input": {"image_id": image_ids[n % len(image_ids)], **decoding}}  # fmt: skip
                 await run_job(client, body)
                 done += 1

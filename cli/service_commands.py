@@ -143,8 +143,15 @@ def worker(
     metrics_host: Annotated[
         str, typer.Option(help="Address the metrics listen on; not public unless widened (0.0.0.0).")
     ] = "127.0.0.1",
+    tenant: Annotated[
+        str | None, typer.Option(help="Serve this tenant's trained model --model, on a queue of its own.")
+    ] = None,
 ) -> None:
-    """Run a worker that holds one model in memory and runs its jobs in batches."""
+    """Run a worker that holds one model in memory and runs its jobs in batches.
+
+    With --tenant it serves that tenant's trained model on the queue infer.tenant.TENANT.MODEL: while it
+    runs, the model's jobs go there; when none runs, to its base model's workers, as before.
+    """
     with ExitStack() as stack:
         if metrics_port and gpus is None:
             # Before anything imports prometheus_client: the job-running child records, this process serves.
@@ -156,7 +163,7 @@ def worker(
             settings = settings_from_environment()
             load = ModelLoadOptions(device=device, dtype=dtype, quantize=quantize)
             batch = BatchOptions(size=batch_size, wait_ms=batch_wait_ms)
-            options = _worker_options(settings, model, queues, load, batch, instance)
+            options = _worker_options(settings, model, queues, load, batch, instance, tenant)
             if gpus is not None:
                 _run_per_gpu(gpus, options, metrics_port, metrics_host)
                 return
@@ -169,22 +176,42 @@ def worker(
 
 def _worker_options(
     settings: "Settings", model: str | None, queues: list[str] | None, load: "ModelLoadOptions",
-    batch: "BatchOptions", instance: str,
+    batch: "BatchOptions", instance: str, tenant: str | None,
 ) -> "WorkerOptions":  # fmt: skip
     """What `worker` was asked for, checked here (a typo is one line, not a failed child process)."""
-    from blip2.errors import ModelNotFound
     from blip2.quantization import QuantizationPlan
-    from blip2.registry import Registry
     from worker.app import WorkerOptions
 
     name = model or settings.BLIP2_DEFAULT_MODEL
-    if not Registry.load(settings.BLIP2_MODELS_FILE).is_known(name):
-        raise ModelNotFound(f"unknown model {name!r}")
-    chosen = [q.strip() for item in queues or [] for q in item.split(",") if q.strip()]
-    QuantizationPlan.parse(load.quantize)  # torch-free
     settings.require("REDIS_URL")
     settings.require("DATABASE_URL")
-    return WorkerOptions(model=name, queues=chosen, load=load, batch=batch, instance=instance)
+    _check_servable(settings, name, tenant)
+    chosen = [q.strip() for item in queues or [] for q in item.split(",") if q.strip()]
+    QuantizationPlan.parse(load.quantize)  # torch-free
+    return WorkerOptions(model=name, queues=chosen, load=load, batch=batch, instance=instance, tenant=tenant or "")
+
+
+def _check_servable(settings: "Settings", name: str, tenant: str | None) -> None:
+    """ModelNotFound unless `name` is a registry model, or (with `tenant`) one of the tenant's trained models."""
+    from blip2.errors import ModelNotFound
+    from blip2.registry import Registry
+
+    if tenant is None:
+        if not Registry.load(settings.BLIP2_MODELS_FILE).is_known(name):
+            raise ModelNotFound(f"unknown model {name!r} (a tenant's trained model needs --tenant)")
+        return
+    from jobs.api_keys import check_tenant
+    from jobs.catalog import get_trained_model
+    from jobs.db import create_db_engine, create_session_factory
+
+    engine = create_db_engine(settings)
+    try:
+        with create_session_factory(engine)() as session:
+            trained = get_trained_model(session, check_tenant(tenant), name)
+    finally:
+        engine.dispose()
+    if trained is None:
+        raise ModelNotFound(f"unknown model {name!r}: tenant {tenant!r} has no trained model of that name")
 
 
 def _run_per_gpu(gpus: str, options: "WorkerOptions", metrics_port: int, metrics_host: str) -> None:
@@ -194,7 +221,8 @@ def _run_per_gpu(gpus: str, options: "WorkerOptions", metrics_port: int, metrics
     load, batch = options.load, options.batch
     args = [f"--model={options.model}", f"--queues={','.join(options.consumed_queues())}",
             f"--quantize={load.quantize}", f"--dtype={load.dtype}", f"--batch-size={batch.size}",
-            f"--batch-wait-ms={batch.wait_ms}", f"--metrics-host={metrics_host}"]  # fmt: skip
+            f"--batch-wait-ms={batch.wait_ms}", f"--metrics-host={metrics_host}",
+            *([f"--tenant={options.tenant}"] if options.tenant else [])]  # fmt: skip
     _supervise(per_gpu_workers(gpu_indices(gpus), args, metrics_port), dict(os.environ))
 
 

@@ -122,3 +122,9 @@ class TooManyJobs(JobsError):
     """A batch request carries more jobs than MAX_JOBS_PER_BATCH."""
 
     code = "too_many_jobs"
+
+
+class InvalidTimeRange(JobsError):
+    """A usage window whose end is not after its start, or a date that cannot be read."""
+
+    code = "invalid_time_range"

@@ -55,13 +55,19 @@ def find_image(session: Session, tenant: str, sha256: str) -> Image | None:
     return session.scalars(select(Image).where(Image.tenant == tenant, Image.sha256 == sha256)).one_or_none()
 
 
+def image_hashes(session: Session, ids: Iterable[UUID], tenant: str) -> dict[UUID, str]:
+    """The content hash of each image of `tenant` among `ids`; ids it has no image with are left out."""
+    wanted = set(ids)
+    if not wanted:
+        return {}
+    found = session.execute(select(Image.id, Image.sha256).where(Image.id.in_(wanted), Image.tenant == tenant))
+    return {image_id: sha256 for image_id, sha256 in found}
+
+
 def missing_image_ids(session: Session, ids: Iterable[UUID], tenant: str) -> set[UUID]:
     """The ids among `ids` that no image of `tenant` has."""
     wanted = set(ids)
-    if not wanted:
-        return set()
-    found = session.scalars(select(Image.id).where(Image.id.in_(wanted), Image.tenant == tenant))
-    return wanted - set(found)
+    return wanted - image_hashes(session, wanted, tenant).keys()
 
 
 def load_images(session: Session, wanted: Collection[tuple[UUID, str]]) -> dict[UUID, bytes]:

@@ -1,5 +1,5 @@
 """The tables, as SQLAlchemy 2 typed ORM classes: API keys, jobs, images, idempotency keys, datasets,
-trained models, webhook secrets and deliveries.
+trained models, tenants and their fair-share state, worker presence, webhook secrets and deliveries.
 
 Everything a client makes belongs to the tenant of the API key that made it (`tenant` columns);
 every read is filtered by it, so another tenant's id looks exactly like one that does not exist.
@@ -14,13 +14,24 @@ from enum import StrEnum
 from typing import Any
 from uuid import UUID, uuid4
 
-from sqlalchemy import DateTime, Enum, ForeignKey, Index, LargeBinary, String, UniqueConstraint, func, text
+from sqlalchemy import (
+    CheckConstraint,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Index,
+    LargeBinary,
+    String,
+    UniqueConstraint,
+    func,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from jobs.kinds import JobKind
 from jobs.schemas import WEBHOOK_URL_LENGTH
-from jobs.status import JobStatus
+from jobs.status import JobStatus, Priority
 
 
 class Base(DeclarativeBase):
@@ -93,6 +104,9 @@ class Job(Base):
     sent again by the sweeper, so a lost message never strands a job. `batch_key` says which queued
     jobs may share a forward pass (jobs/kinds.py); `batch_id` names the claim (the Celery task) that
     took the job into its batch, and `attempts` doubles as the attempt token every worker write checks.
+    `priority` and the tenant decide when a claim takes the job (jobs/fair_share.py); `cache_key` says
+    which request its result answers (jobs/result_cache.py), `cached` that it was answered so;
+    `worker_seconds` is the model time it took, written with its terminal transition (usage).
     """
 
     __tablename__ = "jobs"
@@ -104,6 +118,12 @@ class Job(Base):
         # The claim reads a queue's queued jobs in order; the index holds only those.
         Index("ix_jobs_queued", "queue", "created_at", postgresql_where=text("status = 'queued'")),
         Index("ix_jobs_batch_id", "batch_id", postgresql_where=text("status = 'running'")),
+        # The fair claim reads each tenant's first queued jobs of a queue.
+        Index(
+            "ix_jobs_queued_tenant", "queue", "tenant", "created_at", "id", postgresql_where=text("status = 'queued'")
+        ),
+        Index("ix_jobs_cache_key", "cache_key", postgresql_where=text("status = 'succeeded'")),
+        Index("ix_jobs_tenant_finished_at", "tenant", "finished_at"),  # usage: worker-seconds by time
     )
     # Server defaults (created_at ...) come back with the INSERT itself (RETURNING), not a second query.
     __mapper_args__ = {"eager_defaults": True}  # noqa: RUF012
@@ -136,6 +156,10 @@ class Job(Base):
     # The delivery of the webhook, once the job has finished. Read on access; the API's reads load it
     # with the job (jobs/repository.py), so a job read in a session that has closed can still be shown.
     webhook_delivery: Mapped["WebhookDelivery | None"] = relationship(viewonly=True)
+    priority: Mapped[Priority] = mapped_column(_string_enum(Priority, 16), default=Priority.INTERACTIVE)
+    cached: Mapped[bool] = mapped_column(default=False)
+    cache_key: Mapped[str | None] = mapped_column(String(64))
+    worker_seconds: Mapped[float | None]
 
     @property
     def attempt(self) -> Attempt:
@@ -151,6 +175,46 @@ class TenantQueue(Base):
 
     tenant: Mapped[str] = mapped_column(String(TENANT_LENGTH), primary_key=True)
     unfinished: Mapped[int] = mapped_column(default=0)
+
+
+class Tenant(Base):
+    """A tenant's settings: its weight in the fair share of every queue (a tenant without a row weighs 1)."""
+
+    __tablename__ = "tenants"
+    __table_args__ = (CheckConstraint("weight > 0", name="ck_tenants_weight_positive"),)
+
+    name: Mapped[str] = mapped_column(String(TENANT_LENGTH), primary_key=True)
+    weight: Mapped[int] = mapped_column(default=1)
+    created_at: Mapped[datetime] = _now_column()
+
+
+class QueueClock(Base):
+    """A queue's virtual time in start-time fair queuing: the start tag of the last job a claim took."""
+
+    __tablename__ = "queue_clocks"
+
+    queue: Mapped[str] = mapped_column(String(600), primary_key=True)
+    virtual_time: Mapped[float]
+
+
+class QueueShare(Base):
+    """A tenant's place in a queue's fair share: the virtual time at which its next job starts."""
+
+    __tablename__ = "queue_shares"
+
+    queue: Mapped[str] = mapped_column(String(600), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(TENANT_LENGTH), primary_key=True)
+    virtual_finish: Mapped[float]
+
+
+class WorkerPresence(Base):
+    """A live worker serving a queue, until `expires_at` (it refreshes the row while it lives)."""
+
+    __tablename__ = "worker_presence"
+
+    queue: Mapped[str] = mapped_column(String(600), primary_key=True)
+    worker: Mapped[str] = mapped_column(String(255), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class IdempotencyKey(Base):
@@ -220,7 +284,7 @@ class TenantWebhook(Base):
 
 class WebhookDelivery(Base):
     """The outbox row of one job's webhook: written by a trigger on `jobs` in the transaction that makes
-    the job terminal (migration 0005_webhooks), then sent and re-sent by the deliverers until
+    the job terminal (migration 0006_webhooks), then sent and re-sent by the deliverers until
     acknowledged or given up. `attempts` doubles as the token a sender's result write is checked against."""
 
     __tablename__ = "webhook_deliveries"

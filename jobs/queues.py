@@ -1,13 +1,17 @@
 """Queue names: one inference queue per model, and the two shared queues long jobs run on.
 
-A worker holding a model consumes only that model's queue, `infer.<model>`; training and evaluation
-run on `train`, downloads on `download`, so hours-long work never blocks inference workers.
+A worker holding a model consumes only that model's queue, `infer.<model>` (a worker of one tenant's
+trained model: `infer.tenant.<tenant>.<model>`); training and evaluation run on `train`, downloads
+on `download`, so hours-long work never blocks inference workers.
 """
 
 import re
 from enum import StrEnum
 
 INFERENCE_QUEUE_PREFIX = "infer."
+# A tenant's trained model served by workers of its own (`worker --model NAME --tenant TENANT`). No
+# model queue starts so: a hub id's "/" becomes "_", and no registry name starts with "tenant.".
+TRAINED_QUEUE_PREFIX = INFERENCE_QUEUE_PREFIX + "tenant."
 _UNSAFE_QUEUE_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -26,3 +30,8 @@ DOWNLOAD_QUEUE = Lane.DOWNLOAD.value
 def queue_for_model(model: str) -> str:
     """The inference queue of a model name (a hub id or a path is made queue-name safe)."""
     return INFERENCE_QUEUE_PREFIX + _UNSAFE_QUEUE_CHARS.sub("_", model)
+
+
+def queue_for_trained(tenant: str, name: str) -> str:
+    """The queue of the workers of one tenant's trained model, while any is alive (jobs/presence.py)."""
+    return TRAINED_QUEUE_PREFIX + _UNSAFE_QUEUE_CHARS.sub("_", f"{tenant}.{name}")

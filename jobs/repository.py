@@ -13,14 +13,14 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import ColumnElement, Integer, Select, Uuid, column, func, select, tuple_, update, values
+from sqlalchemy import ColumnElement, Float, Integer, Select, Uuid, cast, column, func, select, tuple_, update, values
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session, selectinload
 
 from jobs.errors import InvalidCursor, JobNotCancelable, JobNotFound
 from jobs.kinds import JobKind
 from jobs.models import Attempt, Job, TenantQueue
-from jobs.status import JobStatus
+from jobs.status import JobStatus, Priority
 
 _UNFINISHED = (JobStatus.QUEUED, JobStatus.RUNNING)
 # A second query for the jobs' webhook deliveries (a join would not do: FOR UPDATE refuses outer joins).
@@ -45,11 +45,17 @@ def add_job(
     input: dict[str, Any],
     batch_key: str | None = None,
     webhook_url: str | None = None,
+    priority: Priority = Priority.INTERACTIVE,
+    cache_key: str | None = None,
+    cached_result: dict[str, Any] | None = None,
 ) -> Job:
     """A new queued job of `tenant`, flushed so it has its id and timestamps (committed by the caller).
 
     It counts as sent from now on (the outbox): the caller sends its message right after committing,
     and if that send is lost, the sweeper sends it again once QUEUED_TOO_LONG_S have passed.
+
+    With `cached_result` (the result of an identical finished job) it is instead succeeded at once,
+    marked cached: no worker runs it, no message is sent, and it never counts as unfinished.
     """
     job = Job(
         tenant=tenant,
@@ -57,15 +63,34 @@ def add_job(
         model=model,
         queue=queue,
         input=input,
-        status=JobStatus.QUEUED,
         batch_key=batch_key,
         webhook_url=webhook_url,
-        dispatched_at=func.now(),
-        dispatch_count=1,
+        priority=priority,
+        cache_key=cache_key,
+        **(_queued_values() if cached_result is None else _cached_values(cached_result)),
     )
     session.add(job)
     session.flush()
+    if cached_result is not None:
+        session.refresh(job, ["started_at", "finished_at"])  # the database's clock, as every transition's
     return job
+
+
+def _queued_values() -> dict[str, Any]:
+    return {"status": JobStatus.QUEUED, "dispatched_at": func.now(), "dispatch_count": 1}
+
+
+def _cached_values(result: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "status": JobStatus.SUCCEEDED,
+        "result": result,
+        "cached": True,
+        "progress": 1.0,
+        "started_at": func.now(),
+        "finished_at": func.now(),
+        "worker_seconds": 0.0,  # no worker ran it
+        "dispatch_count": 0,
+    }
 
 
 def find_job(session: Session, job_id: UUID) -> Job | None:
@@ -187,32 +212,53 @@ def report_progress(session: Session, attempt: Attempt, fraction: float, detail:
     return bool(_transition(session, _running(attempt), **values))
 
 
-def succeed_job(session: Session, attempt: Attempt, result: dict[str, Any]) -> Job | None:
-    """Record the result of this attempt of a running job; None if it no longer runs (canceled, lost)."""
-    return _one(succeed_jobs(session, {attempt: result}))
+def succeed_job(
+    session: Session, attempt: Attempt, result: dict[str, Any], worker_seconds: float | None = None
+) -> Job | None:
+    """Record the result of this attempt of a running job and the model time it took; None if it no
+    longer runs (canceled, lost)."""
+    return _one(succeed_jobs(session, {attempt: Outcome(result, worker_seconds)}))
 
 
-def succeed_jobs(session: Session, results: Mapping[Attempt, dict[str, Any]]) -> list[Job]:
-    """Record the results of a batch in one statement; returns the jobs that took theirs (the others were
-    canceled or lost meanwhile)."""
-    if not results:
+@dataclass(frozen=True)
+class Outcome:
+    """What one attempt of a job produced: its result, and the model time it took (its usage)."""
+
+    result: dict[str, Any]
+    worker_seconds: float | None = None
+
+
+def succeed_jobs(session: Session, outcomes: Mapping[Attempt, Outcome]) -> list[Job]:
+    """Record the results of a batch in one statement, each with its usage; returns the jobs that took
+    theirs (the others were canceled or lost meanwhile, and their usage is not counted)."""
+    if not outcomes:
         return []
-    rows = values(column("id", Uuid()), column("attempt", Integer()), column("result", JSONB()), name="results").data(
-        [(a.job_id, a.number, result) for a, result in results.items()]
+    job, attempt = column("id", Uuid()), column("attempt", Integer())
+    rows = values(job, attempt, column("result", JSONB()), column("seconds", Float()), name="results").data(
+        [(a.job_id, a.number, outcome.result, outcome.worker_seconds) for a, outcome in outcomes.items()]
     )
     statement = (
         update(Job)
         .where(Job.id == rows.c.id, Job.attempts == rows.c.attempt, Job.status == JobStatus.RUNNING)
-        .values(status=JobStatus.SUCCEEDED, result=rows.c.result, finished_at=func.now(), progress=1.0)
+        .values(
+            status=JobStatus.SUCCEEDED,
+            result=rows.c.result,
+            finished_at=func.now(),
+            progress=1.0,
+            worker_seconds=cast(rows.c.seconds, Float()),  # NULL alone in VALUES is text
+        )
         .returning(Job)
         .execution_options(populate_existing=True)
     )
     return list(session.scalars(statement))
 
 
-def fail_job(session: Session, attempt: Attempt, code: str, message: str) -> Job | None:
-    """Record why this attempt of a running job failed; None if it no longer runs (canceled, lost, finished)."""
-    return _one(_transition(session, _running(attempt), **_failed(code, message)))
+def fail_job(
+    session: Session, attempt: Attempt, code: str, message: str, worker_seconds: float | None = None
+) -> Job | None:
+    """Record why this attempt of a running job failed, and the model time it took; None if it no
+    longer runs (canceled, lost, finished)."""
+    return _one(_transition(session, _running(attempt), **_failed(code, message), worker_seconds=worker_seconds))
 
 
 def fail_unfinished_job(session: Session, job_id: UUID, code: str, message: str) -> Job | None:
@@ -221,9 +267,15 @@ def fail_unfinished_job(session: Session, job_id: UUID, code: str, message: str)
 
 
 def fail_batch(session: Session, batch_id: str, code: str, message: str) -> list[Job]:
-    """Fail every job still running in the batch a claim took (its process was killed at the hard time limit)."""
+    """Fail every job still running in the batch a claim took (its process was killed at the hard time limit).
+
+    Nothing measured the killed process's model time, so each job's usage is its time since its claim,
+    shared equally among the batch's jobs: the time the batch held its worker.
+    """
     where = [Job.batch_id == batch_id, Job.status == JobStatus.RUNNING]
-    return _transition(session, where, **_failed(code, message))
+    size = select(func.count()).where(*where).scalar_subquery()
+    held = func.extract("epoch", func.now() - Job.started_at) / size
+    return _transition(session, where, **_failed(code, message), worker_seconds=held)
 
 
 def _failed(code: str, message: str) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The HTTP API's schemas: one family per resource (images, jobs, models, datasets).
+"""The HTTP API's schemas: one family per resource (images, jobs, models, datasets, usage).
 
 The job request and response schemas are built from the table of job kinds (jobs/kinds.py): one
 request model and one response model per kind, each a member of a union discriminated by `kind`, so
@@ -15,7 +15,7 @@ from jobs.inputs import JobInput
 from jobs.kinds import KINDS, JobKind, KindSpec
 from jobs.outputs import JobOutput, ProgressDetail
 from jobs.settings import JOBS_PER_BATCH_CEILING
-from jobs.status import JobStatus
+from jobs.status import JobStatus, Priority
 
 WEBHOOK_URL_PATTERN = r"^https?://"
 WEBHOOK_URL_LENGTH = 2000  # as the column (jobs/models.py, which this module may not import)
@@ -63,6 +63,12 @@ class JobCreateBase(BaseModel):
     input: JobInput
     # Where to POST the finished job (signed; see README "Webhooks"); default: the tenant's, if any.
     webhook_url: str | None = Field(default=None, pattern=WEBHOOK_URL_PATTERN, max_length=WEBHOOK_URL_LENGTH)
+    # Batch inference jobs run only while no interactive job of their model waits (or once they waited
+    # too long); long jobs (train, evaluate, download) run one per message on their own queues.
+    priority: Priority = Priority.INTERACTIVE
+    # False: run it even if an identical job already succeeded (true: answer from that job's result;
+    # inference jobs only, never sampling without a seed).
+    cache: bool = True
 
 
 def _camel(kind: JobKind) -> str:
@@ -126,6 +132,8 @@ class JobPublicBase(BaseModel):
     result: JobOutput | None
     error: JobErrorPublic | None
     attempts: int
+    priority: Priority
+    cached: bool  # answered from an identical job's result at submission; no worker ran it
     progress: float | None  # 0..1 while running
     progress_detail: ProgressDetail | None  # what a long job reports: steps and loss, bytes, records
     created_at: datetime
@@ -168,6 +176,8 @@ def job_public(job: "Job") -> JobPublicBase:
             "result": job.result,
             "error": error,
             "attempts": job.attempts,
+            "priority": job.priority,
+            "cached": job.cached,
             "progress": job.progress,
             "progress_detail": job.progress_detail,
             "created_at": job.created_at,
@@ -287,3 +297,44 @@ class DatasetsPublic(BaseModel):
     """Every registered dataset."""
 
     data: list[DatasetPublic]
+
+
+# ---- usage ----------------------------------------------------------------------------------
+
+
+class JobCountPublic(BaseModel):
+    """How many of the tenant's jobs of one kind are in one status."""
+
+    kind: JobKind
+    status: JobStatus
+    count: int
+
+
+class ImagesUsagePublic(BaseModel):
+    """The images the tenant stored (uploads, inline and fetched images)."""
+
+    count: int
+    bytes: int
+
+
+class ModelUsagePublic(BaseModel):
+    """The model time the tenant's jobs took on one model, each job's share of its batch's."""
+
+    model: str
+    worker_seconds: float
+    jobs: int  # the jobs whose time is counted
+
+
+class UsagePublic(BaseModel):
+    """A tenant's usage from `from` until `to` (unbounded where not given): jobs submitted, by kind and
+    status; images stored; worker-seconds by model, counted when each job finished."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    tenant: str
+    from_: datetime | None = Field(alias="from")
+    to: datetime | None
+    jobs: list[JobCountPublic]
+    images: ImagesUsagePublic
+    models: list[ModelUsagePublic]
+    worker_seconds: float  # all models together

@@ -85,6 +85,12 @@ class Settings(BaseSettings):
     # Jobs one tenant may have queued or running at once; over it, submissions get 503 with Retry-After.
     MAX_UNFINISHED_JOBS_PER_TENANT: int = Field(default=1000, gt=0)
     TENANT_QUEUE_FULL_RETRY_AFTER_S: int = Field(default=10, gt=0)
+    # A batch-priority job runs only while no interactive job of its model waits, until it has waited
+    # this long; from then on it counts as interactive, so it is never starved.
+    BATCH_PRIORITY_MAX_WAIT_S: float = Field(default=600.0, gt=0)
+    # Whether a registry model's cached result answers an identical job of another tenant (results of
+    # a tenant's own trained model are never shared).
+    RESULT_CACHE_SHARED: bool = False
 
     # POST /v1/jobs:batch takes at most this many jobs in one request (and one transaction).
     MAX_JOBS_PER_BATCH: int = Field(default=100, gt=0, le=JOBS_PER_BATCH_CEILING)

@@ -10,6 +10,10 @@ An `image_url` is fetched, and a `webhook_url`'s address checked, before the tra
 may take FETCH_TIMEOUT_S), and only when the request is not a replay of an Idempotency-Key already
 seen: a replay fetches nothing.
 
+A job identical to one that already succeeded is answered from that job's result instead
+(jobs/result_cache.py): its row is committed succeeded and `cached`, no message is sent, and it does
+not count against the tenant's queue.
+
 A batch (`submit_batch`) runs the same steps per job: every job is prepared (replay, fetch), then
 each is recorded in a savepoint of the one transaction, so a refused job leaves nothing behind while
 the others commit together; then the accepted jobs' messages are sent.
@@ -17,8 +21,8 @@ the others commit together; then the accepted jobs' messages are sent.
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import partial
 from typing import TypeVar
 from uuid import UUID
@@ -42,13 +46,24 @@ from jobs.errors import (
     UnknownImage,
 )
 from jobs.fetch import with_fetched_image
-from jobs.image_store import missing_image_ids, store_image
+from jobs.image_store import image_hashes, store_image
 from jobs.inputs import EvaluateInput, GeneratingInput, ImageFields, JobInput, MatchInput, TrainInput
 from jobs.kinds import KINDS, JobKind, batch_key
 from jobs.models import IdempotencyKey, Job
+from jobs.presence import PresenceCache
+from jobs.queues import queue_for_trained
 from jobs.repository import add_job, get_job
+from jobs.result_cache import (
+    SHARED_SCOPE,
+    cache_key,
+    cacheable,
+    cached_result,
+    checkpoint_fingerprint,
+    trained_fingerprint,
+)
 from jobs.schemas import JobCreateBase
 from jobs.settings import Settings
+from jobs.status import JobStatus
 from jobs.webhooks import check_webhook_url, default_url, ensure_secret
 
 _T = TypeVar("_T")
@@ -62,6 +77,7 @@ class Submission:
     dispatcher: Dispatcher
     registry: Registry
     settings: Settings
+    presence: PresenceCache = field(default_factory=PresenceCache)  # which trained models have workers
 
 
 @dataclass(frozen=True)
@@ -202,9 +218,10 @@ def _record_one(
 
 
 def _send(ctx: Submission, submitted: Sequence[Submitted]) -> None:
-    """Send the message of each job this request created (its row is committed)."""
+    """Send the message of each job this request created (its row is committed), but for those the
+    result cache answered: they are never queued."""
     for item in submitted:
-        if item.created:
+        if item.created and item.job.status is JobStatus.QUEUED:
             ctx.dispatcher.try_send(JobMessage.of(item.job))
 
 
@@ -217,17 +234,22 @@ def _record(ctx: Submission, session: Session, tenant: str, prepared: _Prepared)
     target = _resolve_target(session, ctx.registry, tenant, prepared.model)
     _check_request(session, ctx, tenant, request, target)
     job_input = _store_inline_image(session, tenant, request.input, ctx.settings)
-    _check_images_exist(session, tenant, job_input)
+    images = _check_images_exist(session, tenant, job_input)
     kind = JobKind(request.kind)
+    result_key = _result_key(session, ctx, tenant, kind, job_input, target, images)
+    answer = cached_result(session, result_key) if result_key is not None and request.cache else None
     job = add_job(
         session,
         tenant=tenant,
         kind=kind,
         model=target.name,
-        queue=KINDS[kind].queue(serving_model(session, ctx.registry, target.name, tenant)),
+        queue=_route(session, ctx, tenant, kind, target),
         input=job_input.model_dump(mode="json", exclude_none=True),
         batch_key=batch_key(kind, job_input, target.name, target.owner),
         webhook_url=_webhook_url(session, tenant, request),
+        priority=request.priority,
+        cache_key=result_key,
+        cached_result=answer,
     )
     if prepared.key is not None and not _claim_key(session, tenant, prepared.key, prepared.fingerprint, job.id):
         raise _KeyTakenMeanwhile
@@ -241,6 +263,44 @@ def _webhook_url(session: Session, tenant: str, request: JobCreateBase) -> str |
     if url is not None:
         ensure_secret(session, tenant)
     return url
+
+
+def _route(session: Session, ctx: Submission, tenant: str, kind: JobKind, target: _Target) -> str:
+    """The job's queue: its trained model's own workers while one lives, else its (base) model's."""
+    spec = KINDS[kind]
+    if target.owner and not spec.long:
+        own = queue_for_trained(tenant, target.name)
+        if ctx.presence.is_served(session, own):
+            return own
+    return spec.queue(serving_model(session, ctx.registry, target.name, tenant))
+
+
+def _result_key(
+    session: Session,
+    ctx: Submission,
+    tenant: str,
+    kind: JobKind,
+    job_input: JobInput,
+    target: _Target,
+    images: Mapping[UUID, str],
+) -> str | None:
+    """The job's result-cache key; None for jobs whose result answers no other (see jobs/result_cache.py)."""
+    if target.spec is None or not cacheable(kind, job_input):
+        return None
+    checkpoint = _checkpoint_fingerprint(session, tenant, target)
+    if checkpoint is None:
+        return None
+    shared = ctx.settings.RESULT_CACHE_SHARED and not target.owner
+    scope = SHARED_SCOPE if shared else tenant
+    return cache_key(scope=scope, kind=kind, model=target.name, checkpoint=checkpoint, job_input=job_input,
+                     image_hashes=images)  # fmt: skip
+
+
+def _checkpoint_fingerprint(session: Session, tenant: str, target: _Target) -> str | None:
+    if not target.owner:
+        return checkpoint_fingerprint(target.spec) if target.spec is not None else None
+    trained = get_trained_model(session, tenant, target.name)
+    return None if trained is None else trained_fingerprint(trained)
 
 
 # ---- checks ---------------------------------------------------------------------------------
@@ -325,13 +385,17 @@ def _store_inline_image(session: Session, tenant: str, job_input: JobInput, sett
     return job_input.model_copy(update={"image": None, "image_id": stored.id})
 
 
-def _check_images_exist(session: Session, tenant: str, job_input: JobInput) -> None:
+def _check_images_exist(session: Session, tenant: str, job_input: JobInput) -> dict[UUID, str]:
+    """The content hash of every image the input names; UnknownImage if one is not the tenant's."""
     if not isinstance(job_input, ImageFields):
-        return
-    missing = missing_image_ids(session, job_input.referenced_image_ids(), tenant)
+        return {}
+    wanted = job_input.referenced_image_ids()
+    found = image_hashes(session, wanted, tenant)
+    missing = set(wanted) - found.keys()
     if missing:
         field = "input.image_ids" if isinstance(job_input, MatchInput) and job_input.image_ids else "input.image_id"
         raise UnknownImage(f"no uploaded image with id {', '.join(sorted(map(str, missing)))}", field=field)
+    return found
 
 
 # ---- idempotency keys -----------------------------------------------------------------------

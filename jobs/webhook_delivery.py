@@ -1,7 +1,7 @@
 """Sending webhooks from the outbox: claim what is due, POST it signed, record the answer, back off.
 
 The outbox rows are written by a trigger on `jobs` when a job becomes terminal (migration
-0005_webhooks), so they exist whoever finished the job and survive any restart. Each API process
+0006_webhooks), so they exist whoever finished the job and survive any restart. Each API process
 runs `deliver_due` every WEBHOOK_INTERVAL_S, and at once when a job finishes (api/main.py):
 
 1. claim: the due rows are taken with `FOR UPDATE SKIP LOCKED`, their `attempts` counted up and

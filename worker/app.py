@@ -1,6 +1,7 @@
 """The worker's Celery configuration, and `run_worker` behind `blip2-jobs worker`.
 
     blip2-jobs worker --model tiny-opt            # consumes infer.tiny-opt
+    blip2-jobs worker --model mine --tenant acme  # acme's trained model: infer.tenant.acme.mine
     blip2-jobs worker --queues train,download     # training, evaluation and downloads
 
 One prefork child (concurrency 1) runs the jobs: it connects and loads the model in
@@ -18,7 +19,7 @@ from celery import Celery
 from celery.signals import worker_process_init, worker_process_shutdown
 
 from jobs.broker import create_celery
-from jobs.queues import queue_for_model
+from jobs.queues import queue_for_model, queue_for_trained
 from jobs.settings import Settings
 from worker import metrics as worker_metrics
 from worker.model_holder import ModelLoadOptions
@@ -37,9 +38,15 @@ class WorkerOptions:
     batch: BatchOptions = field(default_factory=BatchOptions)
     instance: str = ""  # tells apart several workers of one queue on a host (one per GPU)
     loglevel: str = "INFO"
+    tenant: str = ""  # whose trained model `model` is ("": a registry model)
+
+    @property
+    def own_queue(self) -> str:
+        """The queue of the model: a registry model's, or a trained model's own (announced while alive)."""
+        return queue_for_trained(self.tenant, self.model) if self.tenant else queue_for_model(self.model)
 
     def consumed_queues(self) -> list[str]:
-        return self.queues or [queue_for_model(self.model)]
+        return self.queues or [self.own_queue]
 
 
 def create_worker_app(settings: Settings, options: WorkerOptions) -> Celery:
@@ -59,12 +66,20 @@ def create_worker_app(settings: Settings, options: WorkerOptions) -> Celery:
         worker_send_task_events=True,
     )
     # A worker on `train` / `download` only loads models per job; an inference worker loads its own at start.
-    preload = options.model if queue_for_model(options.model) in options.consumed_queues() else None
-    runtime = WorkerRuntime(settings=settings, preload=preload, load_options=options.load, batch=options.batch)
+    serves_own = options.own_queue in options.consumed_queues()
+    runtime = WorkerRuntime(
+        settings=settings,
+        preload=options.model if serves_own else None,
+        load_options=options.load,
+        batch=options.batch,
+        tenant=options.tenant,
+        announced=[options.own_queue] if serves_own and options.tenant else [],
+    )
     register_tasks(app, runtime)
     record_hard_time_limits(app, settings)
     worker_process_init.connect(runtime.start, weak=False)
     worker_process_shutdown.connect(worker_metrics.process_exited, weak=False)
+    worker_process_shutdown.connect(runtime.stop, weak=False)
     return app
 
 

@@ -2,15 +2,18 @@
 
     ended = run_batch_for(runtime, message_job_id, batch_id)
 
-1. **Claim** the next batch on the message's queue (jobs/claims.py): the head job and the queued jobs
-   that may share its forward pass, as many as fit `--batch-size`.
+1. **Claim** the next batch on the message's queue (jobs/claims.py): the head job (interactive before
+   batch priority, tenants in fair share) and the queued jobs that may share its forward pass, in the
+   same fair order, as many as fit `--batch-size`.
 2. **Gather**: while the batch has room, wait up to `--batch-wait-ms` for more to arrive.
 3. **Prepare** each job: its typed input and its images, each distinct image decoded once. A job
    whose image will not decode fails alone; the rest of the batch goes on.
 4. **Run** the kind's handler over the batch, one pass. If it fails, each job runs again alone, so one
    bad item fails alone; if it runs out of memory, the batch is halved and each half tried again.
-5. **Record** every result in one statement. If Postgres refuses one (nothing should: generated text
-   is cleaned), each is written alone and a result that cannot be stored fails its job at once.
+5. **Record** every result in one statement, each with its share of the batch's model time
+   (`worker_seconds`, split by the rows each job took: the tenant's usage). If Postgres refuses one
+   (nothing should: generated text is cleaned), each is written alone and a result that cannot be
+   stored fails its job at once.
 
 A job stays claimed by this run (its attempt) throughout: heartbeats keep its lease, and every write
 names the attempt, so a run that lost its job (canceled, or taken for lost) changes nothing.
@@ -20,6 +23,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -40,7 +44,7 @@ from jobs.inputs import JobInput
 from jobs.kinds import KINDS, JobKind
 from jobs.models import Attempt, Job
 from jobs.outputs import JobOutput
-from jobs.repository import fail_job, succeed_jobs
+from jobs.repository import Outcome, fail_job, succeed_jobs
 from worker.db_retry import retry_transaction
 from worker.handlers import Work, run_batch
 from worker.progress import heartbeating
@@ -82,6 +86,7 @@ class Item:
     work: Work[Any] | None = None
     error: JobError | None = None
     output: JobOutput | None = None
+    worker_seconds: float | None = None  # its share of the batch's model time
 
     @property
     def attempt(self) -> Attempt:
@@ -136,7 +141,8 @@ def _rules(runtime: WorkerRuntime) -> BatchRules:
         job_input = _parsed(job)
         return 1 if isinstance(job_input, JobError) else KINDS[job.kind].batch_cost(job_input)
 
-    return BatchRules(batch_size=runtime.batch.size, cost=cost)
+    max_wait = timedelta(seconds=runtime.settings.BATCH_PRIORITY_MAX_WAIT_S)
+    return BatchRules(batch_size=runtime.batch.size, cost=cost, batch_max_wait=max_wait)
 
 
 def _parsed(job: Job) -> "JobInput | JobError":
@@ -166,14 +172,14 @@ def _gather(runtime: WorkerRuntime, batch: Batch) -> None:
     deadline = time.monotonic() + runtime.batch.wait_s
     while room > 0 and time.monotonic() < deadline:
         time.sleep(min(_GATHER_POLL_S, max(deadline - time.monotonic(), 0)))
-        more = _transaction(runtime, "gathering", _claim_more(head, batch.batch_id, room))
+        more = _transaction(runtime, "gathering", _claim_more(head, batch.batch_id, room, _rules(runtime)))
         batch.items += [Item(job) for job in more]
         room -= len(more)
 
 
-def _claim_more(head: Job, batch_id: str, room: int) -> Callable[[Session], list[Job]]:
+def _claim_more(head: Job, batch_id: str, room: int, rules: BatchRules) -> Callable[[Session], list[Job]]:
     key = head.batch_key or ""
-    return lambda session: claim_more(session, head.queue, key, batch_id, room)
+    return lambda session: claim_more(session, head.queue, key, batch_id, room, rules)
 
 
 # ---- prepare and run ------------------------------------------------------------------------
@@ -225,7 +231,19 @@ def _execute(runtime: WorkerRuntime, batch: Batch) -> None:
     except Blip2Error as exc:  # the model cannot load: every job of the batch needs it
         _fail_unfinished(batch, JobError.of(exc))
         return
-    _run_isolating(head.kind, model, ready)
+    started = time.monotonic()
+    try:
+        _run_isolating(head.kind, model, ready)
+    finally:  # a soft time limit too: the time was spent
+        _share_time(runtime, ready, time.monotonic() - started)
+
+
+def _share_time(runtime: WorkerRuntime, items: Sequence[Item], seconds: float) -> None:
+    """Split the batch's model time across its jobs by the rows each took (its usage)."""
+    cost = _rules(runtime).cost
+    costs = [cost(item.job) for item in items]
+    for item, rows in zip(items, costs, strict=True):
+        item.worker_seconds = seconds * rows / sum(costs)
 
 
 def _run_isolating(kind: JobKind, model: Any, items: Sequence[Item]) -> None:
@@ -306,7 +324,9 @@ def _record_alone(runtime: WorkerRuntime, item: Item) -> None:
 
 
 def _write(session: Session, items: Sequence[Item]) -> None:
-    results = {i.attempt: i.output.model_dump(mode="json") for i in items if i.output is not None}
+    results = {
+        i.attempt: Outcome(i.output.model_dump(mode="json"), i.worker_seconds) for i in items if i.output is not None
+    }
     written = {job.id for job in succeed_jobs(session, results)}
     written |= {item.job.id for item in items if item.error is not None and _fail(session, item)}
     for item in items:
@@ -317,7 +337,7 @@ def _write(session: Session, items: Sequence[Item]) -> None:
 
 def _fail(session: Session, item: Item) -> bool:
     assert item.error is not None
-    return fail_job(session, item.attempt, item.error.code, item.error.message) is not None
+    return fail_job(session, item.attempt, item.error.code, item.error.message, item.worker_seconds) is not None
 
 
 def _read(runtime: WorkerRuntime, ids: list[UUID]) -> list[Job]:

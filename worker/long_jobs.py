@@ -12,6 +12,7 @@ the weights) and does not keep. Files go under BLIP2_DATA_DIR, which workers on 
 
 import logging
 import shutil
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -93,29 +94,34 @@ def run_long_job(
 
 
 def _run_to_an_end(long_job: LongJob[Any]) -> None:
-    job = long_job.job
+    """Run the job's handler and record its outcome with the time it took (the tenant's usage)."""
+    job, started = long_job.job, time.monotonic()
     try:
         output = LONG_HANDLERS[job.kind](long_job)
     except JobCanceled as exc:
         log.info("job %s canceled while running: %s", job.id, exc)
         return
     except (Blip2Error, JobsError) as exc:
-        return _fail(long_job, exc.code, str(exc))
+        return _fail(long_job, exc.code, str(exc), started)
     except SoftTimeLimitExceeded:
-        return _fail(long_job, "time_limit_exceeded", "the job ran past the soft time limit")
+        return _fail(long_job, "time_limit_exceeded", "the job ran past the soft time limit", started)
     except Exception as exc:
         if is_connection_error(exc):
             raise  # Postgres went away: not the job's fault; its lease runs out and it runs again
         log.exception("job %s failed unexpectedly", job.id)
-        return _fail(long_job, "internal_error", f"{type(exc).__name__}: {exc}")
-    result = output.model_dump(mode="json")
-    if long_job.transaction(f"recording job {job.id}'s result", lambda s: succeed_job(s, job.attempt, result)) is None:
+        return _fail(long_job, "internal_error", f"{type(exc).__name__}: {exc}", started)
+    result, seconds = output.model_dump(mode="json"), time.monotonic() - started
+    recorded = long_job.transaction(
+        f"recording job {job.id}'s result", lambda s: succeed_job(s, job.attempt, result, seconds)
+    )
+    if recorded is None:
         log.info("job %s was canceled while it ran; its result is dropped", job.id)
 
 
-def _fail(long_job: LongJob[Any], code: str, message: str) -> None:
+def _fail(long_job: LongJob[Any], code: str, message: str, started: float) -> None:
     log.info("job %s failed: %s: %s", long_job.job.id, code, message)
-    long_job.transaction("recording an error", lambda s: fail_job(s, long_job.job.attempt, code, message))
+    seconds = time.monotonic() - started
+    long_job.transaction("recording an error", lambda s: fail_job(s, long_job.job.attempt, code, message, seconds))
 
 
 # ---- download -------------------------------------------------------------------------------

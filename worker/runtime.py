@@ -11,6 +11,7 @@ from typing import Any
 from jobs.db import SessionFactory, create_db_engine, create_session_factory
 from jobs.settings import Settings
 from worker.model_holder import ModelHolder, ModelLoadOptions
+from worker.presence import Presence
 
 log = logging.getLogger(__name__)
 
@@ -40,20 +41,31 @@ class WorkerRuntime:
     preload: str | None  # the model loaded at start-up (others on their first job)
     load_options: ModelLoadOptions = field(default_factory=ModelLoadOptions)
     batch: BatchOptions = field(default_factory=BatchOptions)
+    tenant: str = ""  # whose trained model `preload` is ("": a registry model, shared by every tenant)
+    announced: list[str] = field(default_factory=list)  # queues only this worker's kind serves (jobs/presence.py)
     _sessions: SessionFactory | None = None
     _models: ModelHolder | None = None
+    _presence: Presence | None = None
 
     def start(self, **_signal: Any) -> None:
-        """Connect and load the model, in the process that will run the jobs."""
+        """Connect and load the model, in the process that will run the jobs; then say it serves its queues."""
         self._sessions = create_session_factory(create_db_engine(self.settings))
         self._models = ModelHolder(self.settings, self.load_options, self._sessions)
         on_gpu = False
         if self.preload is not None:
-            model = self._models.get(self.preload, tenant="")  # a registry model, shared by every tenant
+            model = self._models.get(self.preload, tenant=self.tenant)
             on_gpu = model.device.type == "cuda"
         if self.batch.size == 0:
             self.batch = replace(self.batch, size=GPU_BATCH_SIZE if on_gpu else CPU_BATCH_SIZE)
+        if self.announced:
+            self._presence = Presence(self._sessions, self.announced, self.settings)
+            self._presence.start()
         log.info("worker process ready (model %s, batches of up to %d)", self.preload, self.batch.size)
+
+    def stop(self, **_signal: Any) -> None:
+        """The process is ending: withdraw its presence, so its model's jobs go to the base model's workers."""
+        if self._presence is not None:
+            self._presence.stop()
 
     @property
     def sessions(self) -> SessionFactory:

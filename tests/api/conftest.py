@@ -15,3 +15,10 @@ def client(settings: Settings, empty_tables: None, api_key: str) -> Iterator[Tes
     """An HTTP client for the app, on empty tables, sending the test tenant's API key."""
     with TestClient(create_app(settings), headers=bearer(api_key)) as test_client:
         yield test_client
+
+
+@pytest.fixture
+def other(settings: Settings, other_api_key: str, client: TestClient) -> Iterator[TestClient]:
+    """A client of the second tenant, on the same (emptied) tables as `client`."""
+    with TestClient(create_app(settings), headers=bearer(other_api_key)) as other_client:
+        yield other_client

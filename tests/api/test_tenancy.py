@@ -7,22 +7,13 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from api.main import create_app
 from jobs.db import SessionFactory, session_scope
 from jobs.models import Dataset, Image, TrainedModel
-from jobs.settings import Settings
-from tests.support.auth import OTHER_TENANT, TENANT, bearer
+from tests.support.auth import OTHER_TENANT, TENANT
 from tests.support.broker import drain
 from tests.support.images import png_bytes
 
 UNKNOWN = "00000000-0000-0000-0000-000000000000"
-
-
-@pytest.fixture
-def other(settings: Settings, other_api_key: str, client: TestClient) -> Iterator[TestClient]:
-    """A client of the second tenant, on the same (emptied) tables as `client`."""
-    with TestClient(create_app(settings), headers=bearer(other_api_key)) as other_client:
-        yield other_client
 
 
 @pytest.fixture(autouse=True)

@@ -78,10 +78,13 @@ def test_a_run_that_lost_its_job_cannot_write_over_the_next_run(sessions: Sessio
     with session_scope(sessions) as session:
         assert heartbeat(session, [first]) == []
         assert not report_progress(session, first, 0.9, {"step": 9})
-        assert succeed_job(session, first, {"captions": ["stale"]}) is None
-        assert fail_job(session, first, "late", "a late failure") is None
-        assert succeed_job(session, second, {"captions": ["fresh"]}) is not None
-        assert get_job(session, job.id).result == {"captions": ["fresh"]}
+        assert succeed_job(session, first, {"captions": ["stale"]}, worker_seconds=9.0) is None
+        assert fail_job(session, first, "late", "a late failure", worker_seconds=9.0) is None
+        assert succeed_job(session, second, {"captions": ["fresh"]}, worker_seconds=2.0) is not None
+        assert succeed_job(session, second, {"captions": ["again"]}, worker_seconds=2.0) is None
+        done = get_job(session, job.id)
+        assert done.result == {"captions": ["fresh"]}
+        assert done.worker_seconds == 2.0, "usage was counted for a run that lost its job, or twice"
 
 
 def test_cancel_queued_then_not_again(sessions: SessionFactory) -> None:

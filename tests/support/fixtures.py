@@ -73,9 +73,12 @@ def other_api_key(sessions: SessionFactory) -> str:
 
 @pytest.fixture
 def empty_tables(engine: Engine) -> None:
-    """Start the test with no jobs, images or idempotency keys."""
+    """Start the test with no jobs, images or idempotency keys, and no state derived from jobs (the
+    tenants' queue counters, the queues' fair-share clocks)."""
     with engine.begin() as connection:
-        connection.execute(text("TRUNCATE jobs, images, idempotency_keys, tenant_queues CASCADE"))
+        connection.execute(
+            text("TRUNCATE jobs, images, idempotency_keys, tenant_queues, queue_clocks, queue_shares CASCADE")
+        )
 
 
 @pytest.fixture(scope="session")

@@ -217,7 +217,8 @@ def submit_unchecked(ctx: Submission, model: str, kind: JobKind, job_input: dict
 def submit(ctx: Submission, model: str, image_id: UUID, kind: str = "caption", **job_input: Any) -> UUID:
     if kind == "caption":
         job_input.setdefault("decoding", QUICK)
-    body = {"kind": kind, "model": model, "input": {"image_id": str(image_id)} | job_input}
+    # Not from the result cache: every job must be run by a worker through the fault.
+    body = {"kind": kind, "model": model, "input": {"image_id": str(image_id)} | job_input, "cache": False}
     return submit_job(ctx, TENANT, JOB_CREATE_ADAPTER.validate_python(body)).job.id
 
 

@@ -45,6 +45,7 @@ def test_a_hard_timeout_fails_the_job_once(sessions: SessionFactory, settings: S
         failed = wait_terminal(sessions, job.id)
         assert (failed.status, failed.error_code, failed.attempts) == (JobStatus.FAILED, "time_limit_exceeded", 1)
         assert failed.error_message == "the job ran past the hard time limit (2 s)"
+        assert failed.worker_seconds is not None and failed.worker_seconds >= 0, "the killed batch's time was lost"
     with session_scope(sessions) as session:
         assert get_job(session, bystander.id).status is JobStatus.RUNNING  # another batch's job is left alone
 

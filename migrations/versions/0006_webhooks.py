@@ -6,10 +6,11 @@
   (`blip2-jobs tenants webhook`).
 - `webhook_deliveries`: the outbox, one row per job with a webhook, written by a trigger on `jobs`
   in the same transaction as the job's move to a terminal state, whoever makes it (a worker, a
-  cancel, the sweeper, the hard time limit), and worked off by the API processes' deliverers.
+  cancel, the sweeper, the hard time limit), or as a job is inserted terminal already (answered by
+  the result cache), and worked off by the API processes' deliverers.
 
-Revision ID: 0005_webhooks
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-11-29
 """
 
@@ -18,8 +19,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0005_webhooks"
-down_revision: str | None = "0004"
+revision: str = "0006"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -77,9 +78,15 @@ def upgrade() -> None:
         f" WHEN (NEW.webhook_url IS NOT NULL AND NEW.status IN {_TERMINAL} AND OLD.status NOT IN {_TERMINAL})"
         " EXECUTE FUNCTION blip2_enqueue_webhook()"
     )
+    op.execute(
+        "CREATE TRIGGER jobs_enqueue_webhook_on_insert AFTER INSERT ON jobs FOR EACH ROW"
+        f" WHEN (NEW.webhook_url IS NOT NULL AND NEW.status IN {_TERMINAL})"
+        " EXECUTE FUNCTION blip2_enqueue_webhook()"
+    )
 
 
 def downgrade() -> None:
+    op.execute("DROP TRIGGER jobs_enqueue_webhook_on_insert ON jobs")
     op.execute("DROP TRIGGER jobs_enqueue_webhook ON jobs")
     op.execute("DROP FUNCTION blip2_enqueue_webhook()")
     op.drop_index("ix_webhook_deliveries_due", "webhook_deliveries")
