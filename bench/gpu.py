@@ -81,6 +81,20 @@ SCALES = {
         query_tokens=32,
         image_size=224,
     ),
+    # Tens of millions of parameters: on a CPU, compute dominates a job as it does on a GPU
+    # (bench/service.py measures the service against the model on it: `--model mid-opt`).
+    "mid": Scale(
+        vision={"hidden_size": 384, "intermediate_size": 1536, "num_hidden_layers": 6, "num_attention_heads": 6,
+                "image_size": 224, "patch_size": 16},
+        qformer={"hidden_size": 384, "intermediate_size": 1536, "num_hidden_layers": 4, "num_attention_heads": 6,
+                 "encoder_hidden_size": 384},
+        opt={"hidden_size": 512, "ffn_dim": 2048, "num_hidden_layers": 6, "num_attention_heads": 8,
+             "word_embed_proj_dim": 512, "vocab_size": 2112, "max_position_embeddings": 512},
+        t5={"d_model": 512, "d_ff": 1024, "d_kv": 64, "num_heads": 8, "num_layers": 6, "num_decoder_layers": 6,
+            "vocab_size": 2112},
+        query_tokens=32,
+        image_size=224,
+    ),
     "tiny": Scale(
         vision={"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
                 "image_size": 64, "patch_size": 8},
@@ -144,6 +158,7 @@ def build_checkpoint(family: str, scale: Scale, device: torch.device, path: Path
         image_token_index=int(tokenizer.convert_tokens_to_ids("<image>")),  # type: ignore[arg-type]
     )
     dtype = torch.float16 if device.type == "cuda" else torch.float32
+    torch.manual_seed(1234)  # the same weights every time, as blip2/tiny.py builds its checkpoints
     with _default_dtype(dtype), device:
         model = Blip2ForConditionalGeneration(config)
     model.save_pretrained(path)

@@ -77,6 +77,27 @@ def photos(count: int) -> list[Image.Image]:
     return [loaded[i % len(loaded)] for i in range(count)]
 
 
+# Models the benchmarks build themselves, served by name through a registry file (BLIP2_MODELS_FILE).
+BUILT_MODELS = {"mid-opt": ("opt", "mid")}
+
+
+def models_file_for(model: str, data_dir: Path) -> Path | None:
+    """A registry file naming `model` when it is one the benchmarks build (built first); else None."""
+    if model not in BUILT_MODELS:
+        return None
+    import torch
+
+    from bench.gpu import SCALES, build_checkpoint
+
+    family, scale = BUILT_MODELS[model]
+    checkpoint = data_dir / "models" / model
+    if not (checkpoint / "config.json").is_file():
+        build_checkpoint(family, SCALES[scale], torch.device("cpu"), checkpoint)
+    path = data_dir / "bench-models.toml"
+    path.write_text(f'[models.{model}]\ncheckpoint = "{checkpoint}"\nfamily = "{family}"\n')
+    return path
+
+
 @contextmanager
 def running_system(
     data_dir: Path,
@@ -85,12 +106,15 @@ def running_system(
     worker_args: Sequence[str] = (),
     api_workers: int = 1,
     env: dict[str, str] | None = None,
+    models_file: Path | None = None,
 ) -> Iterator[RunningSystem]:
     """Servers, migrations, a key, the API and one worker per model in `models` (none: the API alone)."""
     data_dir.mkdir(parents=True, exist_ok=True)
+    # No rate limit and a deep queue: the benchmarks measure throughput, not the limits that protect it.
     base = Settings(
-        BLIP2_DATA_DIR=data_dir, SWEEP_INTERVAL_S=5, RATE_LIMIT_REQUESTS=0, MAX_UNFINISHED_JOBS_PER_TENANT=100_000
-    )
+        BLIP2_DATA_DIR=data_dir, BLIP2_MODELS_FILE=models_file, SWEEP_INTERVAL_S=5, RATE_LIMIT_REQUESTS=0,
+        MAX_UNFINISHED_JOBS_PER_TENANT=100_000,
+    )  # fmt: skip
     with services_for(base) as settings, ExitStack() as stack:
         upgrade(settings)
         key = _new_key(settings)

@@ -1,7 +1,7 @@
 """End to end through the service against the same model called directly, measured side by side.
 
     .venv/bin/python -m bench.service                          # shapes-blip2, 16 clients, 256 jobs
-    .venv/bin/python -m bench.service --model mid-opt --jobs 128
+    .venv/bin/python -m bench.service --model mid-opt --jobs 128   # ~40 M parameters, built here
 
 Starts the system as a user would (servers, the API, one worker; see bench/harness.py), then C
 clients each submit a caption job and long-poll its result, again and again, until N jobs are done.
@@ -18,8 +18,9 @@ import time
 from pathlib import Path
 
 import httpx
+from PIL import Image
 
-from bench.harness import RunningSystem, photos, run_job, running_system
+from bench.harness import RunningSystem, models_file_for, photos, run_job, running_system
 
 
 def main() -> None:
@@ -28,14 +29,16 @@ def main() -> None:
     decoding = {"max_new_tokens": args.tokens, "min_new_tokens": args.tokens, "num_beams": 1}
     with tempfile.TemporaryDirectory(prefix="bench-service-") as scratch:
         worker_args = [f"--batch-size={args.batch}", f"--batch-wait-ms={args.wait_ms}"]
+        models_file = models_file_for(args.model, Path(scratch))
         with running_system(
-            Path(scratch), models=[args.model], worker_args=worker_args, api_workers=args.api_workers
-        ) as system:
+            Path(scratch), models=[args.model], worker_args=worker_args, api_workers=args.api_workers,
+            models_file=models_file,
+        ) as system:  # fmt: skip
             image_ids = system.upload(images)
             asyncio.run(_clients(system, image_ids, args, decoding, jobs=args.clients))  # warm-up
             service, latencies = asyncio.run(_clients(system, image_ids, args, decoding, jobs=args.jobs))
             data_dir = system.data_dir
-        batched, alone = _direct(args, images, decoding, data_dir)
+        batched, alone = _direct(args, images, decoding, data_dir, models_file)
     print(f"model {args.model}, {args.clients} clients, {args.jobs} jobs, greedy {args.tokens} new tokens")
     print(f"worker batches of up to {args.batch} (wait {args.wait_ms} ms), {args.api_workers} API process(es)")
     print(f"{'path':<46} {'images/s':>9} {'service ratio':>14}")
@@ -86,12 +89,16 @@ async def _clients(
         return jobs / (time.perf_counter() - started), latencies
 
 
-def _direct(args: argparse.Namespace, images: list, decoding: dict[str, int], data_dir: Path) -> tuple[float, float]:  # type: ignore[type-arg]
+def _direct(
+    args: argparse.Namespace, images: list[Image.Image], decoding: dict[str, int], data_dir: Path,
+    models_file: Path | None,
+) -> tuple[float, float]:  # fmt: skip
     """Images per second of the model called in this process: in batches, and one image at a time."""
     from blip2.caption import caption
     from blip2.loading import load_model
+    from blip2.registry import Registry
 
-    lm = load_model(args.model, data_dir=data_dir)
+    lm = load_model(args.model, data_dir=data_dir, registry=Registry.load(models_file))
     batch = [images[i % len(images)] for i in range(args.batch)]
     caption(lm, batch, decoding=decoding)  # warm-up
     started = time.perf_counter()

@@ -47,9 +47,10 @@ def require_chromium() -> Path:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator["Browser"]:
-    """One headless Chromium for the test session."""
+    """A headless Chromium for one test module. Not for the session: Playwright's sync API keeps its
+    event loop running in the main thread while it is open, and `asyncio.run` in any later test fails."""
     executable = require_chromium()
     from playwright.sync_api import expect, sync_playwright
 

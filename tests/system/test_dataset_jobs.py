@@ -105,7 +105,7 @@ def test_an_option_the_format_does_not_read_is_422(http: httpx.Client, files: Fi
     response = http.post("/v1/jobs", json=job)
     assert response.status_code == 422
     error = response.json()["error"]
-    assert (error["code"], error["field"]) == ("invalid_request", "input.options"), error
+    assert (error["code"], error["field"]) == ("invalid_argument", "input.options"), error
     assert "val_questions: not an option of coco_captions" in error["message"]
 
 

@@ -91,7 +91,10 @@ def test_a_receiver_that_is_down_gets_the_job_once_it_is_up(http: httpx.Client, 
     with receiving_webhooks(port) as receiver:
         delivered = wait_delivered(http, job["id"])
         assert len(receiver.received) == 1, "delivered once, when the receiver came up"
-        assert delivered["last_status"] == 204 and delivered["delivered_at"] and delivered["attempts"] >= 3
+        # `attempts` counts an attempt when it is claimed, so the second may still have been on its way
+        # when the receiver came up: delivered on it or on a later one, never before it.
+        assert delivered["last_status"] == 204 and delivered["delivered_at"]
+        assert delivered["attempts"] >= failing["attempts"] >= 2
         assert delivered["next_attempt_at"] is None
         check_delivery(receiver, http.get(f"/v1/jobs/{job['id']}").json(), secret)
 
