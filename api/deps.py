@@ -15,9 +15,10 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from api.job_events import JobEvents
+from api.key_cache import KeyCache
 from api.metrics import ApiMetrics
 from blip2.registry import Registry
-from jobs.api_keys import Principal, authenticate
+from jobs.api_keys import Principal
 from jobs.broker import Dispatcher
 from jobs.db import SessionFactory
 from jobs.errors import Unauthorized
@@ -41,6 +42,7 @@ class ApiContext:
     events: JobEvents  # wakes long-polls and event streams when their job changes
     metrics: ApiMetrics  # what /metrics exposes
     presence: PresenceCache  # which trained models have workers of their own, read at most every 2 s
+    keys: KeyCache  # who each API key is, kept while `events` hears of revocations
 
     @property
     def submission(self) -> Submission:
@@ -90,8 +92,7 @@ def get_principal(
     """The caller, from `Authorization: Bearer <key>`; 401 without a valid key, 429 over its rate limit."""
     if credentials is None:
         raise Unauthorized("send an API key as 'Authorization: Bearer <key>'")
-    with context.sessions() as session:
-        principal = authenticate(session, credentials.credentials)
+    principal = context.keys.principal(context.sessions, credentials.credentials)
     if principal is None:
         raise Unauthorized("the API key is unknown or revoked")
     context.rate_limiter.check(principal.key_id)

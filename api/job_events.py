@@ -1,5 +1,8 @@
 """Waking whoever waits on a job the moment it changes: one LISTEN connection per API process.
 
+The same connection hears `api_key_changes` (a key revoked; migration 0007) and tells the process's
+KeyCache (api/key_cache.py), which is trusted only while this connection is up.
+
 The jobs table's trigger NOTIFYs channel `job_events` with "<job id> <status>" whenever a job's
 status or progress changes (migration 0004), whoever changed it: a worker, a cancel, the sweeper.
 One connection per API process LISTENs and wakes the long-polls and event streams waiting on that
@@ -18,11 +21,13 @@ from uuid import UUID
 
 import psycopg
 
+from api.key_cache import KeyCache
 from jobs.status import JobStatus
 
 log = logging.getLogger(__name__)
 
 CHANNEL = "job_events"
+KEY_CHANNEL = "api_key_changes"
 FALLBACK_POLL_S = 0.5  # while the listener is not connected
 SAFETY_POLL_S = 5.0  # while it is
 _MAX_BACKOFF_S = 5.0
@@ -32,8 +37,9 @@ _TERMINAL = frozenset(status.value for status in JobStatus if status.is_terminal
 class JobEvents:
     """The process's listener, and the jobs being waited on (each with the events of its waiters)."""
 
-    def __init__(self, database_url: str | None) -> None:
+    def __init__(self, database_url: str | None, keys: KeyCache | None = None) -> None:
         self._url = database_url
+        self._keys = keys if keys is not None else KeyCache()
         self._waiters: dict[UUID, set[asyncio.Event]] = {}
         self.connected = False
         # Set whenever any job becomes terminal: wakes the webhook deliverer (api/main.py).
@@ -72,6 +78,7 @@ class JobEvents:
             except Exception as exc:
                 backoff = 0.1 if self.connected else min(backoff * 2, _MAX_BACKOFF_S)
                 self.connected = False
+                self._keys.go_dark()
                 log.warning("job event listener disconnected (%s); reconnecting in %.1f s", exc, backoff)
             await asyncio.sleep(backoff)
 
@@ -79,10 +86,15 @@ class JobEvents:
         assert self._url is not None
         async with await psycopg.AsyncConnection.connect(self._url, autocommit=True) as connection:
             await connection.execute(f"LISTEN {CHANNEL}")
+            await connection.execute(f"LISTEN {KEY_CHANNEL}")
             self.connected = True
+            self._keys.go_live()
             self._wake_all()  # anything that changed while we were away
             async for notice in connection.notifies():
-                self._wake(notice.payload)
+                if notice.channel == KEY_CHANNEL:
+                    self._keys.forget(notice.payload)
+                else:
+                    self._wake(notice.payload)
 
     def _wake(self, payload: str) -> None:
         job_id, _, status = payload.partition(" ")

@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import ApiContext
 from api.errors import install_error_handlers
 from api.job_events import JobEvents
+from api.key_cache import KeyCache
 from api.limits import LimitRequestBody
 from api.metrics import ApiMetrics, JobsCollector
 from api.routes import catalog, health, images, jobs, metrics, usage
@@ -57,6 +58,7 @@ def build_context(settings: Settings) -> ApiContext:
     registry = Registry.load(settings.BLIP2_MODELS_FILE)
     celery = create_celery(settings)
     # Short timeouts: with Redis down, a request waits a second for the limiter, not a minute.
+    keys = KeyCache()
     counters = redis.Redis.from_url(settings.broker_url, socket_timeout=1, socket_connect_timeout=1)
     return ApiContext(
         settings=settings,
@@ -71,9 +73,10 @@ def build_context(settings: Settings) -> ApiContext:
             window_s=settings.RATE_LIMIT_WINDOW_S,
             key_prefix=settings.REDIS_KEY_PREFIX,
         ),
-        events=JobEvents(settings.DATABASE_URL),
+        events=JobEvents(settings.DATABASE_URL, keys),
         metrics=ApiMetrics(jobs=JobsCollector(sessions, registry, cache_s=settings.METRICS_JOBS_CACHE_S)),
         presence=PresenceCache(),
+        keys=keys,
     )
 
 

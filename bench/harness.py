@@ -19,6 +19,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import httpx
 from PIL import Image
 
@@ -58,11 +59,16 @@ class RunningSystem:
         return ids
 
 
-async def run_job(client: httpx.AsyncClient, body: dict[str, object]) -> dict[str, object]:
-    """Submit a job and long-poll it to its end, as a client of the service does; the finished job."""
-    job = (await client.post("/v1/jobs", json=body)).json()
+async def run_job(client: aiohttp.ClientSession, body: dict[str, object]) -> dict[str, object]:
+    """Submit a job and long-poll it to its end, as a client of the service does; the finished job.
+
+    aiohttp, not httpx: the clients share the machine's cores with the service, and an aiohttp request
+    costs this process about a third of an httpx one (bench/api.py prints the clients' CPU)."""
+    async with client.post("/v1/jobs", json=body) as response:
+        job = await response.json()
     while job.get("status") not in ("succeeded", "failed", "canceled"):
-        job = (await client.get(f"/v1/jobs/{job['id']}", params={"wait": 30})).json()
+        async with client.get(f"/v1/jobs/{job['id']}", params={"wait": "30"}) as response:
+            job = await response.json()
     if job["status"] != "succeeded":
         raise RuntimeError(f"job did not succeed: {job}")
     return dict(job)
@@ -104,7 +110,7 @@ def running_system(
     *,
     models: Sequence[str] = (),
     worker_args: Sequence[str] = (),
-    api_workers: int = 1,
+    api_workers: int = 0,
     env: dict[str, str] | None = None,
     models_file: Path | None = None,
 ) -> Iterator[RunningSystem]:

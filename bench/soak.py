@@ -13,7 +13,7 @@ import asyncio
 import tempfile
 from pathlib import Path
 
-import httpx
+import aiohttp
 import psutil
 
 from bench.harness import RunningSystem, photos, run_job, running_system
@@ -58,7 +58,8 @@ async def _soak(system: RunningSystem, image_ids: list[str], args: argparse.Name
     done, samples = 0, []
     checkpoints = [args.warmup, *range(args.warmup + args.every, args.jobs + 1, args.every)]
     headers = {"Authorization": f"Bearer {system.key}"}
-    async with httpx.AsyncClient(base_url=system.url, headers=headers, timeout=120) as client:
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(system.url, headers=headers, timeout=timeout) as client:
 
         async def one_client(count: int) -> None:
             nonlocal done

@@ -14,6 +14,7 @@ from jobs.settings import Settings
 from tests.support.auth import bearer, new_key
 from tests.support.broker import drain
 from tests.support.images import png_bytes
+from tests.support.waiting import wait_until
 
 
 def v1_routes() -> list[tuple[str, str]]:
@@ -54,12 +55,13 @@ def test_health_and_docs_need_no_key(anonymous: TestClient) -> None:
     assert "HTTPBearer" in schema["components"]["securitySchemes"]
 
 
-def test_a_revoked_key_stops_working_at_once(anonymous: TestClient, sessions: SessionFactory) -> None:
+def test_a_revoked_key_stops_working(anonymous: TestClient, sessions: SessionFactory) -> None:
+    """Within moments: the API keeps keys it has seen until it hears of their revocation (test_key_cache.py)."""
     key = new_key(sessions)
     assert anonymous.get("/v1/jobs", headers=bearer(key)).status_code == 200
     with session_scope(sessions) as session:
         revoke_key(session, key[:12])
-    assert anonymous.get("/v1/jobs", headers=bearer(key)).status_code == 401
+    wait_until(lambda: anonymous.get("/v1/jobs", headers=bearer(key)).status_code == 401, "revoked key refused", 30)
 
 
 def test_rate_limit_per_key_with_retry_after(settings: Settings, sessions: SessionFactory, empty_tables: None) -> None:
