@@ -121,7 +121,7 @@ def running_system(
         BLIP2_DATA_DIR=data_dir, BLIP2_MODELS_FILE=models_file, SWEEP_INTERVAL_S=5, RATE_LIMIT_REQUESTS=0,
         MAX_UNFINISHED_JOBS_PER_TENANT=100_000,
     )  # fmt: skip
-    with services_for(base) as settings, ExitStack() as stack:
+    with _sigterm_exits(), services_for(base) as settings, ExitStack() as stack:
         upgrade(settings)
         key = _new_key(settings)
         environment = os.environ | _env(settings) | (env or {})
@@ -137,6 +137,21 @@ def running_system(
         url = f"http://127.0.0.1:{port}"
         _wait_for_http(f"{url}/healthz", api)
         yield RunningSystem(url, key, settings, data_dir, workers)
+
+
+@contextmanager
+def _sigterm_exits() -> Iterator[None]:
+    """SIGTERM (a `timeout`, a `kill`) exits through the context managers, so the servers, the API
+    and the workers this benchmark started (each in a session of its own) are stopped with it."""
+
+    def exit_now(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, exit_now)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _new_key(settings: Settings) -> str:
