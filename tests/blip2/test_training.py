@@ -234,7 +234,7 @@ def test_saved_model_loads_captions_and_has_its_report(
         output_dir=tmp_path / "model", work_dir=tmp_path / "work", on_progress=progress.append,
     )  # fmt: skip
     assert result.output_dir == tmp_path / "model"
-    assert set(result.metrics) == {"bleu_4", "cider"}
+    assert set(result.metrics) == {"bleu_4", "cider", "exact_match"}
     assert json.loads((tmp_path / "model" / "metrics.json").read_text()) == result.metrics
     assert (tmp_path / "model" / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert progress[1].val_loss is not None and progress[0].val_loss is None
