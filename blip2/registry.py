@@ -149,9 +149,7 @@ BUILTIN: tuple[ModelSpec, ...] = (
     _pretrained(
         "shapes-blip2", Family.OPT, "small-opt trained here on shapes: captions and answers (make demo-models)"
     ),
-    _pretrained(
-        "shapes-itm", Family.ITM, "small-itm trained here on shapes: image-text matching (make demo-models)"
-    ),
+    _pretrained("shapes-itm", Family.ITM, "small-itm trained here on shapes: image-text matching (make demo-models)"),
 )
 
 # Language models read with an encoder and written by a decoder (configs do not always say so).

@@ -71,20 +71,21 @@ class Size:
     query_tokens: int
     text_positions: int  # the decoder-only language model's positions
     init_std: float  # spread of the random weights (see `_spread_weights`)
+    dropout: float | None  # every component's; None: transformers' defaults
     corpus: Callable[[], list[str]]  # what the tokenizers learn from
 
 
 # The smallest bitsandbytes 4-bit accepts on CPU: 64 wide, two layers, 8x8 patches of 8 pixels.
 TINY = Size(width=64, ffn=128, vision_layers=2, qformer_layers=2, text_layers=2, heads=4, image_size=64,
             patch_size=8, query_tokens=TINY_QUERY_TOKENS, text_positions=TINY_TEXT_POSITIONS, init_std=0.2,
-            corpus=corpus.sentences)  # fmt: skip
+            dropout=None, corpus=corpus.sentences)  # fmt: skip
 # Enough to tell a star from a circle and bind each colour to its shape and place: twice as wide,
 # four vision layers, four times the feed-forward width. Patches stay 8 pixels: 4-pixel ones cost
 # three times as much per step for no gain within the training budget. Transformers' own
 # initialisation (std 0.02): these weights are for training, and a wide spread slows it down.
 SMALL = Size(width=128, ffn=512, vision_layers=4, qformer_layers=2, text_layers=2, heads=4, image_size=64,
-             patch_size=8, query_tokens=SMALL_QUERY_TOKENS, text_positions=SMALL_TEXT_POSITIONS, init_std=0.02,
-             corpus=corpus.demo_sentences)  # fmt: skip
+             patch_size=8, query_tokens=SMALL_QUERY_TOKENS, text_positions=SMALL_TEXT_POSITIONS, init_std=0.088,
+             dropout=0.0, corpus=corpus.demo_sentences)  # fmt: skip
 
 
 def checkpoint_dir(data_dir: Path, name: str) -> Path:
@@ -153,7 +154,7 @@ def _vision_config(size: Size) -> dict[str, object]:
 
 
 def _qformer_config(size: Size, vocab_size: int = 1088, text_input: bool = False) -> dict[str, object]:
-    return dict(
+    return _dropout(size, "hidden_dropout_prob", "attention_probs_dropout_prob") | dict(
         vocab_size=vocab_size,
         hidden_size=size.width,
         num_hidden_layers=size.qformer_layers,
@@ -168,6 +169,7 @@ def _qformer_config(size: Size, vocab_size: int = 1088, text_input: bool = False
 
 def _opt_config(size: Size, tokenizer: PreTrainedTokenizerBase) -> OPTConfig:
     return OPTConfig(
+        **_dropout(size, "dropout", "attention_dropout"),
         vocab_size=_padded(len(tokenizer)),
         hidden_size=size.width,
         word_embed_proj_dim=size.width,
@@ -179,6 +181,11 @@ def _opt_config(size: Size, tokenizer: PreTrainedTokenizerBase) -> OPTConfig:
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
+
+
+def _dropout(size: Size, *names: str) -> dict[str, float]:
+    """Config entries that set these dropout rates to the size's (none: the config's defaults)."""
+    return {} if size.dropout is None else dict.fromkeys(names, size.dropout)
 
 
 def _t5_config(size: Size, tokenizer: PreTrainedTokenizerBase) -> T5Config:

@@ -9,9 +9,9 @@ from blip2.errors import InvalidArgument
 from blip2.metrics import (
     bleu_4,
     caption_scores,
+    cider,
     exact_match,
     match_accuracy,
-    cider,
     normalize_answer,
     question_accuracy,
     retrieval_recall,

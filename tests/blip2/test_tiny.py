@@ -88,7 +88,9 @@ def test_small_checkpoints_load_in_plain_transformers_at_their_size(small_data_d
     for model in (captioner, matcher):
         vision = model.config.vision_config
         assert (vision.hidden_size, vision.num_hidden_layers, vision.patch_size) == (
-            SMALL.width, SMALL.vision_layers, SMALL.patch_size
+            SMALL.width,
+            SMALL.vision_layers,
+            SMALL.patch_size,
         )
         assert model.config.num_query_tokens == SMALL.query_tokens
         assert min(m.in_features for m in model.modules() if isinstance(m, torch.nn.Linear)) >= 64
