@@ -79,10 +79,12 @@ class Size:
 TINY = Size(width=64, ffn=128, vision_layers=2, qformer_layers=2, text_layers=2, heads=4, image_size=64,
             patch_size=8, query_tokens=TINY_QUERY_TOKENS, text_positions=TINY_TEXT_POSITIONS, init_std=0.2,
             dropout=None, corpus=corpus.sentences)  # fmt: skip
-# Enough to tell a star from a circle and bind each colour to its shape and place: twice as wide,
+# Room to tell a star from a circle and bind each colour to its shape and place: twice as wide,
 # four vision layers, four times the feed-forward width. Patches stay 8 pixels: 4-pixel ones cost
-# three times as much per step for no gain within the training budget. Transformers' own
-# initialisation (std 0.02): these weights are for training, and a wide spread slows it down.
+# three to four times as much per step on a CPU, and steps are what the demo's budget is short of.
+# Weights at about 1/sqrt(width): at transformers' std 0.02 a 128-wide model's attention starts
+# uniform and its loss sits on the text prior for hundreds of steps. No dropout: the demo models
+# underfit, they never see an example often enough to memorise it.
 SMALL = Size(width=128, ffn=512, vision_layers=4, qformer_layers=2, text_layers=2, heads=4, image_size=64,
              patch_size=8, query_tokens=SMALL_QUERY_TOKENS, text_positions=SMALL_TEXT_POSITIONS, init_std=0.088,
              dropout=0.0, corpus=corpus.demo_sentences)  # fmt: skip
