@@ -170,8 +170,7 @@ def _qformer_config(size: Size, vocab_size: int = 1088, text_input: bool = False
 
 
 def _opt_config(size: Size, tokenizer: PreTrainedTokenizerBase) -> OPTConfig:
-    return OPTConfig(
-        **_dropout(size, "dropout", "attention_dropout"),
+    settings: dict[str, Any] = dict(
         vocab_size=_padded(len(tokenizer)),
         hidden_size=size.width,
         word_embed_proj_dim=size.width,
@@ -183,9 +182,10 @@ def _opt_config(size: Size, tokenizer: PreTrainedTokenizerBase) -> OPTConfig:
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
+    return OPTConfig(**settings | _dropout(size, "dropout", "attention_dropout"))
 
 
-def _dropout(size: Size, *names: str) -> dict[str, float]:
+def _dropout(size: Size, *names: str) -> dict[str, Any]:
     """Config entries that set these dropout rates to the size's (none: the config's defaults)."""
     return {} if size.dropout is None else dict.fromkeys(names, size.dropout)
 
