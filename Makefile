@@ -39,6 +39,7 @@ lint: install
 demo: install
 	mkdir -p data
 	$(BIN)/python -c "from PIL import Image, ImageDraw; im = Image.new('RGB', (256, 256), 'white'); draw = ImageDraw.Draw(im); draw.ellipse((20, 97, 82, 159), fill='red'); draw.rectangle((102, 25, 154, 77), fill='blue'); im.save('data/shapes.png')"
+	@echo "drawn: a red circle on the left and a blue square at the top (the circle is red)"
 	$(BIN)/blip2-jobs caption data/shapes.png
 	$(BIN)/blip2-jobs vqa data/shapes.png --question "what colour is the circle?"
 
