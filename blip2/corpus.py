@@ -51,6 +51,21 @@ def sentences() -> list[str]:
     return out
 
 
+def demo_sentences() -> list[str]:
+    """The corpus plus the `shapes` grammar as the demo models read and write it, for the small
+    checkpoints' tokenizers: there every word of a caption or an answer ("and", "at", "an", " yes")
+    is one token, so a model cannot stop halfway through a word ("ye" for "yes")."""
+    out = sentences()
+    for colour, shape, position in product(COLOURS, SHAPES, POSITIONS):
+        out.append(f"a {colour} {shape} at the {position} and an orange {shape} in the {position}")
+        out.append(f"Question: what colour is the {shape}? Answer: {colour}")
+        out.append(f"Question: what shape is at the {position}? Answer: {shape}")
+        out.append(f"Question: is there a {colour} {shape}? Answer: yes")
+        out.append(f"Question: is there an {colour} {shape} on the {position}? Answer: no")
+    out.append("Question: how many shapes are there? Answer: two")
+    return out
+
+
 def _shape_sentences() -> list[str]:
     out = []
     for colour, shape, position in product(COLOURS, SHAPES, POSITIONS):

@@ -1,13 +1,14 @@
 """Evaluating a model on a dataset split: run the operation on every record, score the outputs.
 
-    evaluate(lm, records, "caption")  # {"bleu_4": 0.41, "cider": 1.32}
+    evaluate(lm, records, "caption")  # {"bleu_4": 0.41, "cider": 1.32, "exact_match": 0.05}
     evaluate(lm, records, "vqa")      # {"vqa_accuracy": 0.78}
-    evaluate(lm, records, "match")    # {"i2t_recall@1": ..., "t2i_recall@1": ..., "recall@1": ..., ...}
+    evaluate(lm, records, "match")    # {"i2t_recall@1": ..., "recall@1": ..., "itm_accuracy": ...}
 
 Captions and answers come from the library's own `caption` and `answer` (the model's default
 decoding unless `decoding` is given), so the scores are those of what the service returns.
 Retrieval ranks every caption of the split for every image (and back) by ITC + ITM, the sum
 LAVIS ranks its retrieval benchmark by; `recall@K` is the mean of the two directions.
+`itm_accuracy` is how often the ITM probability alone is on the right side of 0.5 (`match_accuracy`).
 Images are decoded one batch at a time, so a large split needs no more memory than a batch.
 """
 
@@ -24,7 +25,7 @@ from blip2.errors import InvalidArgument
 from blip2.images import load_image_file
 from blip2.loading import LoadedModel
 from blip2.matching import score_matrix
-from blip2.metrics import caption_scores, retrieval_recall, vqa_accuracy
+from blip2.metrics import caption_scores, match_accuracy, retrieval_recall, vqa_accuracy
 from blip2.vqa import answer
 
 Progress = Callable[[int, int], None]  # (records done, records in all)
@@ -113,7 +114,7 @@ def _match_metrics(
     text_to_image = [i for i, r in enumerate(records) for _ in r.captions]
     if not texts:
         raise InvalidArgument("match evaluation needs records with captions")
-    scores = np.zeros((len(records), len(texts)))
+    itc, itm = np.zeros((len(records), len(texts))), np.zeros((len(records), len(texts)))
     # Blocks of images x texts: the ITM head runs once per pair, so a block holds batch_size^2 pairs.
     for start in range(0, len(records), batch_size):
         images = [load_image_file(r.image_path) for r in records[start : start + batch_size]]
@@ -121,6 +122,9 @@ def _match_metrics(
             block = score_matrix(lm, images, texts[text_start : text_start + batch_size])
             rows = slice(start, start + len(images))
             columns = slice(text_start, text_start + batch_size)
-            scores[rows, columns] = np.asarray(block.itc) + np.asarray(block.itm)
+            itc[rows, columns], itm[rows, columns] = block.itc, block.itm
         report(min(start + batch_size, len(records)), len(records))
-    return retrieval_recall(scores, text_to_image)
+    recall = retrieval_recall(itc + itm, text_to_image)
+    if len(records) < 2:  # no other image to make a non-matching pair with
+        return recall
+    return recall | {"itm_accuracy": match_accuracy(itm, text_to_image, texts)}

@@ -3,10 +3,12 @@
 - Captioning: corpus BLEU-4 and CIDEr-D with the arithmetic of pycocoevalcap's `Bleu(4)` and
   `Cider` (the tests feed both the same tokens and compare). The COCO evaluator tokenizes with
   Stanford's PTB tokenizer, a Java program; `tokenize` stands in for it here: lower case,
-  punctuation removed, split on white space.
+  punctuation removed, split on white space. Also the exact-match rate: where captions follow a
+  fixed grammar (`shapes`) a caption is right or wrong, and n-gram overlap hides which.
 - VQA: VQAv2 accuracy, min(#humans who gave the answer / 3, 1) averaged over the ten
   leave-one-annotator-out subsets, after the official answer normalisation.
-- Retrieval: Recall@K in both directions from an image x text score matrix.
+- Retrieval: Recall@K in both directions from an image x text score matrix, and how often the
+  ITM probability falls on the right side of 0.5 (a match probability a client can threshold).
 
 Scores are fractions in [0, 1] (CIDEr in [0, 10]), not percentages.
 
@@ -41,7 +43,13 @@ def caption_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]
     """BLEU-4 and CIDEr-D of one caption per image against that image's reference captions."""
     hyps = [tokenize(h) for h in hypotheses]
     refs = [[tokenize(r) for r in rs] for rs in references]
-    return {"bleu_4": bleu_4(hyps, refs), "cider": cider(hyps, refs)}
+    return {"bleu_4": bleu_4(hyps, refs), "cider": cider(hyps, refs), "exact_match": exact_match(hyps, refs)}
+
+
+def exact_match(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> float:
+    """The fraction of tokenized hypotheses equal to one of their references."""
+    _check_corpus(hypotheses, references)
+    return sum(h in refs for h, refs in zip(hypotheses, references, strict=True)) / len(hypotheses)
 
 
 def _ngrams(sentence: str, n: int = 4) -> Ngrams:
@@ -277,6 +285,27 @@ def retrieval_recall(
         out[f"t2i_recall@{k}"] = float(np.mean(t2i_ranks < k))
         out[f"recall@{k}"] = (out[f"i2t_recall@{k}"] + out[f"t2i_recall@{k}"]) / 2
     return out
+
+
+def match_accuracy(
+    probabilities: Sequence[Sequence[float]] | np.ndarray, text_to_image: Sequence[int], texts: Sequence[str]
+) -> float:
+    """How often the match probability is on the right side of 0.5, over every matching (image,
+    text) pair and as many non-matching ones: each text against the image after its own (a split
+    is in random order, so that is a random other image; skipped if that image has the same text)."""
+    matrix = np.asarray(probabilities, dtype=np.float64)
+    if matrix.ndim != 2 or matrix.shape[0] < 2 or not matrix.shape[1] == len(text_to_image) == len(texts):
+        raise InvalidArgument(f"need an (images x texts) matrix of 2 images or more and {len(texts)} texts")
+    texts_of: dict[int, set[str]] = {}
+    for text, image in zip(texts, text_to_image, strict=True):
+        texts_of.setdefault(image, set()).add(text)
+    right = []
+    for t, (text, image) in enumerate(zip(texts, text_to_image, strict=True)):
+        right.append(matrix[image, t] > 0.5)
+        other = (image + 1) % matrix.shape[0]
+        if text not in texts_of.get(other, set()):
+            right.append(matrix[other, t] < 0.5)
+    return float(np.mean(right))
 
 
 def _best_ranks(matrix: np.ndarray, correct: list[np.ndarray]) -> np.ndarray:

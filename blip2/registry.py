@@ -73,7 +73,7 @@ class ModelSpec:
     checkpoint: str  # a hub id, a local directory, or a tiny checkpoint's name
     family: Family | None  # None: read from the checkpoint's config when it loads
     description: str = ""
-    tiny: bool = False  # built offline by blip2.tiny instead of downloaded
+    tiny: bool = False  # built offline by blip2.tiny (tiny-* and small-*) instead of downloaded
     templates: Templates | None = None  # None: the family's templates
     caption_defaults: DecodingOptions = field(default=CAPTION_DEFAULTS)
     vqa_defaults: DecodingOptions = field(default=VQA_DEFAULTS)
@@ -101,22 +101,33 @@ def _pretrained(name: str, family: Family, description: str) -> ModelSpec:
     return ModelSpec(name=name, checkpoint=str(PRETRAINED_DIR / name), family=family, description=description)
 
 
-# The tiny checkpoints' OPT reads this many positions, 8 of them image tokens (blip2/tiny.py builds them so).
+# The tiny checkpoints' OPT reads this many positions, 8 of them image tokens; the small ones' 128,
+# 16 of them image tokens (blip2/tiny.py builds them so).
 TINY_TEXT_POSITIONS = 256
 TINY_QUERY_TOKENS = 8
+SMALL_TEXT_POSITIONS = 128
+SMALL_QUERY_TOKENS = 16
 
 
 def _tiny(family: Family, description: str) -> ModelSpec:
-    name = f"tiny-{family.value}"
-    positions = TINY_TEXT_POSITIONS if family is Family.OPT else None
+    return _built("tiny", family, description, TINY_TEXT_POSITIONS, TINY_QUERY_TOKENS)
+
+
+def _small(family: Family, description: str) -> ModelSpec:
+    return _built("small", family, description, SMALL_TEXT_POSITIONS, SMALL_QUERY_TOKENS)
+
+
+def _built(size: str, family: Family, description: str, positions: int, query_tokens: int) -> ModelSpec:
+    """A checkpoint blip2.tiny builds offline, named after its size and family."""
+    name = f"{size}-{family.value}"
     return ModelSpec(
         name=name,
         checkpoint=name,
         family=family,
         description=description,
         tiny=True,
-        text_positions=positions,
-        query_tokens=TINY_QUERY_TOKENS,
+        text_positions=positions if family is Family.OPT else None,
+        query_tokens=query_tokens,
     )
 
 
@@ -133,10 +144,12 @@ BUILTIN: tuple[ModelSpec, ...] = (
     _tiny(Family.T5, "tiny BLIP-2 with Flan-T5, random weights, built offline"),
     _tiny(Family.INSTRUCT, "tiny InstructBLIP with Flan-T5, random weights, built offline"),
     _tiny(Family.ITM, "tiny BLIP-2 retrieval model, random weights, built offline"),
+    _small(Family.OPT, "small BLIP-2 with OPT, random weights, built offline (the demo models' base)"),
+    _small(Family.ITM, "small BLIP-2 retrieval model, random weights, built offline (the demo models' base)"),
     _pretrained(
-        "shapes-blip2", Family.OPT, "tiny-opt fine-tuned here on shapes: captions and answers (make demo-models)"
+        "shapes-blip2", Family.OPT, "small-opt trained here on shapes: captions and answers (make demo-models)"
     ),
-    _pretrained("shapes-itm", Family.ITM, "tiny-itm fine-tuned here on shapes: image-text matching (make demo-models)"),
+    _pretrained("shapes-itm", Family.ITM, "small-itm trained here on shapes: image-text matching (make demo-models)"),
 )
 
 # Language models read with an encoder and written by a decoder (configs do not always say so).

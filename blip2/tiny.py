@@ -1,18 +1,23 @@
-"""Tiny BLIP-2 checkpoints, built offline and deterministically, in the real format.
+"""Tiny and small BLIP-2 checkpoints, built offline and deterministically, in the real format.
 
-Each tiny checkpoint is a directory exactly like a hub checkpoint (config.json,
-model.safetensors, generation_config.json, tokenizer and processor files), so it loads
-through the very same `from_pretrained` path as `Salesforce/blip2-opt-2.7b`. The weights are
-random (seeded), the tokenizers are real (learned from `blip2.corpus`), and every linear
-layer is at least 64 wide so that bitsandbytes can quantize it to 4 bits on a CPU.
+Each checkpoint is a directory exactly like a hub checkpoint (config.json, model.safetensors,
+generation_config.json, tokenizer and processor files), so it loads through the very same
+`from_pretrained` path as `Salesforce/blip2-opt-2.7b`. The weights are random (seeded), the
+tokenizers are real (learned from `blip2.corpus`), and every linear layer is at least 64 wide so
+that bitsandbytes can quantize it to 4 bits on a CPU.
 
-    python -m blip2.tiny ./data        # builds all four into ./data/models/
+Two sizes: `tiny-*` (every family, for tests: as small as a real layout allows) and `small-*`
+(OPT and retrieval, the bases of the demo models: wide and deep enough to learn what a shape is,
+yet trained on two CPU cores in minutes).
+
+    python -m blip2.tiny ./data        # builds all of them into ./data/models/
 """
 
 import shutil
 import sys
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,19 +38,56 @@ from transformers import (
     T5Config,
 )
 
-from blip2 import vocab
+from blip2 import corpus, vocab
 from blip2.errors import InvalidArgument
-from blip2.registry import TINY_QUERY_TOKENS, TINY_TEXT_POSITIONS, is_checkpoint_dir
+from blip2.registry import (
+    SMALL_QUERY_TOKENS,
+    SMALL_TEXT_POSITIONS,
+    TINY_QUERY_TOKENS,
+    TINY_TEXT_POSITIONS,
+    is_checkpoint_dir,
+)
 
 TINY_NAMES = ("tiny-opt", "tiny-t5", "tiny-instruct", "tiny-itm")
+SMALL_NAMES = ("small-opt", "small-itm")
 SEED = 1234
-IMAGE_SIZE = 64  # pixels; 8x8 patches of 8 pixels
-NUM_QUERY_TOKENS = TINY_QUERY_TOKENS
-WIDTH = 64  # hidden size of every component: the smallest bitsandbytes 4-bit accepts on CPU
-FFN = 128
 # CLIP's normalisation, as every BLIP-2 checkpoint's image processor uses.
 IMAGE_MEAN = [0.48145466, 0.4578275, 0.40821073]
 IMAGE_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+@dataclass(frozen=True)
+class Size:
+    """How big every component of a built checkpoint is."""
+
+    width: int  # hidden size of every component
+    ffn: int  # feed-forward width
+    vision_layers: int
+    qformer_layers: int
+    text_layers: int  # the language model's (each of T5's encoder and decoder)
+    heads: int
+    image_size: int  # pixels per side
+    patch_size: int  # pixels per side of a ViT patch
+    query_tokens: int
+    text_positions: int  # the decoder-only language model's positions
+    init_std: float  # spread of the random weights (see `_spread_weights`)
+    dropout: float | None  # every component's; None: transformers' defaults
+    corpus: Callable[[], list[str]]  # what the tokenizers learn from
+
+
+# The smallest bitsandbytes 4-bit accepts on CPU: 64 wide, two layers, 8x8 patches of 8 pixels.
+TINY = Size(width=64, ffn=128, vision_layers=2, qformer_layers=2, text_layers=2, heads=4, image_size=64,
+            patch_size=8, query_tokens=TINY_QUERY_TOKENS, text_positions=TINY_TEXT_POSITIONS, init_std=0.2,
+            dropout=None, corpus=corpus.sentences)  # fmt: skip
+# Room to tell a star from a circle and bind each colour to its shape and place: twice as wide,
+# four vision layers, four times the feed-forward width. Patches stay 8 pixels: 4-pixel ones cost
+# three to four times as much per step on a CPU, and steps are what the demo's budget is short of.
+# Weights at about 1/sqrt(width): at transformers' std 0.02 a 128-wide model's attention starts
+# uniform and its loss sits on the text prior for hundreds of steps. No dropout: the demo models
+# underfit, they never see an example often enough to memorise it.
+SMALL = Size(width=128, ffn=512, vision_layers=4, qformer_layers=2, text_layers=2, heads=4, image_size=64,
+             patch_size=8, query_tokens=SMALL_QUERY_TOKENS, text_positions=SMALL_TEXT_POSITIONS, init_std=0.088,
+             dropout=0.0, corpus=corpus.demo_sentences)  # fmt: skip
 
 
 def checkpoint_dir(data_dir: Path, name: str) -> Path:
@@ -53,7 +95,7 @@ def checkpoint_dir(data_dir: Path, name: str) -> Path:
 
 
 def ensure_tiny_checkpoint(name: str, data_dir: Path) -> Path:
-    """The tiny checkpoint's directory, built first if it is not there yet."""
+    """The built checkpoint's directory (tiny or small), built first if it is not there yet."""
     path = checkpoint_dir(data_dir, name)
     if not is_checkpoint_dir(path):
         build_tiny_checkpoint(name, path)
@@ -61,15 +103,17 @@ def ensure_tiny_checkpoint(name: str, data_dir: Path) -> Path:
 
 
 def build_tiny_checkpoint(name: str, path: Path) -> Path:
-    """Build one tiny checkpoint into `path`, atomically (a partial build is never visible)."""
+    """Build one tiny or small checkpoint into `path`, atomically (a partial build is never visible)."""
     if name not in _BUILDERS:
-        raise InvalidArgument(f"no tiny checkpoint called {name!r}; choose from {', '.join(TINY_NAMES)}")
+        choices = ", ".join((*TINY_NAMES, *SMALL_NAMES))
+        raise InvalidArgument(f"no tiny checkpoint called {name!r}; choose from {choices}")
     path.parent.mkdir(parents=True, exist_ok=True)
     # A private staging directory per build: two processes building at once never mix files.
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     torch.manual_seed(SEED)
-    model, processor = _BUILDERS[name]()
-    _spread_weights(model)
+    builder, size = _BUILDERS[name]
+    model, processor = builder(size)
+    _spread_weights(model, size.init_std)
     model.save_pretrained(staging)
     processor.save_pretrained(staging)
     if path.exists() and not is_checkpoint_dir(path):  # left by an interrupted build
@@ -81,12 +125,12 @@ def build_tiny_checkpoint(name: str, path: Path) -> Path:
     return path
 
 
-def _spread_weights(model: PreTrainedModel, std: float = 0.2) -> None:
+def _spread_weights(model: PreTrainedModel, std: float) -> None:
     """Re-draw every weight matrix from N(0, std).
 
     With transformers' own initialisation (std 0.02, zero query tokens) a random model emits
-    one token whatever it sees; a wider spread makes its outputs depend on the image and the
-    prompt, so tests can tell a right answer (batched = alone) from a constant one.
+    one token whatever it sees; the tiny models' wider spread makes their outputs depend on the
+    image and the prompt, so tests can tell a right answer (batched = alone) from a constant one.
     """
     with torch.no_grad():
         for parameter in model.parameters():
@@ -94,61 +138,67 @@ def _spread_weights(model: PreTrainedModel, std: float = 0.2) -> None:
                 parameter.normal_(0.0, std)
 
 
-def _image_processor() -> BlipImageProcessor:
+def _image_processor(size: Size) -> BlipImageProcessor:
     return BlipImageProcessor(
-        size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_mean=IMAGE_MEAN, image_std=IMAGE_STD
+        size={"height": size.image_size, "width": size.image_size}, image_mean=IMAGE_MEAN, image_std=IMAGE_STD
     )
 
 
-def _vision_config() -> dict[str, object]:
+def _vision_config(size: Size) -> dict[str, object]:
     return dict(
-        hidden_size=WIDTH,
-        intermediate_size=FFN,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        image_size=IMAGE_SIZE,
-        patch_size=8,
+        hidden_size=size.width,
+        intermediate_size=size.ffn,
+        num_hidden_layers=size.vision_layers,
+        num_attention_heads=size.heads,
+        image_size=size.image_size,
+        patch_size=size.patch_size,
     )
 
 
-def _qformer_config(vocab_size: int = 1088, text_input: bool = False) -> dict[str, object]:
-    return dict(
+def _qformer_config(size: Size, vocab_size: int = 1088, text_input: bool = False) -> dict[str, object]:
+    return _dropout(size, "hidden_dropout_prob", "attention_probs_dropout_prob") | dict(
         vocab_size=vocab_size,
-        hidden_size=WIDTH,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=FFN,
+        hidden_size=size.width,
+        num_hidden_layers=size.qformer_layers,
+        num_attention_heads=size.heads,
+        intermediate_size=size.ffn,
         cross_attention_frequency=1,
         max_position_embeddings=128,
-        encoder_hidden_size=WIDTH,
+        encoder_hidden_size=size.width,
         use_qformer_text_input=text_input,
     )
 
 
-def _opt_config(tokenizer: PreTrainedTokenizerBase) -> OPTConfig:
-    return OPTConfig(
+def _opt_config(size: Size, tokenizer: PreTrainedTokenizerBase) -> OPTConfig:
+    settings: dict[str, Any] = dict(
         vocab_size=_padded(len(tokenizer)),
-        hidden_size=WIDTH,
-        word_embed_proj_dim=WIDTH,
-        ffn_dim=FFN,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=TINY_TEXT_POSITIONS,
+        hidden_size=size.width,
+        word_embed_proj_dim=size.width,
+        ffn_dim=size.ffn,
+        num_hidden_layers=size.text_layers,
+        num_attention_heads=size.heads,
+        max_position_embeddings=size.text_positions,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
+    return OPTConfig(**settings | _dropout(size, "dropout", "attention_dropout"))
 
 
-def _t5_config(tokenizer: PreTrainedTokenizerBase) -> T5Config:
+def _dropout(size: Size, *names: str) -> dict[str, Any]:
+    """Config entries that set these dropout rates to the size's (none: the config's defaults)."""
+    return {} if size.dropout is None else dict.fromkeys(names, size.dropout)
+
+
+def _t5_config(size: Size, tokenizer: PreTrainedTokenizerBase) -> T5Config:
     settings: dict[str, Any] = dict(
         vocab_size=_padded(len(tokenizer)),
-        d_model=WIDTH,
-        d_kv=16,
-        d_ff=FFN,
-        num_layers=2,
-        num_decoder_layers=2,
-        num_heads=4,
+        d_model=size.width,
+        d_kv=size.width // size.heads,
+        d_ff=size.ffn,
+        num_layers=size.text_layers,
+        num_decoder_layers=size.text_layers,
+        num_heads=size.heads,
         feed_forward_proj="gated-gelu",  # as Flan-T5
         tie_word_embeddings=False,  # as Flan-T5 (transformers 5 reads it as "don't rescale decoder outputs")
         pad_token_id=tokenizer.pad_token_id,
@@ -171,71 +221,75 @@ def _padded(n: int) -> int:
 
 
 def _build_blip2(
-    tokenizer: PreTrainedTokenizerBase, text_config: PretrainedConfig
+    size: Size, tokenizer: PreTrainedTokenizerBase, text_config: PretrainedConfig
 ) -> tuple[PreTrainedModel, Blip2Processor]:
     """A BLIP-2 captioning checkpoint (Blip2ForConditionalGeneration) around the given language model."""
-    processor = Blip2Processor(_image_processor(), tokenizer, num_query_tokens=NUM_QUERY_TOKENS)
+    processor = Blip2Processor(_image_processor(size), tokenizer, num_query_tokens=size.query_tokens)
     config = Blip2Config(
-        vision_config=_vision_config(),
-        qformer_config=_qformer_config(),
+        vision_config=_vision_config(size),
+        qformer_config=_qformer_config(size),
         text_config=text_config.to_dict(),
-        num_query_tokens=NUM_QUERY_TOKENS,
+        num_query_tokens=size.query_tokens,
         image_token_index=_image_token_id(tokenizer),
     )
     return Blip2ForConditionalGeneration(config), processor
 
 
-def _build_opt() -> tuple[PreTrainedModel, Blip2Processor]:
-    tokenizer = vocab.opt_tokenizer()
-    return _build_blip2(tokenizer, _opt_config(tokenizer))
+def _build_opt(size: Size) -> tuple[PreTrainedModel, Blip2Processor]:
+    tokenizer = vocab.opt_tokenizer(corpus=size.corpus())
+    return _build_blip2(size, tokenizer, _opt_config(size, tokenizer))
 
 
-def _build_t5() -> tuple[PreTrainedModel, Blip2Processor]:
+def _build_t5(size: Size) -> tuple[PreTrainedModel, Blip2Processor]:
     tokenizer = vocab.t5_tokenizer()
-    return _build_blip2(tokenizer, _t5_config(tokenizer))
+    return _build_blip2(size, tokenizer, _t5_config(size, tokenizer))
 
 
-def _build_instruct() -> tuple[PreTrainedModel, InstructBlipProcessor]:
+def _build_instruct(size: Size) -> tuple[PreTrainedModel, InstructBlipProcessor]:
     tokenizer = vocab.t5_tokenizer()
     qformer_tokenizer = vocab.bert_tokenizer()
     processor = InstructBlipProcessor(
-        _image_processor(), tokenizer, qformer_tokenizer, num_query_tokens=NUM_QUERY_TOKENS
+        _image_processor(size), tokenizer, qformer_tokenizer, num_query_tokens=size.query_tokens
     )
     config = InstructBlipConfig(
-        vision_config=_vision_config(),
-        qformer_config=_qformer_config(vocab_size=_padded(len(qformer_tokenizer))),
-        text_config=_t5_config(tokenizer).to_dict(),
-        num_query_tokens=NUM_QUERY_TOKENS,
+        vision_config=_vision_config(size),
+        qformer_config=_qformer_config(size, vocab_size=_padded(len(qformer_tokenizer))),
+        text_config=_t5_config(size, tokenizer).to_dict(),
+        num_query_tokens=size.query_tokens,
         image_token_index=_image_token_id(tokenizer),
     )
     return InstructBlipForConditionalGeneration(config), processor
 
 
-def _build_itm() -> tuple[PreTrainedModel, Blip2Processor]:
-    tokenizer = vocab.bert_tokenizer()
-    processor = Blip2Processor(_image_processor(), tokenizer, num_query_tokens=NUM_QUERY_TOKENS)
+def _build_itm(size: Size) -> tuple[PreTrainedModel, Blip2Processor]:
+    tokenizer = vocab.bert_tokenizer(size.corpus())
+    processor = Blip2Processor(_image_processor(size), tokenizer, num_query_tokens=size.query_tokens)
+    opt_tokenizer = vocab.opt_tokenizer(corpus=size.corpus())
     config = Blip2Config(
-        vision_config=_vision_config(),
-        qformer_config=_qformer_config(vocab_size=_padded(len(tokenizer)), text_input=True),
-        text_config=_opt_config(vocab.opt_tokenizer()).to_dict(),  # unused by the retrieval model
-        num_query_tokens=NUM_QUERY_TOKENS,
-        image_text_hidden_size=WIDTH,
+        vision_config=_vision_config(size),
+        qformer_config=_qformer_config(size, vocab_size=_padded(len(tokenizer)), text_input=True),
+        text_config=_opt_config(size, opt_tokenizer).to_dict(),  # unused by the retrieval model
+        num_query_tokens=size.query_tokens,
+        image_text_hidden_size=size.width,
         image_token_index=_image_token_id(tokenizer),
     )
     return Blip2ForImageTextRetrieval(config), processor
 
 
-_BUILDERS: dict[str, Callable[[], tuple[PreTrainedModel, Blip2Processor | InstructBlipProcessor]]] = {
-    "tiny-opt": _build_opt,
-    "tiny-t5": _build_t5,
-    "tiny-instruct": _build_instruct,
-    "tiny-itm": _build_itm,
+_Builder = Callable[[Size], tuple[PreTrainedModel, Blip2Processor | InstructBlipProcessor]]
+_BUILDERS: dict[str, tuple[_Builder, Size]] = {
+    "tiny-opt": (_build_opt, TINY),
+    "tiny-t5": (_build_t5, TINY),
+    "tiny-instruct": (_build_instruct, TINY),
+    "tiny-itm": (_build_itm, TINY),
+    "small-opt": (_build_opt, SMALL),
+    "small-itm": (_build_itm, SMALL),
 }
 
 
 def main(argv: list[str]) -> None:
     data_dir = Path(argv[0] if argv else "data")
-    for name in TINY_NAMES:
+    for name in (*TINY_NAMES, *SMALL_NAMES):
         print(ensure_tiny_checkpoint(name, data_dir))
 
 

@@ -345,6 +345,24 @@ def component_of(parameter_name: str) -> str:
     return "qformer"
 
 
+def start_from(lm: LoadedModel, source: LoadedModel, components: Sequence[str] = ("vision", "qformer")) -> int:
+    """Copy `source`'s weights into `lm` wherever a parameter of `components` has the same name and
+    shape; how many were copied. BLIP-2's second stage (generation) starts from the vision encoder,
+    query tokens and Q-Former its first stage (ITC + ITM, a retrieval model) trained: those already
+    see the image, so the language model learns to read them instead of waiting for them to form."""
+    weights = source.model.state_dict()
+    copied = 0
+    with torch.no_grad():
+        for name, parameter in lm.model.named_parameters():
+            found = weights.get(name)
+            if component_of(name) in components and found is not None and found.shape == parameter.shape:
+                parameter.copy_(found.to(parameter.dtype))
+                copied += 1
+    if not copied:
+        raise InvalidArgument(f"{source.name!r} has no {' or '.join(components)} weights {lm.name!r} can start from")
+    return copied
+
+
 def select_trainable(lm: LoadedModel, components: Sequence[str]) -> list[tuple[str, torch.nn.Parameter]]:
     """Freeze every parameter outside `components`; the trainable ones, by name."""
     trainable = []

@@ -12,6 +12,7 @@ import math
 import re
 import string
 from collections import Counter
+from collections.abc import Sequence
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import BertTokenizer, GPT2Tokenizer, T5Tokenizer
@@ -19,8 +20,9 @@ from transformers import BertTokenizer, GPT2Tokenizer, T5Tokenizer
 from blip2.corpus import sentences
 
 
-def opt_tokenizer(vocab_size: int = 2048) -> GPT2Tokenizer:
-    """A byte-level BPE tokenizer laid out like OPT's (ids 0-3: <s> <pad> </s> <unk>)."""
+def opt_tokenizer(vocab_size: int = 2048, corpus: Sequence[str] | None = None) -> GPT2Tokenizer:
+    """A byte-level BPE tokenizer laid out like OPT's (ids 0-3: <s> <pad> </s> <unk>), learned from
+    `corpus` (default: `blip2.corpus.sentences()`)."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -30,7 +32,7 @@ def opt_tokenizer(vocab_size: int = 2048) -> GPT2Tokenizer:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(sentences(), trainer)
+    tok.train_from_iterator(corpus or sentences(), trainer)
     # OPT prepends </s> as its beginning-of-sequence token.
     tok.post_processor = processors.TemplateProcessing(
         single="</s> $A", pair="</s> $A </s> $B", special_tokens=[("</s>", 2)]
@@ -69,9 +71,10 @@ def _unigram_pieces() -> list[tuple[str, float]]:
     return list(unique.items())
 
 
-def bert_tokenizer() -> BertTokenizer:
-    """A lower-casing WordPiece tokenizer laid out like bert-base-uncased ([PAD] = 0)."""
-    tok = Tokenizer(models.WordPiece(_wordpiece_vocab(), unk_token="[UNK]"))
+def bert_tokenizer(corpus: Sequence[str] | None = None) -> BertTokenizer:
+    """A lower-casing WordPiece tokenizer laid out like bert-base-uncased ([PAD] = 0), its words
+    from `corpus` (default: `blip2.corpus.sentences()`)."""
+    tok = Tokenizer(models.WordPiece(_wordpiece_vocab(corpus or sentences()), unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
@@ -90,13 +93,13 @@ def bert_tokenizer() -> BertTokenizer:
     )
 
 
-def _wordpiece_vocab() -> dict[str, int]:
+def _wordpiece_vocab(corpus: Sequence[str]) -> dict[str, int]:
     """Specials, every character alone and as a continuation, then the corpus's words.
 
     Written out rather than trained: the WordPiece trainer numbers its alphabet in hash order,
     so two builds would differ; this vocabulary is the same on every build.
     """
-    words = Counter(w.lower() for sentence in sentences() for w in _words(sentence))
+    words = Counter(w.lower() for sentence in corpus for w in _words(sentence))
     characters = sorted(set(string.printable.strip().lower()))
     tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     tokens += characters + [f"##{c}" for c in characters]

@@ -290,11 +290,12 @@ def models(
 
 def build_tiny(
     names: Annotated[
-        list[str] | None, typer.Argument(help="tiny-opt, tiny-t5, tiny-instruct, tiny-itm (all by default).")
+        list[str] | None,
+        typer.Argument(help="tiny-opt, tiny-t5, tiny-instruct, tiny-itm (all by default), small-opt, small-itm."),
     ] = None,
     data_dir: DataDir = Path("data"),
 ) -> None:
-    """Build the tiny checkpoints into the data directory (they are also built on first use)."""
+    """Build the tiny (or small) checkpoints into the data directory (they are also built on first use)."""
     from blip2.tiny import TINY_NAMES, ensure_tiny_checkpoint
 
     for name in names or TINY_NAMES:

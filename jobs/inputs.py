@@ -371,6 +371,13 @@ class TrainInput(JobInput):
     # Which parts train; default as BLIP-2: vision encoder and language model frozen.
     train: list[Component] = Field(default_factory=lambda: _BLIP2_TRAINED_PARTS.copy(), min_length=1)
     seed: int = 0
+    start_from: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="A model (a retrieval one, say) whose vision encoder and Q-Former this one starts from: "
+        "BLIP-2's generative stage starts from what its representation stage trained.",
+    )
 
 
 class EvaluateInput(JobInput):

@@ -168,10 +168,12 @@ def run_download(long_job: LongJob[DownloadInput]) -> DownloadOutput:
 
 
 def run_train(long_job: LongJob[TrainInput]) -> TrainOutput:
-    from blip2.training import TrainConfig, TrainProgress, train
+    from blip2.training import TrainConfig, TrainProgress, start_from, train
 
     job, job_input, progress = long_job.job, long_job.input, long_job.progress
     lm = long_job.runtime.models.load_fresh(job.model, job.tenant)
+    if job_input.start_from is not None:
+        start_from(lm, long_job.runtime.models.load_fresh(job_input.start_from, job.tenant))
     dataset = _open_dataset(long_job, job_input.dataset)
     config = TrainConfig(
         task=job_input.task,

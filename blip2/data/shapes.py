@@ -1,6 +1,6 @@
 """The synthetic `shapes` dataset: coloured shapes at named positions, described exactly.
 
-Each 64x64 image shows one or two shapes on a white background. A small fixed grammar describes
+Each 64x64 image shows one or two shapes on a light background. A small fixed grammar describes
 it, so a small model can learn the data exactly and its scores mean something:
 
 - caption: `a red circle on the left` (`an orange ...`), or two phrases joined by `and`, in `POSITIONS` order:
@@ -16,8 +16,15 @@ repeats a shape kind, so every question has exactly one answer. Every possible s
 shuffled once by the seed; test takes the first ones, val the next, train the rest (cycling if it
 asks for more), so no val or test scene was seen in training and no two images in a split share a
 caption unless train cycles. Same seed, same bytes.
+
+Every image is drawn a little differently, as a user's own drawing would be: the background's
+tint, each colour's exact shade (this palette's, or the named colours of PIL, CSS and Paint), the
+shape's size, place and tilt, drawn at another size and scaled down (anti-aliased or not) and
+sometimes saved as a JPEG. A model trained on it answers for a shape drawn by another tool, not
+only for this generator's pixels. `draw(scene)` without a random source draws the plain image.
 """
 
+import io
 import json
 import math
 import random
@@ -51,8 +58,19 @@ PALETTE: dict[str, tuple[int, int, int]] = dict(
 )
 SHAPE_KINDS: tuple[str, ...] = _subset(SHAPES, ("circle", "square", "triangle", "star"))
 PLACES: tuple[str, ...] = _subset(POSITIONS, ("left", "right", "top", "bottom", "center"))
-DEFAULT_SIZES: dict[Split, int] = {Split.TRAIN: 2000, Split.VAL: 200, Split.TEST: 200}
+# Train: nearly every scene val and test leave (4,040), each drawn once.
+DEFAULT_SIZES: dict[Split, int] = {Split.TRAIN: 4000, Split.VAL: 200, Split.TEST: 200}
 BACKGROUND = (255, 255, 255)
+RGB = tuple[int, int, int]
+# Other shades a user's drawing tool calls by the same name: PIL's and CSS's named colour, Paint's swatch.
+SHADES: dict[str, tuple[RGB, ...]] = {
+    "red": ((255, 0, 0), (237, 28, 36)),
+    "green": ((0, 128, 0), (0, 200, 0), (34, 177, 76)),
+    "blue": ((0, 0, 255), (63, 72, 204)),
+    "yellow": ((255, 255, 0), (255, 242, 0)),
+    "purple": ((128, 0, 128), (163, 73, 164)),
+    "orange": ((255, 165, 0), (255, 127, 39)),
+}
 
 _PREPOSITIONS = {"left": "on the", "right": "on the", "top": "at the", "bottom": "at the", "center": "in the"}
 _COUNT_WORDS = ("zero", "one", "two")
@@ -60,6 +78,14 @@ _COUNT_WORDS = ("zero", "one", "two")
 # a shape spans 16 px and neighbouring shapes (left and center, say) stay 3 px apart.
 _OFFSET = 0.3
 _RADIUS = 0.125
+# How far a varied drawing strays from the plain one: radius (as a fraction of the side), centre
+# offset (likewise; neighbours still never touch), tilt in degrees, shade per channel.
+_RADIUS_RANGE = (0.085, 0.135)
+_NUDGE = 0.01
+_TILT = 20.0
+_SHADE_JITTER = 12
+_SUPERSAMPLING = (1, 2, 3, 4)  # drawn at this many times the size, then scaled down (1: aliased, as drawn)
+_RESAMPLING = (Image.Resampling.BOX, Image.Resampling.BILINEAR, Image.Resampling.BICUBIC, Image.Resampling.LANCZOS)
 
 
 @dataclass(frozen=True)
@@ -126,38 +152,100 @@ def _yes_no_question(scene: Scene, rng: random.Random) -> tuple[str, str]:
     return f"is there {_a(colour)} {shape}?", "no"
 
 
-def draw(scene: Scene, image_size: int = 64) -> Image.Image:
-    """The scene as an RGB image (no anti-aliasing: every shape pixel is exactly its colour)."""
-    image = Image.new("RGB", (image_size, image_size), BACKGROUND)
+@dataclass(frozen=True)
+class Stroke:
+    """One shape as drawn: its fill, centre and radius in pixels, and tilt in degrees."""
+
+    shape: str
+    fill: RGB
+    centre: tuple[float, float]
+    radius: float
+    tilt: float = 0.0
+
+    def scaled(self, factor: int) -> "Stroke":
+        x, y = self.centre
+        return Stroke(self.shape, self.fill, (x * factor, y * factor), self.radius * factor, self.tilt)
+
+
+def draw(scene: Scene, image_size: int = 64, rng: random.Random | None = None) -> Image.Image:
+    """The scene as an RGB image: plain without `rng` (no anti-aliasing, every shape pixel exactly
+    its colour), else varied as the module docstring says."""
+    if rng is None:
+        strokes = [Stroke(i.shape, PALETTE[i.colour], position_centre(i.position, image_size), _RADIUS * image_size)
+                   for i in scene]  # fmt: skip
+        return _render(strokes, image_size, BACKGROUND)
+    strokes = [_varied_stroke(item, image_size, rng) for item in scene]
+    image = _render(strokes, image_size, _background(rng), rng.choice(_SUPERSAMPLING), rng.choice(_RESAMPLING))
+    return _jpeg_round_trip(image, rng.randint(40, 95)) if rng.random() < 0.5 else image
+
+
+def _varied_stroke(item: Item, image_size: int, rng: random.Random) -> Stroke:
+    x, y = position_centre(item.position, image_size)
+    nudge = _NUDGE * image_size
+    centre = (x + rng.uniform(-nudge, nudge), y + rng.uniform(-nudge, nudge))
+    radius = rng.uniform(*_RADIUS_RANGE) * image_size
+    return Stroke(item.shape, _shade(item.colour, rng), centre, radius, rng.uniform(-_TILT, _TILT))
+
+
+def _shade(colour: str, rng: random.Random) -> RGB:
+    base = rng.choice((PALETTE[colour], *SHADES[colour]))
+    r, g, b = (min(255, max(0, c + rng.randint(-_SHADE_JITTER, _SHADE_JITTER))) for c in base)
+    return r, g, b
+
+
+def _background(rng: random.Random) -> RGB:
+    """White half the time, else a light tint (every channel at least 215: far lighter than any shape)."""
+    if rng.random() < 0.5:
+        return BACKGROUND
+    r, g, b = (rng.randint(215, 255) for _ in range(3))
+    return r, g, b
+
+
+def _render(
+    strokes: list[Stroke],
+    image_size: int,
+    background: RGB,
+    supersampling: int = 1,
+    resampling: Image.Resampling = Image.Resampling.BOX,
+) -> Image.Image:
+    side = image_size * supersampling
+    image = Image.new("RGB", (side, side), background)
     canvas = ImageDraw.Draw(image)
-    for item in scene:
-        _draw_item(canvas, item, position_centre(item.position, image_size), _RADIUS * image_size)
-    return image
+    for stroke in strokes:
+        _draw_stroke(canvas, stroke.scaled(supersampling))
+    return image if supersampling == 1 else image.resize((image_size, image_size), resampling)
 
 
-def _draw_item(canvas: ImageDraw.ImageDraw, item: Item, centre: tuple[float, float], radius: float) -> None:
-    x, y = centre
-    fill = PALETTE[item.colour]
-    if item.shape == "circle":
-        canvas.ellipse((x - radius, y - radius, x + radius, y + radius), fill=fill)
-    elif item.shape == "square":
-        half = radius * 0.85  # a square as wide as the circle looks larger; keep areas alike
-        canvas.rectangle((x - half, y - half, x + half, y + half), fill=fill)
-    elif item.shape == "triangle":
-        canvas.regular_polygon((x, y, radius), 3, fill=fill)
+def _draw_stroke(canvas: ImageDraw.ImageDraw, stroke: Stroke) -> None:
+    x, y = stroke.centre
+    radius = stroke.radius
+    if stroke.shape == "circle":
+        canvas.ellipse((x - radius, y - radius, x + radius, y + radius), fill=stroke.fill)
+    elif stroke.shape == "square":
+        # A square as wide as the circle looks larger; keep areas alike.
+        canvas.regular_polygon((x, y, radius * 0.85 * math.sqrt(2)), 4, rotation=stroke.tilt, fill=stroke.fill)
+    elif stroke.shape == "triangle":
+        canvas.regular_polygon((x, y, radius), 3, rotation=stroke.tilt, fill=stroke.fill)
     else:
-        canvas.polygon(_star_points(x, y, radius), fill=fill)
+        canvas.polygon(_star_points(x, y, radius, stroke.tilt), fill=stroke.fill)
 
 
-def _star_points(x: float, y: float, radius: float) -> list[tuple[float, float]]:
+def _star_points(x: float, y: float, radius: float, tilt: float = 0.0) -> list[tuple[float, float]]:
     # Five points, the inner corners at 45% of the radius: fat enough to fill at 64 px, thin
     # enough that it is not taken for a circle.
     points = []
     for k in range(10):
         r = radius if k % 2 == 0 else radius * 0.45
-        angle = -math.pi / 2 + k * math.pi / 5
+        angle = -math.pi / 2 + k * math.pi / 5 + math.radians(tilt)
         points.append((x + r * math.cos(angle), y + r * math.sin(angle)))
     return points
+
+
+def _jpeg_round_trip(image: Image.Image, quality: int) -> Image.Image:
+    """The image as a JPEG of this quality would decode: blurred edges, shifted shades."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
 
 
 def split_scenes(seed: int, sizes: dict[Split, int]) -> dict[Split, list[Scene]]:
@@ -198,21 +286,23 @@ def generate_shapes(
     options = {"seed": str(seed), "image_size": str(image_size)}
     for split, scenes in split_scenes(seed, wanted).items():
         if scenes:
-            _write_split(directory, split, scenes, random.Random(f"shapes-{seed}-{split}"), image_size)
+            _write_split(directory, split, scenes, f"shapes-{seed}-{split}", image_size)
             options |= {f"{split}_captions": f"{split}.jsonl", f"{split}_questions": f"{split}_vqa.jsonl"}
     info = DatasetInfo(name=name or directory.name, format="shapes", tasks=[], options=options)
     return register_dataset(directory, info)
 
 
-def _write_split(directory: Path, split: Split, scenes: list[Scene], rng: random.Random, image_size: int) -> None:
+def _write_split(directory: Path, split: Split, scenes: list[Scene], seed: str, image_size: int) -> None:
     (directory / "images" / split).mkdir(parents=True, exist_ok=True)
+    # Two random sources: how images are drawn may change without changing the questions.
+    question_rng, drawing_rng = random.Random(seed), random.Random(f"{seed}-drawing")
     caption_lines, question_lines = [], []
     for index, scene in enumerate(scenes):
         image_id = f"{split}-{index:05d}"
         image = f"images/{split}/{index:05d}.png"
-        draw(scene, image_size).save(directory / image, format="PNG")
+        draw(scene, image_size, drawing_rng).save(directory / image, format="PNG")
         caption_lines.append({"id": image_id, "image": image, "caption": caption(scene)})
-        for number, (question, answer) in enumerate(questions(scene, rng)):
+        for number, (question, answer) in enumerate(questions(scene, question_rng)):
             question_id = f"{image_id}-{number}"
             question_lines.append(
                 {"id": image_id, "question_id": question_id, "image": image, "question": question, "answer": answer}

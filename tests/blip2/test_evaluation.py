@@ -70,7 +70,7 @@ def test_vqa_accuracy_of_the_models_own_answers_is_perfect(t5: LoadedModel, reco
 
 def test_match_metrics_cover_both_directions(itm: LoadedModel, records: list[CaptionRecord]) -> None:
     scores = evaluate(itm, records, "match", batch_size=2)  # 5 images x 6 texts in 2 x 2 blocks
-    assert set(scores) == {f"{d}recall@{k}" for d in ("", "i2t_", "t2i_") for k in (1, 5, 10)}
+    assert set(scores) == {f"{d}recall@{k}" for d in ("", "i2t_", "t2i_") for k in (1, 5, 10)} | {"itm_accuracy"}
     assert all(0.0 <= v <= 1.0 for v in scores.values())
     assert scores["t2i_recall@5"] == scores["i2t_recall@10"] == 1.0  # only 5 images: every one is in a top 5
 

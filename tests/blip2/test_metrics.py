@@ -10,6 +10,8 @@ from blip2.metrics import (
     bleu_4,
     caption_scores,
     cider,
+    exact_match,
+    match_accuracy,
     normalize_answer,
     question_accuracy,
     retrieval_recall,
@@ -87,6 +89,13 @@ def test_caption_scores_tokenize_first() -> None:
     assert scores["cider"] == pytest.approx(0.0)  # one image: every n-gram is in every document, idf 0
 
 
+def test_exact_match_counts_captions_equal_to_a_reference_after_tokenizing() -> None:
+    refs = [["a red circle on the left"], ["a blue star at the top", "a blue star"]]
+    assert exact_match(["a red circle on the left", "a blue star"], refs) == 1.0
+    assert exact_match(["a red circle on the right", "a blue star"], refs) == 0.5
+    assert caption_scores(["A red circle, on the left!"], [refs[0]])["exact_match"] == 1.0
+
+
 def test_scorers_refuse_mismatched_inputs() -> None:
     with pytest.raises(InvalidArgument):
         bleu_4(["a"], [])
@@ -156,6 +165,19 @@ def test_retrieval_recall_on_a_hand_made_matrix() -> None:
     assert recall["t2i_recall@1"] == pytest.approx(2 / 5)
     assert recall["t2i_recall@2"] == pytest.approx(5 / 5)
     assert recall["recall@1"] == pytest.approx((1 / 3 + 2 / 5) / 2)
+
+
+def test_match_accuracy_counts_each_pair_on_the_right_side_of_one_half() -> None:
+    # 3 images, 4 texts (texts 0 and 1 describe image 0). Non-matching pairs: each text against the
+    # image after its own: texts 0, 1 -> image 1, text 2 -> image 2, text 3 -> image 0.
+    probabilities = [
+        [0.9, 0.4, 0.1, 0.7],  # text 1 misses its own image; text 3 is taken for image 0's
+        [0.2, 0.3, 0.8, 0.1],
+        [0.1, 0.1, 0.2, 0.6],
+    ]
+    assert match_accuracy(probabilities, [0, 0, 1, 2], ["a", "b", "c", "d"]) == pytest.approx(6 / 8)
+    # A text that also describes the next image makes no non-matching pair with it.
+    assert match_accuracy(probabilities, [0, 0, 1, 2], ["a", "b", "c", "a"]) == pytest.approx(6 / 7)
 
 
 def test_retrieval_recall_refuses_bad_shapes() -> None:

@@ -20,6 +20,8 @@ EXPECTED = {
     "tiny-t5": Family.T5,
     "tiny-instruct": Family.INSTRUCT,
     "tiny-itm": Family.ITM,
+    "small-opt": Family.OPT,
+    "small-itm": Family.ITM,
     "shapes-blip2": Family.OPT,
     "shapes-itm": Family.ITM,
 }
@@ -29,7 +31,7 @@ def test_every_family_users_run_is_registered() -> None:
     registry = Registry.load()
     assert {spec.name: spec.family for spec in registry.specs()} == EXPECTED
     assert registry.resolve("blip2-opt-2.7b").checkpoint == "Salesforce/blip2-opt-2.7b"
-    assert registry.resolve("tiny-itm").tiny
+    assert registry.resolve("tiny-itm").tiny and registry.resolve("small-opt").tiny
 
 
 def test_family_templates_follow_blip2() -> None:

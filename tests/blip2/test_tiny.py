@@ -1,14 +1,16 @@
-"""Tiny checkpoints: the real Hugging Face format, deterministic, loadable by plain transformers."""
+"""Tiny and small checkpoints: the real Hugging Face format, deterministic, loadable by plain transformers."""
 
 import hashlib
 import json
+import random
 from pathlib import Path
 
 import pytest
 from transformers import AutoModelForImageTextToText, AutoProcessor, Blip2ForImageTextRetrieval
 
+from blip2.data.shapes import all_scenes, caption, questions
 from blip2.errors import InvalidArgument
-from blip2.tiny import TINY_NAMES, build_tiny_checkpoint, checkpoint_dir, ensure_tiny_checkpoint
+from blip2.tiny import SMALL, SMALL_NAMES, TINY_NAMES, build_tiny_checkpoint, checkpoint_dir, ensure_tiny_checkpoint
 
 FILES = {"config.json", "model.safetensors", "processor_config.json", "tokenizer.json", "tokenizer_config.json"}
 
@@ -68,6 +70,44 @@ def test_ensure_builds_once_and_replaces_a_half_build(tmp_path: Path) -> None:
 def test_unknown_tiny_name_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgument, match="tiny-opt"):
         build_tiny_checkpoint("tiny-gpt", tmp_path / "x")
+
+
+@pytest.fixture(scope="module")
+def small_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    data_dir = tmp_path_factory.mktemp("small")
+    for name in SMALL_NAMES:
+        ensure_tiny_checkpoint(name, data_dir)
+    return data_dir
+
+
+def test_small_checkpoints_load_in_plain_transformers_at_their_size(small_data_dir: Path) -> None:
+    import torch
+
+    captioner = AutoModelForImageTextToText.from_pretrained(checkpoint_dir(small_data_dir, "small-opt"))
+    matcher = Blip2ForImageTextRetrieval.from_pretrained(checkpoint_dir(small_data_dir, "small-itm"))
+    for model in (captioner, matcher):
+        vision = model.config.vision_config
+        assert (vision.hidden_size, vision.num_hidden_layers, vision.patch_size) == (
+            SMALL.width,
+            SMALL.vision_layers,
+            SMALL.patch_size,
+        )
+        assert model.config.num_query_tokens == SMALL.query_tokens
+        assert min(m.in_features for m in model.modules() if isinstance(m, torch.nn.Linear)) >= 64
+    processor = AutoProcessor.from_pretrained(checkpoint_dir(small_data_dir, "small-opt"))
+    assert processor.num_query_tokens == captioner.config.num_query_tokens
+
+
+@pytest.mark.parametrize("name", SMALL_NAMES)
+def test_small_tokenizers_write_every_word_of_the_shapes_grammar_as_one_token(small_data_dir: Path, name: str) -> None:
+    """A model that writes " yes" in two pieces can stop after the first: "ye"."""
+    tokenizer = AutoProcessor.from_pretrained(checkpoint_dir(small_data_dir, name)).tokenizer
+    scenes = all_scenes()[::50]
+    for text in [caption(scene) for scene in scenes]:
+        assert len(tokenizer(text, add_special_tokens=False)["input_ids"]) == len(text.split()), text
+    answers = {a for scene in scenes for _, a in questions(scene, random.Random(0))}
+    for answer in answers:  # written after the prompt, as a new word
+        assert len(tokenizer(f" {answer}", add_special_tokens=False)["input_ids"]) == 1, answer
 
 
 def _sha(path: Path) -> str:

@@ -24,6 +24,7 @@ from blip2.training import (
     encode_lm_batch,
     lr_at,
     make_examples,
+    start_from,
     train,
 )
 
@@ -234,7 +235,7 @@ def test_saved_model_loads_captions_and_has_its_report(
         output_dir=tmp_path / "model", work_dir=tmp_path / "work", on_progress=progress.append,
     )  # fmt: skip
     assert result.output_dir == tmp_path / "model"
-    assert set(result.metrics) == {"bleu_4", "cider"}
+    assert set(result.metrics) == {"bleu_4", "cider", "exact_match"}
     assert json.loads((tmp_path / "model" / "metrics.json").read_text()) == result.metrics
     assert (tmp_path / "model" / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert progress[1].val_loss is not None and progress[0].val_loss is None
@@ -272,3 +273,22 @@ def test_data_order_is_a_permutation_per_epoch_and_depends_only_on_the_seed() ->
     assert DataOrder(n=5, batch_size=2, seed=4).batch(0) != order.batch(0) or DataOrder(5, 2, 4).batch(
         1
     ) != order.batch(1)
+
+
+def test_a_generating_model_starts_from_a_retrieval_model_s_vision_and_q_former(tiny_data_dir: Path) -> None:
+    """BLIP-2's second stage: the vision encoder, query tokens and Q-Former come from the first."""
+    captioner, matcher = fresh("tiny-opt", tiny_data_dir), fresh("tiny-itm", tiny_data_dir)
+    with torch.no_grad():
+        for parameter in matcher.model.parameters():
+            parameter.add_(1.0)  # as if trained: no longer what the captioner was built with
+    language_model = captioner.model.language_model.state_dict()
+    assert start_from(captioner, matcher) > 0
+    ours, theirs = captioner.model.state_dict(), matcher.model.state_dict()
+    for name in ("vision_model.embeddings.patch_embedding.weight", "query_tokens", "qformer.layernorm.weight"):
+        assert torch.equal(ours[name], theirs[name]), name
+    assert all(torch.equal(v, captioner.model.language_model.state_dict()[k]) for k, v in language_model.items())
+
+
+def test_starting_from_a_model_with_nothing_in_common_is_refused(tiny_data_dir: Path) -> None:
+    with pytest.raises(InvalidArgument, match="no llm weights"):
+        start_from(fresh("tiny-opt", tiny_data_dir), fresh("tiny-itm", tiny_data_dir), components=("llm",))

@@ -53,7 +53,7 @@ def test_instruct_embed_and_match_print_lines(tiny_data_dir: Path, photo_files: 
     instructed = run(["instruct", image, "--instruction", "Describe it.", "--max-new-tokens", "4"], tiny_data_dir)
     assert instructed.returncode == 0 and instructed.stdout.startswith(image + ": ")
     embedded = run(["embed", "--text", "a cat", "--text", "a dog", "--mode", "text"], tiny_data_dir)
-    assert embedded.returncode == 0 and embedded.stdout.count("dim=64") == 2
+    assert embedded.returncode == 0 and embedded.stdout.count("dim=128") == 2  # shapes-itm, built on small-itm
     matched = run(["match", image, "--text", "an astronaut", "--text", "a cat", "--json"], tiny_data_dir)
     scores = json.loads(matched.stdout)["results"][0]["scores"]
     assert sorted(s["label"] for s in scores) == ["a cat", "an astronaut"]

@@ -74,7 +74,7 @@ def test_manifest_entries_are_well_formed() -> None:
 def test_fetch_shapes_generates_once(tmp_path: Path) -> None:
     info = fetch_dataset("shapes", tmp_path)
     assert (info.name, info.format, info.options["source"]) == ("shapes", "shapes", "manifest:shapes")
-    assert info.splits == {"train": 2000, "val": 200, "test": 200}
+    assert info.splits == {"train": 4000, "val": 200, "test": 200}
     assert len(load_dataset(tmp_path, "shapes").captions(Split.TEST)) == 200
     stamp = (tmp_path / "datasets/shapes/dataset.json").stat().st_mtime_ns
     assert fetch_dataset("shapes", tmp_path) == info  # already there: nothing is redone

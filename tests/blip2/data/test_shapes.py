@@ -14,10 +14,12 @@ from blip2.data.shapes import (
     BACKGROUND,
     PALETTE,
     PLACES,
+    SHADES,
     SHAPE_KINDS,
     Item,
     Scene,
     all_scenes,
+    draw,
     generate_shapes,
     position_centre,
     split_scenes,
@@ -62,14 +64,14 @@ def test_default_generation_is_fast_and_sized(tmp_path: Path) -> None:
     assert time.thread_time() - started < 10
     assert info.format == "shapes"
     assert info.tasks == ["caption", "vqa", "match"]
-    assert info.splits == {"train": 2000, "val": 200, "test": 200}
+    assert info.splits == {"train": 4000, "val": 200, "test": 200}
     dataset = open_dataset(tmp_path / "shapes")
     captions = {split: [r.captions[0] for r in dataset.captions(split)] for split in Split}
     # Held-out scenes are new: no val or test caption appears in train, and none repeats in a split.
     assert not set(captions[Split.TEST]) & set(captions[Split.TRAIN])
     assert not set(captions[Split.VAL]) & set(captions[Split.TRAIN])
     assert len(set(captions[Split.TEST])) == 200
-    assert len(dataset.questions(Split.TRAIN)) > 2000 * 5
+    assert len(dataset.questions(Split.TRAIN)) > 4000 * 5
 
 
 def test_vocabulary_is_the_corpus(small: Path) -> None:
@@ -84,7 +86,19 @@ def test_vocabulary_is_the_corpus(small: Path) -> None:
     assert {w for r in open_dataset(small).questions(Split.TRAIN) for w in r.answers} <= known
 
 
-def test_captions_describe_the_pixels(small: Path) -> None:
+def test_plain_drawings_show_each_shape_in_its_colour_and_place() -> None:
+    for scene in all_scenes()[::37]:
+        image = draw(scene)
+        for place in PLACES:
+            drawn = [item for item in scene if item.position == place]
+            assert _pixel(image, place, 0, 0) == (PALETTE[drawn[0].colour] if drawn else BACKGROUND), (scene, place)
+            if drawn:
+                assert _shape_at(image, place) == drawn[0].shape, scene
+
+
+def test_captions_describe_the_varied_pixels(small: Path) -> None:
+    """However an image was varied, each named place's centre shows a shade of the named colour
+    (nearer to it than to any other colour's shades), and an empty place shows a light background."""
     dataset = open_dataset(small)
     for split in Split:
         for record in dataset.captions(split):
@@ -94,9 +108,16 @@ def test_captions_describe_the_pixels(small: Path) -> None:
             for place in PLACES:
                 drawn = [item for item in scene if item.position == place]
                 centre = _pixel(image, place, 0, 0)
-                assert centre == (PALETTE[drawn[0].colour] if drawn else BACKGROUND), (record.captions, place)
                 if drawn:
-                    assert _shape_at(image, place) == drawn[0].shape, record.captions
+                    assert _nearest_colour(centre) == drawn[0].colour, (record.captions, place, centre)
+                else:
+                    assert min(centre) > 180, (record.captions, place, centre)
+
+
+def test_varied_drawings_differ_from_image_to_image(small: Path) -> None:
+    dataset = open_dataset(small)
+    backgrounds = {Image.open(r.image_path).convert("RGB").getpixel((0, 0)) for r in dataset.captions(Split.TRAIN)}
+    assert len(backgrounds) > 5 and BACKGROUND in backgrounds
 
 
 def test_answers_follow_from_the_scene(small: Path) -> None:
@@ -146,6 +167,11 @@ def _pixel(image: Image.Image, place: str, dx: float, dy: float) -> tuple[int, .
     x, y = position_centre(place, image.width)
     radius = image.width / 8
     return tuple(image.getpixel((round(x + dx * radius), round(y + dy * radius))))  # type: ignore[arg-type]
+
+
+def _nearest_colour(rgb: tuple[int, ...]) -> str:
+    shades = [(name, shade) for name in PALETTE for shade in (PALETTE[name], *SHADES[name])]
+    return min(shades, key=lambda pair: sum((a - b) ** 2 for a, b in zip(rgb, pair[1], strict=True)))[0]
 
 
 def _shape_at(image: Image.Image, place: str) -> str:
