@@ -310,15 +310,15 @@ def _model_name(ctx: Submission, request: JobCreateBase) -> str:
     return "" if request.kind == JobKind.DOWNLOAD else request.model or ctx.settings.BLIP2_DEFAULT_MODEL
 
 
-def _resolve_target(session: Session, registry: Registry, tenant: str, name: str) -> _Target:
+def _resolve_target(session: Session, registry: Registry, tenant: str, name: str, field: str = "model") -> _Target:
     """The job's model for the tenant: a registry name, a hub id, or one of the tenant's trained models
-    ("" for a download, which names none)."""
+    ("" for a download, which names none). Never a path on the server's disk: it may be another tenant's."""
     if not name:
         return _Target("", None, "")
     resolved = resolve_trained(session, registry, name, tenant)
     if not resolved.names_or_hub_id(name):
         known = ", ".join(sorted(spec.name for spec in registry.specs()))
-        raise ModelNotFound(f"unknown model {name!r} (known: {known}; or a hub id)", field="model")
+        raise ModelNotFound(f"unknown model {name!r} (known: {known}; or a hub id)", field=field)
     return _Target(name, resolved.resolve(name), "" if registry.is_known(name) else tenant)
 
 
@@ -330,6 +330,9 @@ def _check_request(session: Session, ctx: Submission, tenant: str, request: JobC
         _check_model_fits(target.spec, JobKind(request.kind), job_input)
     if isinstance(job_input, TrainInput | EvaluateInput) and get_dataset(session, tenant, job_input.dataset) is None:
         raise DatasetNotFound(f"no dataset named {job_input.dataset!r}; download it first", field="input.dataset")
+    if isinstance(job_input, TrainInput) and job_input.start_from is not None:
+        # Named by the client like the job's model, so resolved by the same rules (no paths).
+        _resolve_target(session, ctx.registry, tenant, job_input.start_from, field="input.start_from")
     if isinstance(job_input, TrainInput):
         name = job_input.output_model
         if ctx.registry.is_known(name) or get_trained_model(session, tenant, name) is not None:

@@ -108,3 +108,27 @@ def test_local_paths_are_not_models_over_http(client: TestClient, tiny_data_dir:
     path = str(next(p for p in tiny_data_dir.rglob("config.json")).parent)
     response = client.post("/v1/jobs", json={"kind": "caption", "model": path, "input": {"image_id": upload(client)}})
     assert without_ids(response) == (422, "model_not_found")
+
+
+@pytest.mark.parametrize("start_from", ["local-path", "no-such-model", "theirs"])
+def test_a_training_starts_only_from_a_model_the_tenant_may_name(
+    client: TestClient, other: TestClient, sessions: SessionFactory, tiny_data_dir: Any, start_from: str
+) -> None:
+    """`start_from` loads weights like `model` does: no paths on the server's disk, no other tenant's models."""
+    with session_scope(sessions) as session:
+        session.execute(Dataset.__table__.delete())
+        session.execute(TrainedModel.__table__.delete())
+        session.add(Dataset(tenant=TENANT, name="shapes-mine", format="shapes", path="/nowhere", tasks=["caption"],
+                            splits={"train": 1}, source="test"))  # fmt: skip
+        session.add(TrainedModel(tenant=OTHER_TENANT, name="theirs", family="itm", path="/nowhere",
+                                 base_model="tiny-itm", task="match", dataset="x", metrics={}))  # fmt: skip
+    named = {"local-path": str(next(p for p in tiny_data_dir.rglob("config.json")).parent)}.get(start_from, start_from)
+    train = {"kind": "train", "model": "tiny-opt", "input": {"dataset": "shapes-mine", "output_model": "x"}}
+    response = client.post("/v1/jobs", json=train | {"input": train["input"] | {"start_from": named}})
+    assert response.status_code == 422, response.text
+    assert (response.json()["error"]["code"], response.json()["error"]["field"]) == (
+        "model_not_found",
+        "input.start_from",
+    )
+    allowed = client.post("/v1/jobs", json=train | {"input": train["input"] | {"start_from": "tiny-itm"}})
+    assert allowed.status_code == 202, allowed.text
