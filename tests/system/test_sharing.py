@@ -9,6 +9,7 @@ worker serves a model name of its own (a registry file maps each to the tiny-opt
 own queue, so no other worker takes these jobs.
 """
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -24,6 +25,7 @@ from blip2.registry import Registry
 from jobs.broker import Dispatcher, JobMessage
 from jobs.catalog import save_trained_model
 from jobs.db import SessionFactory, session_scope
+from jobs.errors import JobNotCancelable
 from jobs.fair_share import set_tenant_weight
 from jobs.image_store import store_image
 from jobs.kinds import JobKind
@@ -110,7 +112,8 @@ def cancel_the_rest(sessions: SessionFactory, ids: list[UUID]) -> None:
     with session_scope(sessions) as session:
         queued = session.scalars(select(Job).where(Job.id.in_(ids), Job.status == JobStatus.QUEUED))
         for job in list(queued):
-            cancel_job(session, job.id, job.tenant)
+            with contextlib.suppress(JobNotCancelable):  # the worker ran it since the read: nothing to cancel
+                cancel_job(session, job.id, job.tenant)
 
 
 # ---- fair share -----------------------------------------------------------------------------
