@@ -75,16 +75,21 @@ def test_idempotency_keys_are_per_tenant(client: TestClient, other: TestClient) 
     assert mine.json()["id"] != theirs.json()["id"]
 
 
-def test_datasets_and_trained_models_belong_to_their_tenant(
-    client: TestClient, other: TestClient, sessions: SessionFactory
-) -> None:
+def catalog(sessions: SessionFactory, *models: TrainedModel) -> None:
+    """No datasets or trained models but the test tenant's dataset `shapes-mine` and `models`."""
     with session_scope(sessions) as session:
         session.execute(Dataset.__table__.delete())
         session.execute(TrainedModel.__table__.delete())
         session.add(Dataset(tenant=TENANT, name="shapes-mine", format="shapes", path="/nowhere", tasks=["caption"],
                             splits={"train": 1}, source="test"))  # fmt: skip
-        session.add(TrainedModel(tenant=TENANT, name="mine", family="opt", path="/nowhere", base_model="tiny-opt",
-                                 task="caption", dataset="shapes-mine", metrics={}))  # fmt: skip
+        session.add_all(models)
+
+
+def test_datasets_and_trained_models_belong_to_their_tenant(
+    client: TestClient, other: TestClient, sessions: SessionFactory
+) -> None:
+    catalog(sessions, TrainedModel(tenant=TENANT, name="mine", family="opt", path="/nowhere", base_model="tiny-opt",
+                                   task="caption", dataset="shapes-mine", metrics={}))  # fmt: skip
     assert [d["name"] for d in client.get("/v1/datasets").json()["data"]] == ["shapes-mine"]
     assert other.get("/v1/datasets").json()["data"] == []
     assert "mine" in [m["name"] for m in client.get("/v1/models").json()["data"]]
@@ -115,13 +120,8 @@ def test_a_training_starts_only_from_a_model_the_tenant_may_name(
     client: TestClient, other: TestClient, sessions: SessionFactory, tiny_data_dir: Any, start_from: str
 ) -> None:
     """`start_from` loads weights like `model` does: no paths on the server's disk, no other tenant's models."""
-    with session_scope(sessions) as session:
-        session.execute(Dataset.__table__.delete())
-        session.execute(TrainedModel.__table__.delete())
-        session.add(Dataset(tenant=TENANT, name="shapes-mine", format="shapes", path="/nowhere", tasks=["caption"],
-                            splits={"train": 1}, source="test"))  # fmt: skip
-        session.add(TrainedModel(tenant=OTHER_TENANT, name="theirs", family="itm", path="/nowhere",
-                                 base_model="tiny-itm", task="match", dataset="x", metrics={}))  # fmt: skip
+    catalog(sessions, TrainedModel(tenant=OTHER_TENANT, name="theirs", family="itm", path="/nowhere",
+                                   base_model="tiny-itm", task="match", dataset="x", metrics={}))  # fmt: skip
     named = {"local-path": str(next(p for p in tiny_data_dir.rglob("config.json")).parent)}.get(start_from, start_from)
     train = {"kind": "train", "model": "tiny-opt", "input": {"dataset": "shapes-mine", "output_model": "x"}}
     response = client.post("/v1/jobs", json=train | {"input": train["input"] | {"start_from": named}})
