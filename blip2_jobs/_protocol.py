@@ -31,6 +31,9 @@ from jobs.schemas import (
     JobsPublic,
 )
 
+DEFAULT_TIMEOUT_S = 60.0
+DEFAULT_MAX_RETRIES = 8
+DEFAULT_BATCH_CHUNK = 100  # the server's default MAX_JOBS_PER_BATCH
 LONG_POLL_S = 30.0  # the server's ceiling for ?wait=
 RETRY_STATUSES = frozenset({429, 503})
 _JOB = TypeAdapter(JobPublic)

@@ -8,13 +8,10 @@ from uuid import UUID
 import httpx
 
 from blip2_jobs import _protocol as protocol
-from blip2_jobs._protocol import BatchJob, Call, Flow
+from blip2_jobs._protocol import DEFAULT_BATCH_CHUNK, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_S, BatchJob, Call, Flow
 from jobs.schemas import ImagePublic, JobCreateBase, JobPublicBase, JobsBatchPublic, JobsPublic
 
 T = TypeVar("T")
-DEFAULT_TIMEOUT_S = 60.0
-DEFAULT_MAX_RETRIES = 8
-DEFAULT_BATCH_CHUNK = 100  # the server's default MAX_JOBS_PER_BATCH
 
 
 class Client:
