@@ -18,6 +18,8 @@ from jobs.settings import JOBS_PER_BATCH_CEILING
 from jobs.status import JobStatus, Priority
 
 WEBHOOK_URL_PATTERN = r"^https?://"
+# An Idempotency-Key is stored as text: no control characters (Postgres refuses NUL in text).
+IDEMPOTENCY_KEY_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 WEBHOOK_URL_LENGTH = 2000  # as the column (jobs/models.py, which this module may not import)
 
 if TYPE_CHECKING:
@@ -232,7 +234,7 @@ class JobsBatchItem(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255, pattern=IDEMPOTENCY_KEY_PATTERN)
     job: JobCreate
 
 

@@ -15,6 +15,7 @@ from api.responses import COMMON_ERRORS, error_responses
 from jobs.kinds import JobKind
 from jobs.repository import cancel_job, get_job, list_jobs
 from jobs.schemas import (
+    IDEMPOTENCY_KEY_PATTERN,
     JobCreate,
     JobPublic,
     JobsBatchCreate,
@@ -35,7 +36,13 @@ router = APIRouter(
 
 IdempotencyKeyHeader = Annotated[
     str | None,
-    Header(alias="Idempotency-Key", min_length=1, max_length=255, description="Same key, same job."),
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        pattern=IDEMPOTENCY_KEY_PATTERN,
+        description="Same key, same job.",
+    ),
 ]
 WaitQuery = Annotated[float, Query(ge=0, description="Wait up to this many seconds (at most 30) for a result.")]
 

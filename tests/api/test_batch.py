@@ -85,6 +85,19 @@ def test_one_key_twice_in_a_batch(client: TestClient, image_id: str, sessions: S
     assert job_count(sessions) == 1
 
 
+def test_an_idempotency_key_with_control_characters_is_refused(
+    client: TestClient, image_id: str, sessions: SessionFactory
+) -> None:
+    """Found by schemathesis: a NUL in a batch item's key reached Postgres, which refuses it in text (a 500)."""
+    response = batch(client, {"idempotency_key": "\x00", "job": caption(image_id)})
+    assert response.status_code == 422
+    assert (response.json()["error"]["code"], response.json()["error"]["field"]) == (
+        "invalid_request",
+        "jobs.0.idempotency_key",
+    )
+    assert job_count(sessions) == 0
+
+
 def test_a_batch_is_bounded(settings: Settings, api_key: str, empty_tables: None) -> None:
     small = settings.model_copy(update={"MAX_JOBS_PER_BATCH": 2})
     with TestClient(create_app(small), headers=bearer(api_key)) as client:
