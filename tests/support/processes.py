@@ -3,7 +3,7 @@
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -34,8 +34,11 @@ def wait_for_log(log: Path, needle: str, process: subprocess.Popen[bytes], timeo
     raise TimeoutError(f"no {needle!r} after {timeout_s} s:\n{log.read_text(errors='replace')[-4000:]}")
 
 
-def wait_for_cpu_work(process: psutil.Process, cpu_s: float, timeout_s: float = 120) -> None:
-    """Wait until the main thread of `process` has done `cpu_s` more seconds of CPU work than now.
+def wait_for_cpu_work(
+    process: psutil.Process, cpu_s: float, timeout_s: float = 120, unless: Callable[[], bool] | None = None
+) -> None:
+    """Wait until the main thread of `process` has done `cpu_s` more seconds of CPU work than now,
+    or until `unless()` holds (checked each time round, when given).
 
     A job's process that has computed that long since it was seen claiming its job is past its
     database reads and into its model work, however loaded the machine: CPU time, unlike wall
@@ -44,6 +47,8 @@ def wait_for_cpu_work(process: psutil.Process, cpu_s: float, timeout_s: float = 
     start = _main_thread_cpu_s(process)
     deadline = time.monotonic() + timeout_s
     while _main_thread_cpu_s(process) - start < cpu_s:
+        if unless is not None and unless():
+            return
         if time.monotonic() > deadline:
             raise TimeoutError(f"process {process.pid} did not compute for {cpu_s} s within {timeout_s} s")
         time.sleep(0.01)
