@@ -208,17 +208,22 @@ def caught_running(stack: Stack) -> Iterator[tuple[UUID, list[UUID]]]:
     """
     earlier: list[UUID] = []
     for _ in range(3):
-        [job_id] = submit(stack, 1, SLOW)
-        wait_until(lambda: status_of(stack, job_id) != "queued", "the slow job claimed", interval_s=0.02)
-        [pool] = psutil.Process(stack.worker.pid).children()
-        # Past reading its image, into the model work (or already done with it).
-        wait_for_cpu_work(pool, 0.1, unless=lambda: status_of(stack, job_id) != "running")
+        job_id = slow_job_in_its_model_work(stack)
         with paused_pool(stack.worker):
             if status_of(stack, job_id) == "running":
                 yield job_id, earlier
                 return
         earlier.append(job_id)  # it finished before the pause: try another
     raise AssertionError("three slow jobs in a row finished before the worker could be paused")
+
+
+def slow_job_in_its_model_work(stack: Stack) -> UUID:
+    """A slow job submitted, seen claimed, and past reading its image (or already done with it)."""
+    [job_id] = submit(stack, 1, SLOW)
+    wait_until(lambda: status_of(stack, job_id) != "queued", "the slow job claimed", interval_s=0.02)
+    [pool] = psutil.Process(stack.worker.pid).children()
+    wait_for_cpu_work(pool, 0.1, unless=lambda: status_of(stack, job_id) != "running")
+    return job_id
 
 
 def assert_database_unavailable(stack: Stack, job_id: UUID) -> None:
