@@ -16,6 +16,7 @@ notification lost in a reconnect delays an answer by seconds, never forever.
 import asyncio
 import contextlib
 import logging
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from uuid import UUID
 
@@ -31,6 +32,10 @@ KEY_CHANNEL = "api_key_changes"
 FALLBACK_POLL_S = 0.5  # while the listener is not connected
 SAFETY_POLL_S = 5.0  # while it is
 _MAX_BACKOFF_S = 5.0
+# How many of the latest terminal notifications are remembered, for a waiter that subscribes just
+# after its job may have ended (a submission that then waits on its job): seconds of history at any
+# throughput the API takes, for a few hundred kilobytes.
+_FINISHED_REMEMBERED = 8192
 _TERMINAL = frozenset(status.value for status in JobStatus if status.is_terminal)
 
 
@@ -40,23 +45,31 @@ class JobEvents:
     def __init__(self, database_url: str | None, keys: KeyCache | None = None) -> None:
         self._url = database_url
         self._keys = keys if keys is not None else KeyCache()
-        self._waiters: dict[UUID, set[asyncio.Event]] = {}
+        # Each watched job's waiters: their event, and whether only its end wakes them.
+        self._waiters: dict[UUID, dict[asyncio.Event, bool]] = {}
+        self._finished: OrderedDict[UUID, None] = OrderedDict()
         self.connected = False
         # Set whenever any job becomes terminal: wakes the webhook deliverer (api/main.py).
         self.finished = asyncio.Event()
 
     @contextlib.asynccontextmanager
-    async def watching(self, job_id: UUID) -> AsyncIterator[asyncio.Event]:
-        """An event set whenever the job changes; enter it before reading the job, so no change is missed."""
+    async def watching(self, job_id: UUID, *, ends_only: bool = False) -> AsyncIterator[asyncio.Event]:
+        """An event set whenever the job changes (`ends_only`: when it reaches a terminal status, as
+        a long-poll waits for); enter it before reading the job, so no change is missed."""
         event = asyncio.Event()
-        self._waiters.setdefault(job_id, set()).add(event)
+        self._waiters.setdefault(job_id, {})[event] = ends_only
         try:
             yield event
         finally:
-            waiters = self._waiters.get(job_id, set())
-            waiters.discard(event)
+            waiters = self._waiters.get(job_id, {})
+            waiters.pop(event, None)
             if not waiters:
                 self._waiters.pop(job_id, None)
+
+    def ended_lately(self, job_id: UUID) -> bool:
+        """Whether a notification said the job ended, among the latest this process heard; False while
+        the listener is down (nothing is heard then)."""
+        return job_id in self._finished
 
     async def changed(self, event: asyncio.Event, timeout_s: float) -> None:
         """Wait until `event` is set or `timeout_s` (shorter while the listener is down) has passed; clear it."""
@@ -97,15 +110,23 @@ class JobEvents:
                     self._wake(notice.payload)
 
     def _wake(self, payload: str) -> None:
-        job_id, _, status = payload.partition(" ")
+        job_id_text, _, status = payload.partition(" ")
         try:
-            waiters = self._waiters.get(UUID(job_id), ())
+            job_id = UUID(job_id_text)
         except ValueError:
             return
-        for event in waiters:
-            event.set()
-        if status in _TERMINAL:
+        ended = status in _TERMINAL
+        for event, ends_only in self._waiters.get(job_id, {}).items():
+            if ended or not ends_only:
+                event.set()
+        if ended:
+            self._remember_finished(job_id)
             self.finished.set()
+
+    def _remember_finished(self, job_id: UUID) -> None:
+        self._finished[job_id] = None
+        if len(self._finished) > _FINISHED_REMEMBERED:
+            self._finished.popitem(last=False)
 
     def _wake_all(self) -> None:
         for waiters in self._waiters.values():

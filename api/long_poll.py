@@ -23,11 +23,20 @@ def _read(sessions: SessionFactory, job_id: UUID, tenant: str) -> Job:
         return get_job(session, job_id, tenant)
 
 
-async def wait_for_job(events: JobEvents, sessions: SessionFactory, job_id: UUID, tenant: str, wait_s: float) -> Job:
-    """The tenant's job once it is terminal, or as it is after `wait_s` seconds (JobNotFound at once if unknown)."""
+async def wait_for_job(
+    events: JobEvents, sessions: SessionFactory, job_id: UUID, tenant: str, wait_s: float, known: Job | None = None
+) -> Job:
+    """The tenant's job once it is terminal, or as it is after `wait_s` seconds (JobNotFound at once if unknown).
+
+    `known`: the job as the caller has just read or written it, so it is read again only once it ends
+    (or the wait is over); a notification that it ended, heard before this subscribed, counts.
+    """
     deadline = time.monotonic() + wait_s
-    async with events.watching(job_id) as changed:
-        job = await run_in_threadpool(_read, sessions, job_id, tenant)
+    async with events.watching(job_id, ends_only=True) as changed:
+        if known is None or events.ended_lately(job_id):
+            job = await run_in_threadpool(_read, sessions, job_id, tenant)
+        else:
+            job = known
         while not job.status.is_terminal and (left := deadline - time.monotonic()) > 0:
             await events.changed(changed, left)
             job = await run_in_threadpool(_read, sessions, job_id, tenant)

@@ -136,10 +136,25 @@ def get_image(image_id: UUID) -> Flow[ImagePublic]:
     return ImagePublic.model_validate_json(checked((yield Call("GET", f"/v1/images/{image_id}"))).content)
 
 
-def submit(request: JobCreateBase, idempotency_key: str | None) -> Flow[JobPublicBase]:
+def submit(request: JobCreateBase, idempotency_key: str | None, wait_s: float = 0.0) -> Flow[JobPublicBase]:
+    """Queue the job; with `wait_s`, the server answers once it has finished or after `wait_s` (at most 30 s)."""
     headers = {} if idempotency_key is None else {"Idempotency-Key": idempotency_key}
-    call = Call("POST", "/v1/jobs", json_body=_request_json(request), headers=headers)
+    if wait_s > 0:
+        headers["Prefer"] = f"wait={min(wait_s, LONG_POLL_S):g}"
+    timeout_s = wait_s + 30 if wait_s > 0 else None
+    call = Call("POST", "/v1/jobs", json_body=_request_json(request), headers=headers, timeout_s=timeout_s)
     return _JOB.validate_json(checked((yield call)).content)
+
+
+def run(request: JobCreateBase, idempotency_key: str | None, timeout_s: float | None) -> Flow[JobPublicBase]:
+    """Submit the job and return it finished: the submission itself waits (`Prefer: wait`), and a job
+    that outlasts it is long-polled; WaitTimedOut after `timeout_s`."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    job = yield from submit(request, idempotency_key, LONG_POLL_S if timeout_s is None else min(LONG_POLL_S, timeout_s))
+    if job.status.is_terminal:
+        return job
+    left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+    return (yield from wait(job.id, left))
 
 
 def submit_many(jobs: Sequence[BatchJob], chunk: int) -> Flow[JobsBatchPublic]:

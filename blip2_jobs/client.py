@@ -41,6 +41,13 @@ class Client:
         """Queue a job; the same Idempotency-Key again returns the first job instead of making another."""
         return self._run(protocol.submit(request, idempotency_key))
 
+    def run(
+        self, request: JobCreateBase, idempotency_key: str | None = None, timeout_s: float | None = None
+    ) -> JobPublicBase:
+        """Submit a job and return it once it has finished, in one request when it finishes within 30 s
+        (`Prefer: wait`), long-polling after that; WaitTimedOut after `timeout_s`, if given."""
+        return self._run(protocol.run(request, idempotency_key, timeout_s))
+
     def submit_many(self, jobs: Sequence[BatchJob], chunk: int = DEFAULT_BATCH_CHUNK) -> JobsBatchPublic:
         """Queue many jobs through the batch endpoint; one result (job or error) per job, in order."""
         return self._run(protocol.submit_many(jobs, chunk))

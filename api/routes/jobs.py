@@ -7,10 +7,12 @@ from uuid import UUID
 
 from fastapi import APIRouter, Body, Depends, Header, Query, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
+from starlette.concurrency import run_in_threadpool
 
 from api.deps import ContextDep, CurrentPrincipal, SessionDep, SubmissionDep, get_principal
 from api.errors import error_detail, status_for
 from api.long_poll import follow_job, wait_for_job
+from api.preferences import PreferHeader, preferred_wait_s
 from api.responses import COMMON_ERRORS, error_responses
 from jobs.kinds import JobKind
 from jobs.repository import cancel_job, get_job, list_jobs
@@ -58,21 +60,32 @@ _JOB_LINKS = {
     "",
     status_code=202,
     operation_id="create_job",
-    responses=error_responses(409, 413, 415),
+    responses=error_responses(409, 413, 415)
+    | {201: {"description": "With `Prefer: wait=N`: the job, finished within the wait.", "model": JobPublic}},
     openapi_extra={"responses": {"202": {"links": _JOB_LINKS}}},
 )
-def create_job(
+async def create_job(
     body: Annotated[JobCreate, Body()],
     submission: SubmissionDep,
-    session: SessionDep,
+    context: ContextDep,
     principal: CurrentPrincipal,
     response: Response,
     idempotency_key: IdempotencyKeyHeader = None,
+    prefer: PreferHeader = None,
 ) -> JobPublic:
-    """Queue a job; 202 with the job and its Location. A repeated Idempotency-Key returns the first job."""
-    submitted = submit_job(submission, principal.tenant, body, idempotency_key, session=session)
-    response.headers["Location"] = f"/v1/jobs/{submitted.job.id}"
-    return job_public(submitted.job)
+    """Queue a job; 202 with the job and its Location. A repeated Idempotency-Key returns the first job.
+
+    With `Prefer: wait=N` (RFC 7240; N at most 30), answers once the job has finished, 201 with its
+    result, or after N seconds, 202 with the job as it is then: a submission and its long-poll in one request.
+    """
+    submitted = await run_in_threadpool(submit_job, submission, principal.tenant, body, idempotency_key)
+    job = submitted.job
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    if (wait_s := preferred_wait_s(prefer, context.settings.LONG_POLL_MAX_S)) is not None:
+        response.headers["Preference-Applied"] = f"wait={wait_s:g}"
+        job = await wait_for_job(context.events, context.sessions, job.id, principal.tenant, wait_s, known=job)
+        response.status_code = 201 if job.status.is_terminal else 202
+    return job_public(job)
 
 
 @router.post(":batch", operation_id="create_jobs", responses=error_responses(413))

@@ -211,3 +211,55 @@ def test_long_poll_gives_up_after_wait(client: TestClient, image_id: str) -> Non
     assert elapsed >= 0.5, "the long poll did not wait"
     assert elapsed < 20, "the long poll waited past the wait asked for, as if for the longest (30 s)"
     assert client.get(f"/v1/jobs/{job['id']}", params={"wait": -1}).status_code == 422
+
+
+def test_prefer_wait_answers_the_finished_job_in_the_submission(
+    client: TestClient, image_id: str, sessions: SessionFactory
+) -> None:
+    body = {"kind": "caption", "input": {"image_id": image_id}}
+    done = threading.Event()
+
+    def finish_once_queued() -> None:  # play the worker: take the job the moment it is committed
+        while not done.is_set():
+            with session_scope(sessions) as session:
+                queued = session.scalars(select(Job.id).where(Job.status == "queued")).all()
+            for job_id in queued:
+                with session_scope(sessions) as session:
+                    if (run := claim_job(session, job_id)) is not None:
+                        succeed_job(session, run.attempt, {"captions": ["done"]})
+                        return
+            time.sleep(0.01)
+
+    worker = threading.Thread(target=finish_once_queued)
+    worker.start()
+    try:
+        response = submit(client, body, Prefer="wait=25")
+    finally:
+        done.set()
+        worker.join()
+    assert response.status_code == 201, response.text
+    job = response.json()
+    assert (job["status"], job["result"]) == ("succeeded", {"captions": ["done"]})
+    assert response.headers["Location"] == f"/v1/jobs/{job['id']}"
+    assert response.headers["Preference-Applied"] == "wait=25"
+
+
+def test_prefer_wait_that_runs_out_answers_202_with_the_job_as_it_is(client: TestClient, image_id: str) -> None:
+    started = time.monotonic()
+    response = submit(client, {"kind": "caption", "input": {"image_id": image_id}}, Prefer="respond-async, wait=0.5")
+    elapsed = time.monotonic() - started
+    assert response.status_code == 202
+    assert response.json()["status"] == "queued"
+    assert response.headers["Preference-Applied"] == "wait=0.5"
+    assert elapsed >= 0.5, "the submission did not wait"
+    # Capped at the long-poll ceiling, like ?wait=.
+    capped = submit(client, {"kind": "caption", "input": {"image_id": image_id}}, Prefer="wait=0")
+    assert capped.status_code == 202 and "Preference-Applied" not in capped.headers
+
+
+@pytest.mark.parametrize("prefer", ["respond-async", "wait=soon", "wait=-1", "handling=strict"])
+def test_prefer_without_a_wait_it_can_read_is_ignored(client: TestClient, image_id: str, prefer: str) -> None:
+    response = submit(client, {"kind": "caption", "input": {"image_id": image_id}}, Prefer=prefer)
+    assert response.status_code == 202
+    assert response.json()["status"] == "queued"
+    assert "Preference-Applied" not in response.headers

@@ -83,6 +83,29 @@ def test_the_async_client(api_url: str, worker: Path, api_key: str) -> None:
     assert asyncio.run(embed()) == "succeeded"
 
 
+def test_run_answers_in_the_submission_itself(api_url: str, worker: Path, api_key: str) -> None:
+    recording = Recording()
+    with Client(api_url, api_key, transport=recording) as client:
+        image = client.upload_image(png_bytes(color=(9, 9, 9)))
+        done = client.run(job_request("caption", CaptionInput(image_id=image.id, max_new_tokens=3), model="tiny-opt"))
+    assert done.status == "succeeded" and len(done.result.captions) == 1  # type: ignore[union-attr]
+    [(_, _, submitted)] = [seen for seen in recording.seen if seen[:2] == ("POST", "/v1/jobs")]
+    polls = recording.count("GET", f"/v1/jobs/{done.id}")
+    # Finished within the submission's 30 s wait (201), it needed no long-poll; only a job that outlasted
+    # the wait (202, on a machine loaded beyond reason) is long-polled after it.
+    assert (submitted, polls) == (201, 0) or (submitted == 202 and polls >= 1), (submitted, polls)
+
+
+def test_the_async_client_runs_a_job(api_url: str, worker: Path, api_key: str) -> None:
+    async def run() -> str:
+        async with AsyncClient(api_url, api_key) as client:
+            image = await client.upload_image(png_bytes(color=(6, 6, 6)))
+            job = await client.run(job_request("embed", EmbedInput(image_id=image.id), model="tiny-itm"), timeout_s=120)
+            return job.status.value
+
+    assert asyncio.run(run()) == "succeeded"
+
+
 def test_api_errors_are_typed(api_url: str, api_key: str) -> None:
     with Client(api_url, api_key) as client, pytest.raises(ApiError) as refused:
         client.upload_image(b"not an image at all")
