@@ -22,12 +22,14 @@ job rows with SKIP LOCKED (never waiting for a sweeper or a cancel), then the qu
 (only ever touched under the clock row). Two claims can therefore never wait for each other in a cycle.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import cache
+from typing import Any
 from uuid import UUID
 
-from sqlalchemy import CTE, ColumnElement, exists, func, or_, select, true
+from sqlalchemy import CTE, ColumnElement, Exists, Select, String, bindparam, exists, func, or_, select, true
 from sqlalchemy.orm import Session, aliased
 
 from jobs.fair_share import lock_fair_share, named_tenants, save_fair_share
@@ -57,12 +59,12 @@ def queue_of(session: Session, job_id: UUID) -> str | None:
 
 def claim_batch(session: Session, queue: str, batch_id: str, rules: BatchRules) -> list[Job]:
     """Claim the next batch on `queue` for the claim `batch_id`; empty when nothing is queued there."""
-    if not _any_queued(session, queue, []):
+    if not _any_queued(session, _Shape(), queue=queue):
         # What the message of a job that already ran in another's batch mostly finds: one read, no
         # lock taken. A job queued a moment later has a message of its own to claim it.
         return []
     share = lock_fair_share(session, queue)
-    runnable, heads = _first_runnable(session, queue, rules, [], limit=1)
+    urgent, heads = _first_runnable(session, _Shape(), rules, queue=queue, limit=1)
     if not heads:
         return []
     share.load(session, heads.keys())
@@ -70,8 +72,9 @@ def claim_batch(session: Session, queue: str, batch_id: str, rules: BatchRules) 
     batch = [head]
     if head.batch_key is not None and head.attempts == 0:
         room = rules.room(head) - 1
-        where = [runnable, *_first_runs_of(head.batch_key), Job.id != head.id]
-        mates = _first_per_tenant(session, queue, where, room, tenants=list(heads))
+        mates_of = _Shape(urgent=urgent, same_batch=True, excluding_head=True, named_tenants=True)
+        params = {"queue": queue, "limit": room, "batch_key": head.batch_key, "head": head.id, "tenants": list(heads)}
+        mates = _first_per_tenant(session, mates_of, rules, **params)
         batch += share.take(mates, room, rules.cost)
     save_fair_share(session, share)
     return claim_jobs(session, [job.id for job in batch], batch_id)
@@ -80,71 +83,106 @@ def claim_batch(session: Session, queue: str, batch_id: str, rules: BatchRules) 
 def claim_more(session: Session, queue: str, batch_key: str, batch_id: str, limit: int, rules: BatchRules) -> list[Job]:
     """Claim up to `limit` more queued jobs of a batch already running (that arrived while it gathered),
     in fair order, of the class that may run now."""
-    if limit < 1 or not _any_queued(session, queue, _first_runs_of(batch_key)):
+    if limit < 1 or not _any_queued(session, _Shape(same_batch=True), queue=queue, batch_key=batch_key):
         return []  # what a gathering batch mostly finds: one read, and no lock taken
     share = lock_fair_share(session, queue)
-    _, mates = _first_runnable(session, queue, rules, _first_runs_of(batch_key), limit)
+    _, mates = _first_runnable(session, _Shape(same_batch=True), rules, queue=queue, limit=limit, batch_key=batch_key)
     share.load(session, mates.keys())
     more = share.take(mates, limit, rules.cost)
     save_fair_share(session, share)
     return claim_jobs(session, [job.id for job in more], batch_id)
 
 
-def _first_runs_of(batch_key: str) -> list[ColumnElement[bool]]:
-    """Jobs that may join a batch of `batch_key`: its key, and never run before (a job run again runs alone)."""
-    return [Job.batch_key == batch_key, Job.attempts == 0]
+# ---- the statements ---------------------------------------------------------------------------
+#
+# A claim runs several times a second per worker. Its statements are built once per shape (which
+# conditions they have) with bound parameters, so a claim spends its time in Postgres rather than
+# in building SQL: a claim of 16 jobs took 12 ms of the worker's CPU when each was built per call.
 
 
-def _first_runnable(
-    session: Session, queue: str, rules: BatchRules, where: Sequence[ColumnElement[bool]], limit: int
-) -> tuple[ColumnElement[bool], dict[str, list[Job]]]:
-    """Each tenant's first `limit` queued jobs matching `where`, of the class that may run now: the
-    interactive ones (batch jobs past their wait included) while any waits, else all; and that class."""
-    overdue = func.make_interval(0, 0, 0, 0, 0, 0, rules.batch_max_wait.total_seconds())
-    urgent = or_(Job.priority == Priority.INTERACTIVE, Job.created_at <= func.now() - overdue)
-    found = _first_per_tenant(session, queue, [urgent, *where], limit)
-    if found or _any_queued(session, queue, [urgent]):
-        return urgent, found
-    return true(), _first_per_tenant(session, queue, where, limit)
+@dataclass(frozen=True)
+class _Shape:
+    """Which conditions a claim's query has, besides "queued on this queue"."""
+
+    urgent: bool = False  # only the class that may run first: interactive, or batch jobs past their wait
+    same_batch: bool = False  # only jobs that may join a batch: its `batch_key`, never run before
+    excluding_head: bool = False  # not the batch's head job, already taken
+    named_tenants: bool = False  # only these tenants' jobs (else every tenant with jobs queued)
 
 
-def _any_queued(session: Session, queue: str, where: Sequence[ColumnElement[bool]]) -> bool:
-    return bool(session.scalar(select(exists().where(Job.queue == queue, Job.status == JobStatus.QUEUED, *where))))
+def _conditions(shape: _Shape) -> list[ColumnElement[bool]]:
+    where = [Job.queue == bindparam("queue", type_=String()), Job.status == JobStatus.QUEUED]
+    if shape.urgent:
+        overdue = func.make_interval(0, 0, 0, 0, 0, 0, bindparam("overdue_s"))
+        where.append(or_(Job.priority == Priority.INTERACTIVE, Job.created_at <= func.now() - overdue))
+    if shape.same_batch:
+        # A job run again (after its worker died) runs alone.
+        where += [Job.batch_key == bindparam("batch_key", type_=String()), Job.attempts == 0]
+    if shape.excluding_head:
+        where.append(Job.id != bindparam("head"))
+    return where
 
 
-def _first_per_tenant(
-    session: Session,
-    queue: str,
-    where: Sequence[ColumnElement[bool]],
-    limit: int,
-    tenants: Sequence[str] | None = None,
-) -> dict[str, list[Job]]:
-    """Each tenant's first `limit` queued jobs of `queue` matching `where`, oldest first, locked (SKIP
-    LOCKED: a job a sweeper or a cancel holds is left for the next claim); of `tenants`, or of every
-    tenant with jobs queued there."""
-    if limit < 1 or tenants == []:
-        return {}
-    source = _tenants_waiting(queue) if tenants is None else named_tenants(tenants)
+@cache
+def _exists_statement(shape: _Shape) -> Select[bool]:
+    found: Exists = exists().where(*_conditions(shape))
+    return select(found)
+
+
+@cache
+def _first_per_tenant_statement(shape: _Shape) -> Select[Job]:
+    source = named_tenants() if shape.named_tenants else _tenants_waiting()
     first = (
         select(Job)
-        .where(Job.queue == queue, Job.status == JobStatus.QUEUED, Job.tenant == source.c.tenant, *where)
+        .where(*_conditions(shape), Job.tenant == source.c.tenant)
         .order_by(Job.created_at, Job.id)
-        .limit(limit)
+        .limit(bindparam("limit"))
         .with_for_update(skip_locked=True)
         .lateral("first")
     )
     job = aliased(Job, first)
     query = select(job).select_from(source).join(first, true()).order_by(first.c.created_at, first.c.id)
+    return query.execution_options(populate_existing=True)
+
+
+def _any_queued(session: Session, shape: _Shape, **params: Any) -> bool:
+    return bool(session.scalar(_exists_statement(shape), params))
+
+
+def _first_runnable(
+    session: Session, shape: _Shape, rules: BatchRules, **params: Any
+) -> tuple[bool, dict[str, list[Job]]]:
+    """Each tenant's first `limit` queued jobs of `shape`, of the class that may run now: the
+    interactive ones (batch jobs past their wait included) while any waits, else all; and whether
+    that class was the urgent one."""
+    urgent = _Shape(urgent=True, same_batch=shape.same_batch)
+    found = _first_per_tenant(session, urgent, rules, **params)
+    if found or _any_queued(session, _Shape(urgent=True), queue=params["queue"], overdue_s=_overdue_s(rules)):
+        return True, found
+    return False, _first_per_tenant(session, shape, rules, **params)
+
+
+def _first_per_tenant(session: Session, shape: _Shape, rules: BatchRules, **params: Any) -> dict[str, list[Job]]:
+    """Each tenant's first `limit` queued jobs of `shape`, oldest first, locked (SKIP LOCKED: a job a
+    sweeper or a cancel holds is left for the next claim); of `tenants`, or of every tenant with jobs
+    queued there."""
+    if params["limit"] < 1 or params.get("tenants") == []:
+        return {}
+    bound: Mapping[str, Any] = params | ({"overdue_s": _overdue_s(rules)} if shape.urgent else {})
     by_tenant: dict[str, list[Job]] = {}
-    for row in session.scalars(query.execution_options(populate_existing=True)):
+    for row in session.scalars(_first_per_tenant_statement(shape), bound):
         by_tenant.setdefault(row.tenant, []).append(row)
     return by_tenant
 
 
-def _tenants_waiting(queue: str) -> CTE:
+def _overdue_s(rules: BatchRules) -> float:
+    return rules.batch_max_wait.total_seconds()
+
+
+def _tenants_waiting() -> CTE:
     """The tenants with jobs queued on `queue`, walked through the index one tenant at a time (a loose
     index scan: a probe per tenant, however long their queues); the walk ends on a NULL."""
-    queued = (Job.queue == queue, Job.status == JobStatus.QUEUED)
+    queued = (Job.queue == bindparam("queue", type_=String()), Job.status == JobStatus.QUEUED)
     walk = select(func.min(Job.tenant).label("tenant")).where(*queued).cte("walk", recursive=True)
     following = select(func.min(Job.tenant)).where(*queued, Job.tenant > walk.c.tenant).scalar_subquery()
     return walk.union_all(select(following).where(walk.c.tenant.is_not(None)))

@@ -21,8 +21,10 @@ transaction, so it is exactly as durable as the claim: a rolled-back claim charg
 from collections import deque
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
 
-from sqlalchemy import Float, String, and_, bindparam, func, literal, select, update
+from sqlalchemy import Float, Select, String, Update, and_, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.selectable import TableValuedAlias
@@ -69,14 +71,8 @@ class FairShare:
         """Read the tenants' places in this queue and their weights (one query)."""
         if not tenants:
             return
-        named = named_tenants(tenants)
-        query = (
-            select(named.c.tenant, QueueShare.virtual_finish, Tenant.weight)
-            .select_from(named)
-            .outerjoin(QueueShare, and_(QueueShare.queue == self.queue, QueueShare.tenant == named.c.tenant))
-            .outerjoin(Tenant, Tenant.name == named.c.tenant)
-        )
-        for tenant, finish, weight in session.execute(query):
+        params = {"share_queue": self.queue, "tenants": list(tenants)}
+        for tenant, finish, weight in session.execute(_load_statement(), params):
             if finish is not None:
                 self.finish[tenant] = finish
             if weight is not None:
@@ -90,11 +86,10 @@ def lock_fair_share(session: Session, queue: str) -> FairShare:
     queue's share rows), so two workers claiming from one queue take turns for a few milliseconds
     instead of both charging the same virtual time, and can never wait for each other in a cycle.
     """
-    locked = select(QueueClock.virtual_time).where(QueueClock.queue == queue).with_for_update()
-    clock = session.scalar(locked)
+    clock = session.scalar(_lock_statement(), {"share_queue": queue})
     if clock is None:  # the queue's first claim; a concurrent first claim waits for this row's commit
         session.execute(insert(QueueClock).values(queue=queue, virtual_time=0.0).on_conflict_do_nothing())
-        clock = session.scalar(locked)
+        clock = session.scalar(_lock_statement(), {"share_queue": queue})
     return FairShare(queue=queue, clock=float(clock or 0.0))
 
 
@@ -103,27 +98,57 @@ def save_fair_share(session: Session, share: FairShare) -> None:
     if not share.charged:
         return
     tenants = sorted(share.charged)
+    clock = max(share.clock, share.last_start if share.last_start is not None else share.clock)
     finishes = [share.finish[tenant] for tenant in tenants]
+    session.execute(
+        _save_statement(), {"share_queue": share.queue, "tenants": tenants, "finishes": finishes, "clock": clock}
+    )
+
+
+# Built once, with bound parameters: every claim runs them.
+
+
+def _queue() -> Any:
+    return bindparam("share_queue", type_=String())
+
+
+@cache
+def _lock_statement() -> Select[float]:
+    return select(QueueClock.virtual_time).where(QueueClock.queue == _queue()).with_for_update()
+
+
+@cache
+def _load_statement() -> Select[str, float, int]:
+    named = named_tenants()
+    return (
+        select(named.c.tenant, QueueShare.virtual_finish, Tenant.weight)
+        .select_from(named)
+        .outerjoin(QueueShare, and_(QueueShare.queue == _queue(), QueueShare.tenant == named.c.tenant))
+        .outerjoin(Tenant, Tenant.name == named.c.tenant)
+    )
+
+
+@cache
+def _save_statement() -> Update:
     places = (
-        func.unnest(bindparam(None, tenants, type_=ARRAY(String())), bindparam(None, finishes, type_=ARRAY(Float())))
+        func.unnest(bindparam("tenants", type_=ARRAY(String())), bindparam("finishes", type_=ARRAY(Float())))
         .table_valued("tenant", "finish")
         .render_derived()
     )
     upsert = insert(QueueShare).from_select(
-        ["queue", "tenant", "virtual_finish"], select(literal(share.queue), places.c.tenant, places.c.finish)
+        ["queue", "tenant", "virtual_finish"], select(_queue(), places.c.tenant, places.c.finish)
     )
     charged = upsert.on_conflict_do_update(
         index_elements=["queue", "tenant"], set_={"virtual_finish": upsert.excluded.virtual_finish}
     ).cte("charged")
-    clock = max(share.clock, share.last_start if share.last_start is not None else share.clock)
-    statement = update(QueueClock).where(QueueClock.queue == share.queue).values(virtual_time=clock)
-    session.execute(statement.add_cte(charged))
+    statement = update(QueueClock).where(QueueClock.queue == _queue()).values(virtual_time=bindparam("clock"))
+    return statement.add_cte(charged)
 
 
-def named_tenants(tenants: Collection[str]) -> TableValuedAlias:
-    """The tenants as a table of one column, `tenant`: an array bound as one parameter, so the statement
-    is compiled once however many tenants it names."""
-    return func.unnest(bindparam(None, list(tenants), type_=ARRAY(String()))).table_valued("tenant").render_derived()
+def named_tenants() -> TableValuedAlias:
+    """The tenants bound as `tenants` as a table of one column, `tenant`: an array bound as one
+    parameter, so the statement is compiled once however many tenants it names."""
+    return func.unnest(bindparam("tenants", type_=ARRAY(String()))).table_valued("tenant").render_derived()
 
 
 # ---- tenants' weights -------------------------------------------------------------------------
