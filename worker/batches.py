@@ -126,11 +126,11 @@ def run_batch_for(
         except SoftTimeLimitExceeded as exc:
             _fail_unfinished(batch, JobError.of(exc))
     try:
-        _record(runtime, batch)
+        written = _record(runtime, batch)
     except SoftTimeLimitExceeded:  # it fired while the outcomes were being written: they are known, write them
-        _record(runtime, batch)
+        written = _record(runtime, batch)
     log.info("batch of %d %s jobs in %.2f s", len(batch.items), batch.jobs[0].kind, time.monotonic() - started)
-    return _read(runtime, [job.id for job in batch.jobs])
+    return _as_they_ended(runtime, batch, written)
 
 
 # ---- claim and gather -----------------------------------------------------------------------
@@ -298,46 +298,60 @@ def _fail_unfinished(batch: Batch, error: JobError) -> None:
 # ---- record ---------------------------------------------------------------------------------
 
 
-def _record(runtime: WorkerRuntime, batch: Batch) -> None:
-    """Every outcome in one transaction; if Postgres refuses it, each alone (see the module docstring)."""
+def _record(runtime: WorkerRuntime, batch: Batch) -> dict[UUID, Job]:
+    """Every outcome in one transaction; if Postgres refuses it, each alone (see the module docstring).
+    Returns the jobs as written (those this run still held)."""
     jobs = batch.jobs
     what = f"recording job {jobs[0].id}'s result" if len(jobs) == 1 else f"recording {len(jobs)} jobs' results"
     try:
-        _transaction(runtime, what, lambda s: _write(s, batch.items))
+        return _transaction(runtime, what, lambda s: _write(s, batch.items))
     except DBAPIError as exc:
         if is_connection_error(exc):
             raise  # DB_RETRY_S passed: the jobs stay running, and the sweeper runs them again after their lease
         log.warning("a batch's results could not be stored together (%s); storing each alone", exc.orig)
+        written: dict[UUID, Job] = {}
         for item in batch.items:
-            _record_alone(runtime, item)
+            written |= _record_alone(runtime, item)
+        return written
 
 
-def _record_alone(runtime: WorkerRuntime, item: Item) -> None:
+def _record_alone(runtime: WorkerRuntime, item: Item) -> dict[UUID, Job]:
     try:
-        _transaction(runtime, f"recording job {item.job.id}", lambda s: _write(s, [item]))
+        return _transaction(runtime, f"recording job {item.job.id}", lambda s: _write(s, [item]))
     except DBAPIError as exc:
         if is_connection_error(exc):
             raise
         item.output, item.error = None, JobError("result_not_storable", f"the result could not be stored: {exc.orig}")
         log.warning("job %s: %s", item.job.id, item.error.message)
-        _transaction(runtime, f"recording job {item.job.id}'s error", lambda s: _write(s, [item]))
+        return _transaction(runtime, f"recording job {item.job.id}'s error", lambda s: _write(s, [item]))
 
 
-def _write(session: Session, items: Sequence[Item]) -> None:
+def _write(session: Session, items: Sequence[Item]) -> dict[UUID, Job]:
     results = {
         i.attempt: Outcome(i.output.model_dump(mode="json"), i.worker_seconds) for i in items if i.output is not None
     }
-    written = {job.id for job in succeed_jobs(session, results)}
-    written |= {item.job.id for item in items if item.error is not None and _fail(session, item)}
+    written = {job.id: job for job in succeed_jobs(session, results)}
+    for item in items:
+        if item.error is not None and (failed := _fail(session, item)) is not None:
+            written[failed.id] = failed
     for item in items:
         if item.job.id not in written:
             log.info("job %s: outcome dropped: it no longer runs as attempt %d (canceled, or run again elsewhere)",
                      item.job.id, item.attempt.number)  # fmt: skip
+    return written
 
 
-def _fail(session: Session, item: Item) -> bool:
+def _fail(session: Session, item: Item) -> Job | None:
     assert item.error is not None
-    return fail_job(session, item.attempt, item.error.code, item.error.message, item.worker_seconds) is not None
+    return fail_job(session, item.attempt, item.error.code, item.error.message, item.worker_seconds)
+
+
+def _as_they_ended(runtime: WorkerRuntime, batch: Batch, written: dict[UUID, Job]) -> list[Job]:
+    """The batch's jobs as they are now: as written, and read again only for those whose outcome was
+    dropped (canceled meanwhile, or taken for lost and run elsewhere)."""
+    dropped = [job.id for job in batch.jobs if job.id not in written]
+    now = written | ({job.id: job for job in _read(runtime, dropped)} if dropped else {})
+    return [now[job.id] for job in batch.jobs if job.id in now]
 
 
 def _read(runtime: WorkerRuntime, ids: list[UUID]) -> list[Job]:

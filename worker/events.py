@@ -2,9 +2,9 @@
 
 Every job's Celery message carries the job id as its task id (jobs/broker.py), so Flower lists one
 task per job, named by its kind (`blip2.caption`) with its job id, kind and model as its arguments.
-A batch runs many jobs under one message, so the worker reports every job itself, with the task
-events Celery's own would be: `task-started` when a claim takes it, then `task-succeeded`,
-`task-failed` (the job's error code and message as the exception) or `task-revoked` (canceled).
+A batch runs many jobs under one message, so the worker reports every job itself (a batch's events
+in one message), with the task events Celery's own would be: `task-started` when a claim takes it,
+then `task-succeeded`, `task-failed` (the job's error code and message as the exception) or `task-revoked` (canceled).
 Celery's own events for these tasks are off (`send_events=False` on the tasks): they would describe
 the message, not the job, and a task that raised to show a failure would cost the worker a copy of
 its traceback each time (billiard keeps them: 500 failing jobs grew the job process by 110 MB).
@@ -40,13 +40,20 @@ class TaskEvents:
         self._send([_ended(job, runtime_s) for job in jobs if job.status.is_terminal])
 
     def _send(self, events: list[tuple[str, dict[str, object]]]) -> None:
-        """One event per job; a broker that cannot be reached costs the dashboard an update, nothing more."""
+        """The events in one message (a list, as Celery's own buffered events go, and as Flower reads
+        them); a broker that cannot be reached costs the dashboard an update, nothing more."""
         if not events:
             return
         try:
-            with self._app.events.default_dispatcher(hostname=self._hostname) as dispatcher:
-                for kind, fields in events:
-                    dispatcher.send(kind, **fields)
+            with self._app.amqp.producer_pool.acquire(block=True) as producer:
+                dispatcher = self._app.events.Dispatcher(
+                    producer.connection, self._hostname, channel=producer.channel,
+                    buffer_group=["task"], buffer_limit=len(events) + 1,
+                )  # fmt: skip
+                with dispatcher:
+                    for kind, fields in events:
+                        dispatcher.send(kind, **fields)
+                    dispatcher.flush()
         except Exception as exc:
             log.warning("task events for %d jobs not sent: %s", len(events), exc)
 
