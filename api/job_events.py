@@ -4,7 +4,8 @@ The same connection hears `api_key_changes` (a key revoked; migration 0007) and 
 KeyCache (api/key_cache.py), which is trusted only while this connection is up.
 
 The jobs table's trigger NOTIFYs channel `job_events` with "<job id> <status>" whenever a job's
-status or progress changes (migration 0004), whoever changed it: a worker, a cancel, the sweeper.
+status or progress changes (migration 0004), whoever changed it: a worker, a cancel, the sweeper;
+" webhook" follows for a job that has one (migration 0008), to wake the webhook deliverer.
 One connection per API process LISTENs and wakes the long-polls and event streams waiting on that
 job, so a finished job is answered at once and nobody reads Postgres in a loop.
 
@@ -49,8 +50,8 @@ class JobEvents:
         self._waiters: dict[UUID, dict[asyncio.Event, bool]] = {}
         self._finished: OrderedDict[UUID, None] = OrderedDict()
         self.connected = False
-        # Set whenever any job becomes terminal: wakes the webhook deliverer (api/main.py).
-        self.finished = asyncio.Event()
+        # Set whenever a job with a webhook becomes terminal: wakes the webhook deliverer (api/main.py).
+        self.webhook_due = asyncio.Event()
 
     @contextlib.asynccontextmanager
     async def watching(self, job_id: UUID, *, ends_only: bool = False) -> AsyncIterator[asyncio.Event]:
@@ -110,7 +111,7 @@ class JobEvents:
                     self._wake(notice.payload)
 
     def _wake(self, payload: str) -> None:
-        job_id_text, _, status = payload.partition(" ")
+        job_id_text, status, *flags = [*payload.split(" "), ""]
         try:
             job_id = UUID(job_id_text)
         except ValueError:
@@ -121,7 +122,8 @@ class JobEvents:
                 event.set()
         if ended:
             self._remember_finished(job_id)
-            self.finished.set()
+            if "webhook" in flags:
+                self.webhook_due.set()
 
     def _remember_finished(self, job_id: UUID) -> None:
         self._finished[job_id] = None
@@ -132,4 +134,4 @@ class JobEvents:
         for waiters in self._waiters.values():
             for event in waiters:
                 event.set()
-        self.finished.set()
+        self.webhook_due.set()

@@ -125,8 +125,8 @@ async def _sweep_forever(context: ApiContext) -> None:
 
 
 async def _deliver_forever(context: ApiContext) -> None:
-    """Send due webhooks every WEBHOOK_INTERVAL_S, and at once when a job finishes (its notification
-    wakes this loop); a failed pass is logged and tried again. Other API processes may do the same:
+    """Send due webhooks every WEBHOOK_INTERVAL_S, and at once when a job with a webhook finishes (its
+    notification wakes this loop); a failed pass is logged and tried again. Other API processes may do the same:
     each delivery is claimed by one of them (jobs/webhook_delivery.py)."""
     interval = context.settings.WEBHOOK_INTERVAL_S
     while True:
@@ -136,4 +136,4 @@ async def _deliver_forever(context: ApiContext) -> None:
             attempted = 0
             log.exception("webhook delivery failed; trying again in %s s", interval)
         if attempted < CLAIM_BATCH:  # a full claim: more may be due at once
-            await context.events.changed(context.events.finished, interval)
+            await context.events.changed(context.events.webhook_due, interval)

@@ -15,6 +15,7 @@ from api.long_poll import follow_job, wait_for_job
 from api.preferences import PreferHeader, preferred_wait_s
 from api.responses import COMMON_ERRORS, error_responses
 from jobs.kinds import JobKind
+from jobs.models import Job
 from jobs.repository import cancel_job, get_job, list_jobs
 from jobs.schemas import (
     IDEMPOTENCY_KEY_PATTERN,
@@ -27,7 +28,7 @@ from jobs.schemas import (
     job_public,
 )
 from jobs.status import JobStatus
-from jobs.submission import BatchItem, Refused, Submitted, submit_batch, submit_job
+from jobs.submission import BatchItem, Refused, Submission, Submitted, submit_batch, submit_job
 
 router = APIRouter(
     prefix="/v1/jobs",
@@ -78,14 +79,22 @@ async def create_job(
     With `Prefer: wait=N` (RFC 7240; N at most 30), answers once the job has finished, 201 with its
     result, or after N seconds, 202 with the job as it is then: a submission and its long-poll in one request.
     """
-    submitted = await run_in_threadpool(submit_job, submission, principal.tenant, body, idempotency_key)
-    job = submitted.job
+    job, public = await run_in_threadpool(_submit, submission, principal.tenant, body, idempotency_key)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     if (wait_s := preferred_wait_s(prefer, context.settings.LONG_POLL_MAX_S)) is not None:
         response.headers["Preference-Applied"] = f"wait={wait_s:g}"
-        job = await wait_for_job(context.events, context.sessions, job.id, principal.tenant, wait_s, known=job)
-        response.status_code = 201 if job.status.is_terminal else 202
-    return job_public(job)
+        ended = await wait_for_job(context.events, context.sessions, job.id, principal.tenant, wait_s, known=job)
+        response.status_code = 201 if ended.status.is_terminal else 202
+        if ended is not job:  # read again: as it ended, or as it is when the wait ran out
+            public = job_public(ended)
+    return public
+
+
+def _submit(submission: Submission, tenant: str, body: JobCreate, idempotency_key: str | None) -> tuple[Job, JobPublic]:
+    """The job submitted, and as the API shows it (made while its session is open: it reads the webhook)."""
+    with submission.sessions() as session:
+        job = submit_job(submission, tenant, body, idempotency_key, session=session).job
+        return job, job_public(job)
 
 
 @router.post(":batch", operation_id="create_jobs", responses=error_responses(413))

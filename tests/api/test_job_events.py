@@ -22,12 +22,17 @@ def test_a_long_poll_waiter_wakes_only_when_its_job_ends() -> None:
 
 def test_an_end_heard_before_anyone_watched_is_remembered_for_a_while() -> None:
     events = JobEvents(None)
-    ended, running, malformed = uuid4(), uuid4(), "not-a-uuid succeeded"
+    ended, running = uuid4(), uuid4()
     events._wake(f"{ended} failed")
     events._wake(f"{running} running")
-    events._wake(malformed)
+    for malformed in ("not-a-uuid succeeded", "", "no-status-at-all"):
+        events._wake(malformed)
     assert events.ended_lately(ended) and not events.ended_lately(running)
-    assert events.finished.is_set()
+    assert not events.webhook_due.is_set(), "no job with a webhook ended"
+    events._wake(f"{uuid4()} running webhook")
+    assert not events.webhook_due.is_set(), "a job with a webhook started; it is not due yet"
+    events._wake(f"{uuid4()} succeeded webhook")
+    assert events.webhook_due.is_set()
     later = [uuid4() for _ in range(job_events._FINISHED_REMEMBERED)]
     for job_id in later:
         events._wake(f"{job_id} succeeded")
