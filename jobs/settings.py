@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     MAX_REQUEST_BYTES: int = Field(default=28 * 1024 * 1024, gt=0)
     # A decompression-bomb guard, applied before any pixel is decoded.
     MAX_IMAGE_PIXELS: int = Field(default=40_000_000, gt=0)
+    # A worker keeps the images it decoded lately, up to this many pixels (3 bytes each; 0: none).
+    WORKER_IMAGE_CACHE_PIXELS: int = Field(default=16_000_000, ge=0)
     # The most images or texts one job may carry (match), and the largest batch a worker runs.
     MAX_BATCH_SIZE: int = Field(default=32, gt=0)
     LONG_POLL_MAX_S: float = Field(default=30.0, ge=0, le=30)

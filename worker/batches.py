@@ -198,22 +198,35 @@ def _prepare(runtime: WorkerRuntime, batch: Batch) -> None:
         if job.id in valid
         for image_id in valid[job.id].referenced_image_ids()
     }
-    stored = _transaction(runtime, "loading images", lambda s: load_images(s, wanted))
-    decoded: dict[UUID, Image | JobError] = {}
-    for image_id, data in stored.items():
-        try:
-            decoded[image_id] = decode_image(data, max_pixels=runtime.settings.MAX_IMAGE_PIXELS)
-        except Blip2Error as exc:
-            decoded[image_id] = JobError.of(exc)
+    decoded: dict[tuple[UUID, str], Image | JobError] = {}
+    for key in wanted:
+        if (kept := runtime.images.get(key)) is not None:
+            decoded[key] = kept
+    missing = wanted - decoded.keys()
+    stored = _transaction(runtime, "loading images", lambda s: load_images(s, missing)) if missing else {}
+    for key in missing:
+        if key[0] in stored:
+            decoded[key] = _decoded(runtime, key, stored[key[0]])
     for item in batch.items:
         if item.error is None:
             _prepare_item(item, valid[item.job.id], decoded)
 
 
-def _prepare_item(item: Item, job_input: JobInput, decoded: dict[UUID, "Image | JobError"]) -> None:
+def _decoded(runtime: WorkerRuntime, key: tuple[UUID, str], data: bytes) -> "Image | JobError":
+    """The stored image decoded (and kept for the next job that asks for it), or why it will not decode."""
+    try:
+        image = decode_image(data, max_pixels=runtime.settings.MAX_IMAGE_PIXELS)
+    except Blip2Error as exc:
+        return JobError.of(exc)
+    runtime.images.put(key, image)
+    return image
+
+
+def _prepare_item(item: Item, job_input: JobInput, decoded: dict[tuple[UUID, str], "Image | JobError"]) -> None:
     images: list[Image] = []
     for image_id in job_input.referenced_image_ids():
-        image = decoded.get(image_id, JobError("unknown_image", f"no uploaded image with id {image_id}"))
+        missing = JobError("unknown_image", f"no uploaded image with id {image_id}")
+        image = decoded.get((image_id, item.job.tenant), missing)
         if isinstance(image, JobError):
             item.error = image
             return

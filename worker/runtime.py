@@ -10,6 +10,7 @@ from typing import Any
 
 from jobs.db import SessionFactory, create_db_engine, create_session_factory
 from jobs.settings import Settings
+from worker.decoded_images import DecodedImages
 from worker.model_holder import ModelHolder, ModelLoadOptions
 from worker.presence import Presence
 
@@ -46,11 +47,13 @@ class WorkerRuntime:
     _sessions: SessionFactory | None = None
     _models: ModelHolder | None = None
     _presence: Presence | None = None
+    _images: DecodedImages | None = None
 
     def start(self, **_signal: Any) -> None:
         """Connect and load the model, in the process that will run the jobs; then say it serves its queues."""
         self._sessions = create_session_factory(create_db_engine(self.settings))
         self._models = ModelHolder(self.settings, self.load_options, self._sessions)
+        self._images = DecodedImages(self.settings.WORKER_IMAGE_CACHE_PIXELS)
         on_gpu = False
         if self.preload is not None:
             model = self._models.get(self.preload, tenant=self.tenant)
@@ -73,6 +76,14 @@ class WorkerRuntime:
             self.start()  # a solo-pool or eager run, where no child process is forked
         assert self._sessions is not None
         return self._sessions
+
+    @property
+    def images(self) -> DecodedImages:
+        """The images this process decoded lately (worker/decoded_images.py)."""
+        if self._images is None:
+            self.start()
+        assert self._images is not None
+        return self._images
 
     @property
     def models(self) -> ModelHolder:
