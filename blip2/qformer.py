@@ -3,7 +3,8 @@
 transformers' `Blip2ForImageTextRetrieval.forward` recomputes the image for every text; these
 passes let an image be encoded once and scored against many texts (and the other way round).
 
-- `image_queries`: vision encoder -> Q-Former queries cross-attending to the image.
+- `image_queries`: vision encoder -> Q-Former queries cross-attending to the image (`queries_of`,
+  from vision outputs already computed).
 - `text_tokens`: the Q-Former as a text encoder (no image), for the text [CLS] embedding.
 - `joint_queries`: queries and text together, cross-attending to the image (ITM, multimodal).
 """
@@ -34,16 +35,19 @@ class EncodedTexts:
 
 def image_queries(lm: LoadedModel, images: Sequence[Image]) -> EncodedImages:
     pixels = lm.processor.image_processor(list(images), return_tensors="pt")["pixel_values"]
-    pixels = pixels.to(lm.device, lm.dtype)
+    vision = lm.model.vision_model(pixel_values=pixels.to(lm.device, lm.dtype), return_dict=True).last_hidden_state
+    return EncodedImages(vision=vision, queries=queries_of(lm, vision))
+
+
+def queries_of(lm: LoadedModel, vision: torch.Tensor) -> torch.Tensor:
+    """The Q-Former's query outputs for vision encoder outputs: the queries cross-attend to the image."""
     model = lm.model
-    vision = model.vision_model(pixel_values=pixels, return_dict=True).last_hidden_state
-    queries = model.qformer(
+    return model.qformer(
         query_embeds=model.query_tokens.expand(vision.shape[0], -1, -1),
         encoder_hidden_states=vision,
         encoder_attention_mask=_ones(vision),
         return_dict=True,
     ).last_hidden_state
-    return EncodedImages(vision=vision, queries=queries)
 
 
 def text_tokens(lm: LoadedModel, texts: Sequence[str]) -> EncodedTexts:

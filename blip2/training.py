@@ -18,7 +18,8 @@ encoder and the language model stay frozen unless `train` names them. The losses
   train it with, so it is left out.
 
 The loop is plain: AdamW, linear warm-up then cosine decay, gradient accumulation, gradient
-clipping, autocast on CUDA. Every `checkpoint_every` steps the trainable weights, the optimizer
+clipping, autocast on CUDA. A vision encoder that stays frozen runs once per training image, not
+once per step (`VisionCache`). Every `checkpoint_every` steps the trainable weights, the optimizer
 and the random states go to `work_dir/checkpoint/`; a run that finds one there continues from it
 and, because the data order is a function of the seed and the epoch only, sees the very batches
 the interrupted run would have seen.
@@ -40,6 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from transformers.models.blip_2.modeling_blip_2 import BaseModelOutputWithVisionQformerOutputs
 
 from blip2.data.records import CaptionRecord, Task, VqaRecord
 from blip2.errors import IncompatibleCheckpoint, InvalidArgument
@@ -47,7 +49,7 @@ from blip2.evaluation import evaluate
 from blip2.images import load_image_file
 from blip2.loading import LoadedModel
 from blip2.matching import itc_similarity, itm_logits
-from blip2.qformer import EncodedTexts, image_queries, text_tokens
+from blip2.qformer import EncodedTexts, image_queries, queries_of, text_tokens
 from blip2.registry import Family
 from blip2.vqa import build_prompt
 
@@ -79,6 +81,7 @@ class TrainConfig:
     eval_batch_size: int = 16  # batch size of the final metrics on val_records
     seed: int = 1337  # data order, ITM negatives and dropout all follow from it
     mixed_precision: str = "auto"  # auto | bf16 | fp16 | no; autocast on CUDA only, CPU trains in fp32
+    vision_cache_mb: int = 2048  # a frozen vision encoder's outputs kept per training image (VisionCache); 0: never
 
     def __post_init__(self) -> None:
         self.train = tuple(self.train)
@@ -96,6 +99,7 @@ def _config_problems(c: TrainConfig) -> list[str]:
         (bool(c.train) and set(c.train) <= set(COMPONENTS), f"train must name components from {COMPONENTS}"),
         (c.mixed_precision in ("auto", "bf16", "fp16", "no"), "mixed_precision must be auto, bf16, fp16 or no"),
         (c.itc_temperature > 0, "itc_temperature must be positive"),
+        (c.vision_cache_mb >= 0, "vision_cache_mb must be >= 0"),
     ]
     return [message for ok, message in checks if not ok]
 
@@ -171,6 +175,7 @@ class Run:
     autocast: AbstractContextManager[Any]
     scaler: torch.amp.GradScaler
     checkpoint_dir: Path
+    vision_cache: "VisionCache | None" = None  # the frozen vision encoder's outputs, when they fit
     step: int = 0
     losses: list[float] = field(default_factory=list)
     resumed_from: int = 0  # the checkpoint's step this run went on from (0: it started afresh)
@@ -206,6 +211,7 @@ def start_run(
         autocast=autocast,
         scaler=scaler,
         checkpoint_dir=work_dir / "checkpoint",
+        vision_cache=VisionCache.for_run(lm, config, examples),
     )
     torch.manual_seed(config.seed)
     if _existing(run.checkpoint_dir) is not None:
@@ -230,7 +236,7 @@ def train_step(run: Run) -> TrainProgress:
         batch_index = run.step * config.grad_accum_steps + micro
         batch = [run.examples[i] for i in run.order.batch(batch_index)]
         with run.autocast:
-            micro_loss = compute_loss(lm, batch, config, _sampler(config.seed, batch_index))
+            micro_loss = compute_loss(lm, batch, config, _sampler(config.seed, batch_index), run.vision_cache)
         run.scaler.scale(micro_loss / config.grad_accum_steps).backward()
         loss += micro_loss.item() / config.grad_accum_steps
     if config.grad_clip > 0:
@@ -425,18 +431,81 @@ def _mixed_precision(
     return autocast, torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
 
 
+# -- A frozen vision encoder, run once per image ---------------------------------------------
+
+
+class VisionCache:
+    """A frozen vision encoder's output for each training image, computed the first time the image
+    comes up and reused in every epoch after.
+
+    A vision encoder that does not train is a fixed function of its image (it runs in eval mode),
+    BLIP-2 freezes its own, and a step spends much of its time there (on the demo models, over half
+    of a CPU step with its backward pass). Each image is encoded alone, so its features never depend
+    on the batch it first came in and a resumed run computes the very same numbers. Kept on the CPU,
+    and only when every training image's features fit in `vision_cache_mb`: a run either caches all
+    of them or none.
+    """
+
+    def __init__(self, lm: LoadedModel) -> None:
+        self.lm = lm
+        self._features: dict[Path, torch.Tensor] = {}
+
+    @classmethod
+    def for_run(cls, lm: LoadedModel, config: TrainConfig, examples: Sequence[Example]) -> "VisionCache | None":
+        """A cache when the vision encoder stays frozen, the model reads the image through the
+        Q-Former queries alone (not InstructBLIP's, whose Q-Former reads the prompt too) and it fits."""
+        if "vision" in config.train or lm.family not in (Family.OPT, Family.T5):
+            return None
+        vision = lm.model.config.vision_config
+        per_image = ((vision.image_size // vision.patch_size) ** 2 + 1) * vision.hidden_size * lm.dtype.itemsize
+        images = len({e.image_path for e in examples})
+        return cls(lm) if images * per_image <= config.vision_cache_mb * 2**20 else None
+
+    def image_inputs(self, batch: Sequence[Example]) -> BaseModelOutputWithVisionQformerOutputs:
+        """What the model's forward computes from `pixel_values`, from the cached vision outputs:
+        the Q-Former's queries, projected into the language model's embeddings."""
+        vision = torch.stack([self._vision(e.image_path) for e in batch]).to(self.lm.device)
+        queries = queries_of(self.lm, vision)
+        projected = self.lm.model.language_projection(queries.to(vision.dtype))
+        return BaseModelOutputWithVisionQformerOutputs(last_hidden_state=vision, pooler_output=projected)
+
+    def _vision(self, path: Path) -> torch.Tensor:
+        if path not in self._features:
+            self._features[path] = self._encode(path)
+        return self._features[path]
+
+    @torch.no_grad()
+    def _encode(self, path: Path) -> torch.Tensor:
+        pixels = self.lm.processor.image_processor([load_image_file(path)], return_tensors="pt")["pixel_values"]
+        vision = self.lm.model.vision_model(pixel_values=pixels.to(self.lm.device, self.lm.dtype))
+        return vision.last_hidden_state[0].cpu()
+
+
 # -- Losses ----------------------------------------------------------------------------------
 
 
-def compute_loss(lm: LoadedModel, batch: list[Example], config: TrainConfig, sampler: torch.Generator) -> torch.Tensor:
+def compute_loss(
+    lm: LoadedModel,
+    batch: list[Example],
+    config: TrainConfig,
+    sampler: torch.Generator,
+    vision_cache: "VisionCache | None" = None,
+) -> torch.Tensor:
     if lm.family is Family.ITM:
         return matching_loss(lm, batch, config, sampler)
-    return language_modelling_loss(lm, batch)
+    return language_modelling_loss(lm, batch, vision_cache)
 
 
-def language_modelling_loss(lm: LoadedModel, batch: list[Example]) -> torch.Tensor:
+def language_modelling_loss(
+    lm: LoadedModel, batch: list[Example], vision_cache: "VisionCache | None" = None
+) -> torch.Tensor:
     """Cross entropy on the target tokens, after the image tokens and the prompt."""
-    return lm.model(**encode_lm_batch(lm, batch)).loss
+    inputs = encode_lm_batch(lm, batch)
+    if vision_cache is None:
+        return lm.model(**inputs).loss
+    del inputs["pixel_values"]  # the model reads the cached vision outputs instead
+    image = vision_cache.image_inputs(batch)
+    return lm.model(**inputs, pixel_values=None, mm_encoder_outputs={"image": image}).loss
 
 
 def encode_lm_batch(lm: LoadedModel, batch: list[Example]) -> dict[str, torch.Tensor]:

@@ -20,8 +20,10 @@ from blip2.training import (
     TrainConfig,
     TrainProgress,
     TrainResult,
+    VisionCache,
     component_of,
     encode_lm_batch,
+    language_modelling_loss,
     lr_at,
     make_examples,
     start_from,
@@ -292,3 +294,36 @@ def test_a_generating_model_starts_from_a_retrieval_model_s_vision_and_q_former(
 def test_starting_from_a_model_with_nothing_in_common_is_refused(tiny_data_dir: Path) -> None:
     with pytest.raises(InvalidArgument, match="no llm weights"):
         start_from(fresh("tiny-opt", tiny_data_dir), fresh("tiny-itm", tiny_data_dir), components=("llm",))
+
+
+def test_a_frozen_vision_encoder_runs_once_per_image_and_gives_the_same_loss(
+    tiny_data_dir: Path, captions: list[CaptionRecord]
+) -> None:
+    """The cached vision outputs stand in for the encoder exactly: same loss, same gradients."""
+    lm = fresh("tiny-opt", tiny_data_dir)
+    examples = make_examples(lm, captions, "caption")
+    cache = VisionCache.for_run(lm, TrainConfig(train=("qformer", "llm")), examples)
+    assert cache is not None
+    calls = []
+    lm.model.vision_model.register_forward_hook(lambda *_: calls.append(1))
+    direct = language_modelling_loss(lm, examples)
+    assert len(calls) == 1  # one batch, one pass
+    direct.backward()
+    direct_grads = {n: p.grad.clone() for n, p in lm.model.qformer.named_parameters() if p.grad is not None}
+    lm.model.zero_grad()
+    cached = language_modelling_loss(lm, examples, cache)
+    cached.backward()
+    language_modelling_loss(lm, examples, cache)
+    assert len(calls) == 1 + len(examples)  # each image encoded alone, once
+    assert torch.allclose(direct, cached, atol=1e-5), (direct, cached)
+    for name, parameter in lm.model.qformer.named_parameters():
+        if name in direct_grads:
+            assert torch.allclose(direct_grads[name], parameter.grad, atol=1e-5), name
+
+
+def test_the_vision_cache_is_for_frozen_encoders_that_fit(tiny_data_dir: Path, captions: list[CaptionRecord]) -> None:
+    lm = fresh("tiny-opt", tiny_data_dir)
+    examples = make_examples(lm, captions, "caption")
+    assert VisionCache.for_run(lm, TrainConfig(train=("vision", "qformer")), examples) is None  # it trains
+    assert VisionCache.for_run(lm, TrainConfig(vision_cache_mb=0), examples) is None  # no room
+    assert VisionCache.for_run(fresh("tiny-instruct", tiny_data_dir), TrainConfig(), examples) is None
