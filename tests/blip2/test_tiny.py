@@ -6,6 +6,7 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, Blip2ForImageTextRetrieval
 
 from blip2.data.shapes import all_scenes, caption, questions
@@ -81,8 +82,6 @@ def small_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_small_checkpoints_load_in_plain_transformers_at_their_size(small_data_dir: Path) -> None:
-    import torch
-
     captioner = AutoModelForImageTextToText.from_pretrained(checkpoint_dir(small_data_dir, "small-opt"))
     matcher = Blip2ForImageTextRetrieval.from_pretrained(checkpoint_dir(small_data_dir, "small-itm"))
     for model in (captioner, matcher):
@@ -108,6 +107,20 @@ def test_small_tokenizers_write_every_word_of_the_shapes_grammar_as_one_token(sm
     answers = {a for scene in scenes for _, a in questions(scene, random.Random(0))}
     for answer in answers:  # written after the prompt, as a new word
         assert len(tokenizer(f" {answer}", add_special_tokens=False)["input_ids"]) == 1, answer
+
+
+@pytest.mark.parametrize("name", SMALL_NAMES)
+def test_small_vision_position_embeddings_say_where_a_patch_is(small_data_dir: Path, name: str) -> None:
+    """The Q-Former sees patches as a set: each patch's place must be in its features, as large as its pixels'."""
+    model = Blip2ForImageTextRetrieval if name == "small-itm" else AutoModelForImageTextToText
+    vision = model.from_pretrained(checkpoint_dir(small_data_dir, name)).vision_model
+    table = vision.embeddings.position_embedding[0, 1:].detach()  # row-major 8 x 8 patches
+    patches = vision.embeddings.patch_embedding(torch.rand(16, 3, 64, 64) * 4 - 2).flatten(2).transpose(1, 2)
+    assert table.norm(dim=1).mean() > 0.5 * patches.norm(dim=2).mean()
+    similarity = torch.nn.functional.cosine_similarity(table[:, None], table[None], dim=2)
+    corner, neighbour, far = 0, 1, 63
+    assert similarity[corner, neighbour] > similarity[corner, far] + 0.2
+    assert len({tuple(row.round(decimals=4).tolist()) for row in table}) == 64  # every place its own
 
 
 def _sha(path: Path) -> str:
