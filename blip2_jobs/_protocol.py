@@ -141,8 +141,7 @@ def submit(request: JobCreateBase, idempotency_key: str | None, wait_s: float = 
     headers = {} if idempotency_key is None else {"Idempotency-Key": idempotency_key}
     if wait_s > 0:
         headers["Prefer"] = f"wait={min(wait_s, LONG_POLL_S):g}"
-    timeout_s = wait_s + 30 if wait_s > 0 else None
-    call = Call("POST", "/v1/jobs", json_body=_request_json(request), headers=headers, timeout_s=timeout_s)
+    call = Call("POST", "/v1/jobs", json_body=_request_json(request), headers=headers, timeout_s=_timeout_s(wait_s))
     return _JOB.validate_json(checked((yield call)).content)
 
 
@@ -174,8 +173,13 @@ def _request_json(request: JobCreateBase) -> bytes:
 
 def get_job(job_id: UUID, wait_s: float = 0.0) -> Flow[JobPublicBase]:
     params: dict[str, str | float] = {"wait": wait_s} if wait_s > 0 else {}
-    call = Call("GET", f"/v1/jobs/{job_id}", params, timeout_s=wait_s + 30 if wait_s > 0 else None)
+    call = Call("GET", f"/v1/jobs/{job_id}", params, timeout_s=_timeout_s(wait_s))
     return _JOB.validate_json(checked((yield call)).content)
+
+
+def _timeout_s(wait_s: float) -> float | None:
+    """A call that asks the server to wait `wait_s` gets that much longer than the client's own timeout."""
+    return wait_s + 30 if wait_s > 0 else None
 
 
 def wait(job_id: UUID, timeout_s: float | None) -> Flow[JobPublicBase]:

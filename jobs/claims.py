@@ -59,7 +59,7 @@ def queue_of(session: Session, job_id: UUID) -> str | None:
 
 def claim_batch(session: Session, queue: str, batch_id: str, rules: BatchRules) -> list[Job]:
     """Claim the next batch on `queue` for the claim `batch_id`; empty when nothing is queued there."""
-    if not _any_queued(session, _Shape(), queue=queue):
+    if not _any_queued(session, _Shape(), rules, queue=queue):
         # What the message of a job that already ran in another's batch mostly finds: one read, no
         # lock taken. A job queued a moment later has a message of its own to claim it.
         return []
@@ -83,7 +83,7 @@ def claim_batch(session: Session, queue: str, batch_id: str, rules: BatchRules) 
 def claim_more(session: Session, queue: str, batch_key: str, batch_id: str, limit: int, rules: BatchRules) -> list[Job]:
     """Claim up to `limit` more queued jobs of a batch already running (that arrived while it gathered),
     in fair order, of the class that may run now."""
-    if limit < 1 or not _any_queued(session, _Shape(same_batch=True), queue=queue, batch_key=batch_key):
+    if limit < 1 or not _any_queued(session, _Shape(same_batch=True), rules, queue=queue, batch_key=batch_key):
         return []  # what a gathering batch mostly finds: one read, and no lock taken
     share = lock_fair_share(session, queue)
     _, mates = _first_runnable(session, _Shape(same_batch=True), rules, queue=queue, limit=limit, batch_key=batch_key)
@@ -110,8 +110,13 @@ class _Shape:
     named_tenants: bool = False  # only these tenants' jobs (else every tenant with jobs queued)
 
 
+def _queued_here() -> list[ColumnElement[bool]]:
+    """Queued on the queue bound as `queue`."""
+    return [Job.queue == bindparam("queue", type_=String()), Job.status == JobStatus.QUEUED]
+
+
 def _conditions(shape: _Shape) -> list[ColumnElement[bool]]:
-    where = [Job.queue == bindparam("queue", type_=String()), Job.status == JobStatus.QUEUED]
+    where = _queued_here()
     if shape.urgent:
         overdue = func.make_interval(0, 0, 0, 0, 0, 0, bindparam("overdue_s"))
         where.append(or_(Job.priority == Priority.INTERACTIVE, Job.created_at <= func.now() - overdue))
@@ -145,8 +150,8 @@ def _first_per_tenant_statement(shape: _Shape) -> Select[Job]:
     return query.execution_options(populate_existing=True)
 
 
-def _any_queued(session: Session, shape: _Shape, **params: Any) -> bool:
-    return bool(session.scalar(_exists_statement(shape), params))
+def _any_queued(session: Session, shape: _Shape, rules: BatchRules, **params: Any) -> bool:
+    return bool(session.scalar(_exists_statement(shape), _bound(shape, rules, params)))
 
 
 def _first_runnable(
@@ -157,7 +162,7 @@ def _first_runnable(
     that class was the urgent one."""
     urgent = _Shape(urgent=True, same_batch=shape.same_batch)
     found = _first_per_tenant(session, urgent, rules, **params)
-    if found or _any_queued(session, _Shape(urgent=True), queue=params["queue"], overdue_s=_overdue_s(rules)):
+    if found or _any_queued(session, _Shape(urgent=True), rules, queue=params["queue"]):
         return True, found
     return False, _first_per_tenant(session, shape, rules, **params)
 
@@ -168,21 +173,21 @@ def _first_per_tenant(session: Session, shape: _Shape, rules: BatchRules, **para
     queued there."""
     if params["limit"] < 1 or params.get("tenants") == []:
         return {}
-    bound: Mapping[str, Any] = params | ({"overdue_s": _overdue_s(rules)} if shape.urgent else {})
     by_tenant: dict[str, list[Job]] = {}
-    for row in session.scalars(_first_per_tenant_statement(shape), bound):
+    for row in session.scalars(_first_per_tenant_statement(shape), _bound(shape, rules, params)):
         by_tenant.setdefault(row.tenant, []).append(row)
     return by_tenant
 
 
-def _overdue_s(rules: BatchRules) -> float:
-    return rules.batch_max_wait.total_seconds()
+def _bound(shape: _Shape, rules: BatchRules, params: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The parameters of a statement of `shape`: the caller's, and how long a batch job waits (urgent shapes)."""
+    return {**params, "overdue_s": rules.batch_max_wait.total_seconds()} if shape.urgent else params
 
 
 def _tenants_waiting() -> CTE:
     """The tenants with jobs queued on `queue`, walked through the index one tenant at a time (a loose
     index scan: a probe per tenant, however long their queues); the walk ends on a NULL."""
-    queued = (Job.queue == bindparam("queue", type_=String()), Job.status == JobStatus.QUEUED)
+    queued = _queued_here()
     walk = select(func.min(Job.tenant).label("tenant")).where(*queued).cte("walk", recursive=True)
     following = select(func.min(Job.tenant)).where(*queued, Job.tenant > walk.c.tenant).scalar_subquery()
     return walk.union_all(select(following).where(walk.c.tenant.is_not(None)))

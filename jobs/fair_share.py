@@ -22,11 +22,11 @@ from collections import deque
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Any
 
 from sqlalchemy import Float, Select, String, Update, and_, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import BindParameter
 from sqlalchemy.sql.selectable import TableValuedAlias
 
 from jobs.models import Job, QueueClock, QueueShare, Tenant
@@ -108,7 +108,8 @@ def save_fair_share(session: Session, share: FairShare) -> None:
 # Built once, with bound parameters: every claim runs them.
 
 
-def _queue() -> Any:
+def _queue() -> BindParameter[str]:
+    """The queue, bound as `share_queue` (`queue` is a column these statements write)."""
     return bindparam("share_queue", type_=String())
 
 

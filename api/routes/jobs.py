@@ -67,7 +67,6 @@ _JOB_LINKS = {
 )
 async def create_job(
     body: Annotated[JobCreate, Body()],
-    submission: SubmissionDep,
     context: ContextDep,
     principal: CurrentPrincipal,
     response: Response,
@@ -79,7 +78,7 @@ async def create_job(
     With `Prefer: wait=N` (RFC 7240; N at most 30), answers once the job has finished, 201 with its
     result, or after N seconds, 202 with the job as it is then: a submission and its long-poll in one request.
     """
-    job, public = await run_in_threadpool(_submit, submission, principal.tenant, body, idempotency_key)
+    job, public = await run_in_threadpool(_submit, context.submission, principal.tenant, body, idempotency_key)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     if (wait_s := preferred_wait_s(prefer, context.settings.LONG_POLL_MAX_S)) is not None:
         response.headers["Preference-Applied"] = f"wait={wait_s:g}"
