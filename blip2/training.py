@@ -15,7 +15,10 @@ encoder and the language model stay frozen unless `train` names them. The losses
   (max over the query tokens), plus ITM, a binary match loss on the positive pairs and on hard
   negatives drawn from the ITC similarities. BLIP-2 also trains an image-grounded text
   generation loss at this stage; transformers' retrieval model has no Q-Former LM head to
-  train it with, so it is left out.
+  train it with, so it is left out. Optionally (`swap_negatives`), each caption with one word
+  swapped for another of its kind ("a red circle" -> "a red square") is one more negative for
+  both losses, as NegCLIP (Yuksekgonul et al., 2023) teaches a CLIP model what in-batch
+  negatives seldom ask it: which shape, which colour, not only which picture.
 
 The loop is plain: AdamW, linear warm-up then cosine decay, gradient accumulation, gradient
 clipping, autocast on CUDA. A vision encoder that stays frozen runs once per training image, not
@@ -82,9 +85,13 @@ class TrainConfig:
     seed: int = 1337  # data order, ITM negatives and dropout all follow from it
     mixed_precision: str = "auto"  # auto | bf16 | fp16 | no; autocast on CUDA only, CPU trains in fp32
     vision_cache_mb: int = 2048  # a frozen vision encoder's outputs kept per training image (VisionCache); 0: never
+    # match: groups of words that stand for each other (("circle", "square", "star"),): each caption
+    # also trains as a negative with one such word swapped for another of its group (`swapped_text`)
+    swap_negatives: tuple[tuple[str, ...], ...] = ()
 
     def __post_init__(self) -> None:
         self.train = tuple(self.train)
+        self.swap_negatives = tuple(tuple(word.lower() for word in group) for group in self.swap_negatives)
         for problem in _config_problems(self):
             raise InvalidArgument(problem)
 
@@ -100,6 +107,8 @@ def _config_problems(c: TrainConfig) -> list[str]:
         (c.mixed_precision in ("auto", "bf16", "fp16", "no"), "mixed_precision must be auto, bf16, fp16 or no"),
         (c.itc_temperature > 0, "itc_temperature must be positive"),
         (c.vision_cache_mb >= 0, "vision_cache_mb must be >= 0"),
+        (all(len(set(g)) >= 2 for g in c.swap_negatives), "each swap_negatives group needs two different words"),
+        (not c.swap_negatives or c.task == Task.MATCH, "swap_negatives are negatives for match training only"),
     ]
     return [message for ok, message in checks if not ok]
 
@@ -568,13 +577,65 @@ def matching_loss(lm: LoadedModel, batch: list[Example], config: TrainConfig, sa
     # every such pair is a positive, so the contrastive targets spread over all of them.
     positives = _positive_pairs(batch, lm.device)
     logits = similarity / config.itc_temperature
-    itc = (_soft_cross_entropy(logits, positives, config) + _soft_cross_entropy(logits.t(), positives.t(), config)) / 2
-    return itc + _itm_loss(lm, images.vision, texts, logits.detach(), positives, sampler)
+    itc_t2i = _soft_cross_entropy(logits.t(), positives.t(), config)
+    hard = logits.detach()
+    swapped = _swapped_negatives(batch, config.swap_negatives, sampler)
+    swapped_pairs = None
+    if swapped:
+        # The swapped captions join the texts each image is contrasted with, and pair with their
+        # own image as ITM negatives: the pairs in-batch sampling would almost never draw.
+        swapped_texts = text_tokens(lm, [text for _, text in swapped])
+        logits = torch.cat([logits, itc_similarity(lm, images.queries, swapped_texts) / config.itc_temperature], 1)
+        positives = torch.cat([positives, _same_text(batch, [text for _, text in swapped], lm.device)], 1)
+        swapped_pairs = ([i for i, _ in swapped], swapped_texts)
+    itc = (_soft_cross_entropy(logits, positives, config) + itc_t2i) / 2
+    return itc + _itm_loss(lm, images.vision, texts, hard, positives[:, : len(batch)], sampler, swapped_pairs)
 
 
 def _positive_pairs(batch: list[Example], device: torch.device) -> torch.Tensor:
     keys = [(e.image_id, e.target.lower()) for e in batch]
     same = [[a[0] == b[0] or a[1] == b[1] for b in keys] for a in keys]
+    return torch.tensor(same, dtype=torch.bool, device=device)
+
+
+def _swapped_negatives(
+    batch: list[Example], groups: tuple[tuple[str, ...], ...], sampler: torch.Generator
+) -> list[tuple[int, str]]:
+    """(example, its caption with one word swapped) for every example whose caption has a word to
+    swap and whose swap is not also a caption of its own image."""
+    own = {(e.image_id, e.target.lower()) for e in batch}
+    swapped = []
+    for i, example in enumerate(batch):
+        text = swapped_text(example.target, groups, sampler) if groups else None
+        if text is not None and (example.image_id, text.lower()) not in own:
+            swapped.append((i, text))
+    return swapped
+
+
+def swapped_text(text: str, groups: tuple[tuple[str, ...], ...], sampler: torch.Generator) -> str | None:
+    """`text` with one of its words that a group names replaced by another word of that group,
+    both drawn from `sampler`; None when no word of `text` is in a group (words lower case)."""
+    words = text.split()
+    spots = [(i, group) for i, word in enumerate(words) for group in groups if _bare(word) in group]
+    if not spots:
+        return None
+    i, group = spots[_draw(len(spots), sampler)]
+    others = [other for other in group if other != _bare(words[i])]
+    words[i] = words[i].lower().replace(_bare(words[i]), others[_draw(len(others), sampler)])
+    return " ".join(words)
+
+
+def _bare(word: str) -> str:
+    return word.lower().strip(".,;:!?\"'")
+
+
+def _draw(n: int, sampler: torch.Generator) -> int:
+    return int(torch.randint(n, (1,), generator=sampler))
+
+
+def _same_text(batch: list[Example], texts: list[str], device: torch.device) -> torch.Tensor:
+    """(images, texts): whether each text is also a caption of each image (then it is a positive)."""
+    same = [[e.target.lower() == text.lower() for text in texts] for e in batch]
     return torch.tensor(same, dtype=torch.bool, device=device)
 
 
@@ -590,10 +651,13 @@ def _itm_loss(
     logits: torch.Tensor,
     positives: torch.Tensor,
     sampler: torch.Generator,
+    swapped: tuple[list[int], EncodedTexts] | None = None,
 ) -> torch.Tensor:
     """Binary match loss on every positive pair and, per image and per text, one hard negative:
     drawn with probability softmax(ITC similarity) over the non-positives, so that the pairs
-    ITC finds hardest to tell apart are the ones ITM learns from most."""
+    ITC finds hardest to tell apart are the ones ITM learns from most. `swapped` pairs (images,
+    their swapped captions) are negatives too, each weighing as much as any other pair: a pair
+    the model cannot yet tell from its swap then sits at 0.5, not below it."""
     batch = torch.arange(len(texts.input_ids))
     negative_texts = _draw_hard(logits, positives, sampler)  # for image i, a text
     negative_images = _draw_hard(logits.t(), positives.t(), sampler)  # for text j, an image
@@ -601,7 +665,10 @@ def _itm_loss(
     text_rows = [*batch.tolist(), *[t for _, t in negative_texts], *[j for j, _ in negative_images]]
     pairs = EncodedTexts(texts.input_ids[text_rows], texts.attention_mask[text_rows], texts.tokens[text_rows])
     logits_of_pairs = itm_logits(lm, vision[image_rows], pairs)
-    labels = torch.zeros(len(image_rows), dtype=torch.long, device=logits_of_pairs.device)
+    if swapped is not None:
+        swapped_images, swapped_texts = swapped
+        logits_of_pairs = torch.cat([logits_of_pairs, itm_logits(lm, vision[swapped_images], swapped_texts)])
+    labels = torch.zeros(len(logits_of_pairs), dtype=torch.long, device=logits_of_pairs.device)
     labels[: len(batch)] = 1
     return F.cross_entropy(logits_of_pairs, labels)
 

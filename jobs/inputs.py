@@ -24,6 +24,9 @@ LIST_CEILING = 1024
 # Standard base64 with its padding: what `image` must be for its bytes to be read at all.
 BASE64_PATTERN = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
 _IMAGE_FIELDS = ("image_id", "image", "image_url")
+# One word of a caption, as training's swapped negatives match it: split on whitespace, lower case
+# (captions are matched without regard to case, so "Circle" and "circle" would be one word).
+SwapWord = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^\sA-Z]+$")]
 
 
 # ---- what the OpenAPI schema says across fields ---------------------------------------------
@@ -359,6 +362,16 @@ class DownloadInput(JobInput):
 class TrainInput(JobInput):
     """Fine-tune the job's `model` on a registered dataset; the result is served as `output_model`."""
 
+    # The OpenAPI document's copy of `_swaps_for_matching`: no swap_negatives unless task is match.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "not": _all_of(
+                {"required": ["swap_negatives"], "properties": {"swap_negatives": {"minItems": 1}}},
+                {"anyOf": [{"not": {"required": ["task"]}}, {"properties": {"task": {"not": {"const": "match"}}}}]},
+            )
+        }
+    )
+
     dataset: str = Field(pattern=NAME_PATTERN)
     task: Task = "caption"
     output_model: str = Field(pattern=NAME_PATTERN)
@@ -378,6 +391,22 @@ class TrainInput(JobInput):
         description="A model (a retrieval one, say) whose vision encoder and Q-Former this one starts from: "
         "BLIP-2's generative stage starts from what its representation stage trained.",
     )
+    swap_negatives: list[
+        Annotated[list[SwapWord], Field(min_length=2, max_length=64, json_schema_extra={"uniqueItems": True})]
+    ] = Field(
+        default_factory=list,
+        max_length=32,
+        description='match only: groups of words that stand for each other, e.g. [["circle", "square"]]; '
+        "each caption also trains as a negative with one such word swapped for another of its group.",
+    )
+
+    @model_validator(mode="after")
+    def _swaps_for_matching(self) -> Self:
+        if self.swap_negatives and self.task != "match":
+            raise ValueError("swap_negatives are negatives for match training: give them with task match")
+        if any(len(set(group)) < len(group) for group in self.swap_negatives):
+            raise ValueError("a word appears twice in one swap_negatives group")
+        return self
 
 
 class EvaluateInput(JobInput):

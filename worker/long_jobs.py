@@ -184,6 +184,7 @@ def run_train(long_job: LongJob[TrainInput]) -> TrainOutput:
         checkpoint_every=job_input.checkpoint_every,
         train=tuple(job_input.train),
         seed=job_input.seed,
+        swap_negatives=tuple(tuple(group) for group in job_input.swap_negatives),
     )
     if job_input.warmup_steps is not None:
         config = replace(config, warmup_steps=job_input.warmup_steps)

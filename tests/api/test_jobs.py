@@ -16,6 +16,7 @@ from tests.support.broker import drain, waiting_job_ids
 from tests.support.images import png_base64, png_bytes
 
 QUEUE = "infer.tiny-opt"
+TRAIN_INPUT = {"dataset": "shapes", "output_model": "mine"}
 
 
 @pytest.fixture
@@ -105,6 +106,11 @@ def test_idempotency_key(client: TestClient, image_id: str, sessions: SessionFac
             {"kind": "match", "model": "tiny-itm", "input": {"image": png_base64(), "texts": ["t"] * 500}},
             "batch_too_large",
             "input.texts",
+        ),
+        (  # swapped negatives are for matching; a captioner's training has no negatives
+            {"kind": "train", "model": "tiny-itm", "input": {**TRAIN_INPUT, "swap_negatives": [["circle", "star"]]}},
+            "invalid_request",
+            "input",
         ),
     ],
 )

@@ -9,11 +9,13 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from blip2 import training
 from blip2.caption import caption
 from blip2.data.records import CaptionRecord, VqaRecord
 from blip2.decoding import DecodingOptions
 from blip2.errors import IncompatibleCheckpoint, InvalidArgument
 from blip2.loading import LoadedModel, load_model
+from blip2.qformer import EncodedTexts
 from blip2.training import (
     DataOrder,
     Example,
@@ -26,7 +28,9 @@ from blip2.training import (
     language_modelling_loss,
     lr_at,
     make_examples,
+    matching_loss,
     start_from,
+    swapped_text,
     train,
 )
 
@@ -107,6 +111,46 @@ def test_vqa_loss_goes_down(tiny_data_dir: Path, questions: list[VqaRecord], tmp
 
 def test_match_loss_goes_down(tiny_data_dir: Path, captions: list[CaptionRecord], tmp_path: Path) -> None:
     result = run(fresh("tiny-itm", tiny_data_dir), captions, tmp_path, task="match", max_steps=30)
+    assert _fell(result.losses) < 0.75, result.losses
+
+
+def test_a_swapped_text_changes_one_word_for_another_of_its_group() -> None:
+    groups = (("circle", "square", "star"), ("red", "blue"))
+    draws = [swapped_text("A Red circle on the left.", groups, torch.Generator().manual_seed(n)) for n in range(40)]
+    changed = set()
+    for text in draws:
+        assert text is not None
+        before, after = ["a", "red", "circle", "on", "the", "left."], text.lower().split()
+        (spot,) = [i for i, (a, b) in enumerate(zip(before, after, strict=True)) if a != b]
+        group = next(g for g in groups if before[spot] in g)
+        assert after[spot] in group, text
+        changed.add(spot)
+    assert changed == {1, 2}  # either kind of word
+    assert swapped_text("a red circle", groups, torch.Generator().manual_seed(3)) == swapped_text(
+        "a red circle", groups, torch.Generator().manual_seed(3)
+    )
+    assert swapped_text("a dog on the left", groups, torch.Generator()) is None
+
+
+def test_swapped_captions_are_itm_negatives_of_their_own_image(
+    tiny_data_dir: Path, captions: list[CaptionRecord], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    lm = fresh("tiny-itm", tiny_data_dir)
+    pairs: list[list[str]] = []
+    real = training.itm_logits
+
+    def recording(lm: LoadedModel, vision: torch.Tensor, texts: EncodedTexts) -> torch.Tensor:
+        pairs.append(lm.tokenizer.batch_decode(texts.input_ids, skip_special_tokens=True))
+        return real(lm, vision, texts)
+
+    monkeypatch.setattr(training, "itm_logits", recording)
+    config = TrainConfig(task="match", swap_negatives=(("circle", "square"),))
+    loss = matching_loss(lm, make_examples(lm, captions, "match"), config, torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss)
+    # After the in-batch pairs, one more ITM pass: each image with its own caption, shape swapped.
+    assert len(pairs) == 2 and pairs[1] == ["a red square", "a blue circle", "a green square", "a yellow circle"]
+    swapping = {"task": "match", "max_steps": 30, "swap_negatives": (("circle", "square"),)}
+    result = run(fresh("tiny-itm", tiny_data_dir), captions, tmp_path, **swapping)
     assert _fell(result.losses) < 0.75, result.losses
 
 
@@ -253,6 +297,10 @@ def test_config_is_validated(tiny_data_dir: Path, captions: list[CaptionRecord],
         TrainConfig(train=("wings",))
     with pytest.raises(InvalidArgument):
         TrainConfig(task="dance")
+    with pytest.raises(InvalidArgument, match="match training only"):
+        TrainConfig(task="caption", swap_negatives=(("circle", "square"),))
+    with pytest.raises(InvalidArgument, match="two different words"):
+        TrainConfig(task="match", swap_negatives=(("circle", "Circle"),))
     with pytest.raises(InvalidArgument):  # a captioning model cannot train retrieval
         run(fresh("tiny-opt", tiny_data_dir), captions, tmp_path, task="match", max_steps=1)
 

@@ -9,12 +9,13 @@ import jsonschema_rs
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from jobs.inputs import CaptionInput, DownloadInput, EmbedInput, MatchInput
+from jobs.inputs import CaptionInput, DownloadInput, EmbedInput, MatchInput, TrainInput
 
 ID = str(uuid.uuid4())
 PNG = "iVBORw0KGgo="
 URL = "https://example.org/cat.jpg"
 SHA = "a" * 64
+TRAIN = {"dataset": "shapes", "output_model": "mine"}
 
 
 def accepted_by_model(model: type[BaseModel], data: dict[str, Any]) -> bool:
@@ -60,6 +61,15 @@ CASES: list[tuple[type[BaseModel], dict[str, Any]]] = [
     (DownloadInput, {"url": URL, "sha256": SHA, "format": "jsonl"}),
     (DownloadInput, {"dataset": "shapes", "url": URL}),
     (DownloadInput, {}),
+    (TrainInput, TRAIN | {"task": "match", "swap_negatives": [["circle", "square"]]}),
+    (TrainInput, TRAIN | {"task": "match", "swap_negatives": []}),
+    (TrainInput, TRAIN | {"swap_negatives": []}),
+    (TrainInput, TRAIN | {"swap_negatives": [["circle", "square"]]}),
+    (TrainInput, TRAIN | {"task": "caption", "swap_negatives": [["circle", "square"]]}),
+    (TrainInput, TRAIN | {"task": "match", "swap_negatives": [["circle", "circle"]]}),
+    (TrainInput, TRAIN | {"task": "match", "swap_negatives": [["circle"]]}),
+    (TrainInput, TRAIN | {"task": "match", "swap_negatives": [["Circle", "square"]]}),
+    (TrainInput, TRAIN | {"task": "match", "swap_negatives": [["red circle", "square"]]}),
 ]
 
 
