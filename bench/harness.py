@@ -40,6 +40,7 @@ class RunningSystem:
     key: str
     settings: Settings
     data_dir: Path
+    api: subprocess.Popen[bytes]
     workers: list[subprocess.Popen[bytes]]
 
     def client(self, **kwargs: object) -> httpx.Client:
@@ -138,7 +139,7 @@ def running_system(
             _wait_for_log(data_dir / f"worker-{model}.log", " ready.", workers[-1])
         url = f"http://127.0.0.1:{port}"
         _wait_for_http(f"{url}/healthz", api)
-        yield RunningSystem(url, key, settings, data_dir, workers)
+        yield RunningSystem(url, key, settings, data_dir, api, workers)
 
 
 @contextmanager

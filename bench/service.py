@@ -12,6 +12,7 @@ per second for each and the service's ratio to both.
 
 import argparse
 import asyncio
+import os
 import statistics
 import tempfile
 import time
@@ -21,6 +22,7 @@ from pathlib import Path
 import aiohttp
 from PIL import Image
 
+from bench.cpu import cpu_by_role
 from bench.harness import RunningSystem, models_file_for, photos, run_job, running_system
 from cli.service_commands import default_api_workers
 
@@ -40,7 +42,9 @@ def main() -> None:
         ) as system:  # fmt: skip
             image_ids = system.upload(images)
             asyncio.run(_clients(system, image_ids, args, decoding, jobs=args.clients))  # warm-up
+            before = cpu_by_role(system)
             service, latencies = asyncio.run(_clients(system, image_ids, args, decoding, jobs=args.jobs))
+            cpu = (cpu_by_role(system) - before).per_job_ms(args.jobs)
             data_dir = system.data_dir
         batched, alone = _direct(args, images, decoding, data_dir, models_file)
     print(f"model {args.model}, {args.clients} clients, {args.jobs} jobs, greedy {args.tokens} new tokens")
@@ -51,6 +55,9 @@ def main() -> None:
     print(f"{'the service (submit + long-poll per job)':<46} {service:>9.1f}")
     p50, p99 = statistics.median(latencies), statistics.quantiles(latencies, n=100)[98]
     print(f"job latency as clients saw it: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms")
+    print("CPU per job, by process: " + ", ".join(f"{role} {ms:.1f} ms" for role, ms in cpu.items()))
+    available = (os.cpu_count() or 1) * 1000 / service
+    print(f"  in all {sum(cpu.values()):.1f} ms of the {available:.1f} ms of CPU the machine's cores had per job")
 
 
 def _arguments() -> argparse.Namespace:
