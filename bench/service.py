@@ -13,9 +13,11 @@ per second for each and the service's ratio to both.
 import argparse
 import asyncio
 import os
+import re
 import statistics
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,9 +44,10 @@ def main() -> None:
         ) as system:  # fmt: skip
             image_ids = system.upload(images)
             asyncio.run(_clients(system, image_ids, args, decoding, jobs=args.clients))  # warm-up
-            before = cpu_by_role(system)
+            before, batches_before = cpu_by_role(system), _batch_sizes(system, args.model)
             service, latencies = asyncio.run(_clients(system, image_ids, args, decoding, jobs=args.jobs))
             cpu = (cpu_by_role(system) - before).per_job_ms(args.jobs)
+            batches = _batch_sizes(system, args.model)[len(batches_before) :]
             data_dir = system.data_dir
         batched, alone = _direct(args, images, decoding, data_dir, models_file)
     print(f"model {args.model}, {args.clients} clients, {args.jobs} jobs, greedy {args.tokens} new tokens")
@@ -55,9 +58,17 @@ def main() -> None:
     print(f"{'the service (submit + long-poll per job)':<46} {service:>9.1f}")
     p50, p99 = statistics.median(latencies), statistics.quantiles(latencies, n=100)[98]
     print(f"job latency as clients saw it: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms")
+    sizes = ", ".join(f"{size}: {count}" for size, count in sorted(Counter(batches).items()))
+    print(f"the worker ran {len(batches)} batches, by size: {sizes}")
     print("CPU per job, by process: " + ", ".join(f"{role} {ms:.1f} ms" for role, ms in cpu.items()))
     available = (os.cpu_count() or 1) * 1000 / service
     print(f"  in all {sum(cpu.values()):.1f} ms of the {available:.1f} ms of CPU the machine's cores had per job")
+
+
+def _batch_sizes(system: RunningSystem, model: str) -> list[int]:
+    """The size of every batch the model's worker ran so far, from its log (worker/batches.py logs each)."""
+    log = (system.data_dir / f"worker-{model}.log").read_text(errors="replace")
+    return [int(size) for size in re.findall(r"batch of (\d+) \w+ jobs in", log)]
 
 
 def _arguments() -> argparse.Namespace:
