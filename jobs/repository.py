@@ -24,13 +24,11 @@ from sqlalchemy import (
     Uuid,
     any_,
     bindparam,
-    cast,
     column,
     func,
     select,
     tuple_,
     update,
-    values,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Session, joinedload
@@ -261,24 +259,37 @@ def succeed_jobs(session: Session, outcomes: Mapping[Attempt, Outcome]) -> list[
     theirs (the others were canceled or lost meanwhile, and their usage is not counted)."""
     if not outcomes:
         return []
-    job, attempt = column("id", Uuid()), column("attempt", Integer())
-    rows = values(job, attempt, column("result", JSONB()), column("seconds", Float()), name="results").data(
-        [(a.job_id, a.number, outcome.result, outcome.worker_seconds) for a, outcome in outcomes.items()]
+    rows = [{"id": str(a.job_id), "attempt": a.number, "result": outcome.result, "seconds": outcome.worker_seconds}
+            for a, outcome in outcomes.items()]  # fmt: skip
+    return list(session.scalars(_succeed_jobs_statement(), {"rows": rows}))
+
+
+@cache
+def _succeed_jobs_statement() -> Update:
+    """`succeed_jobs`, built once (a worker records a batch several times a second): the batch's rows
+    are one JSON array, bound as a parameter and read back as a table (jsonb_to_recordset), so the
+    statement is the same whatever the batch and SQLAlchemy compiles it once, not once per batch."""
+    columns = (
+        column("id", Uuid()),
+        column("attempt", Integer()),
+        column("result", JSONB()),
+        column("seconds", Float()),
     )
+    rows = func.jsonb_to_recordset(bindparam("rows", type_=JSONB())).table_valued(*columns)
+    results = rows.render_derived(name="results", with_types=True)
     statement = (
         update(Job)
-        .where(Job.id == rows.c.id, Job.attempts == rows.c.attempt, Job.status == JobStatus.RUNNING)
+        .where(Job.id == results.c.id, Job.attempts == results.c.attempt, Job.status == JobStatus.RUNNING)
         .values(
             status=JobStatus.SUCCEEDED,
-            result=rows.c.result,
+            result=results.c.result,
             finished_at=func.now(),
             progress=1.0,
-            worker_seconds=cast(rows.c.seconds, Float()),  # NULL alone in VALUES is text
+            worker_seconds=results.c.seconds,
         )
         .returning(Job)
-        .execution_options(populate_existing=True)
     )
-    return list(session.scalars(statement))
+    return statement.execution_options(populate_existing=True, synchronize_session=False)
 
 
 def fail_job(

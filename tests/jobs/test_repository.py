@@ -12,6 +12,7 @@ from jobs.errors import InvalidCursor, JobNotCancelable, JobNotFound
 from jobs.kinds import JobKind
 from jobs.models import Attempt, Job
 from jobs.repository import (
+    Outcome,
     add_job,
     cancel_job,
     claim_job,
@@ -24,6 +25,7 @@ from jobs.repository import (
     report_progress,
     requeue_lost_jobs,
     succeed_job,
+    succeed_jobs,
 )
 from jobs.status import JobStatus
 from tests.support.auth import TENANT
@@ -166,3 +168,29 @@ def test_lost_running_jobs_are_queued_again_then_failed(sessions: SessionFactory
             assert get_job(session, job.id).status is (JobStatus.QUEUED if attempt == 1 else JobStatus.FAILED)
     with session_scope(sessions) as session:
         assert get_job(session, job.id).error_code == "worker_lost"
+
+
+def test_a_batch_records_every_result_that_is_still_its_own_in_one_statement(sessions: SessionFactory) -> None:
+    jobs = [new_job(sessions) for _ in range(4)]
+    with session_scope(sessions) as session:
+        attempts = [claimed(session, job) for job in jobs]
+    with session_scope(sessions) as session:
+        cancel_job(session, jobs[1].id, TENANT)  # canceled while it ran
+    lost = Attempt(jobs[2].id, attempts[2].number + 1)  # a run that no longer holds its job
+    outcomes = {
+        attempts[0]: Outcome({"captions": ["a cat — «naïve» 🐈"], "scores": [[0.5, -1e-9]]}, 0.25),
+        attempts[1]: Outcome({"captions": ["canceled"]}, 0.25),
+        lost: Outcome({"captions": ["stale"]}, 0.25),
+        attempts[3]: Outcome({"captions": []}, None),
+    }
+    with session_scope(sessions) as session:
+        written = succeed_jobs(session, outcomes)
+    assert sorted(job.id for job in written) == sorted([jobs[0].id, jobs[3].id])
+    with session_scope(sessions) as session:
+        first, canceled, running, last = (get_job(session, job.id, TENANT) for job in jobs)
+        assert (first.status, first.result, first.worker_seconds, first.progress) == (
+            JobStatus.SUCCEEDED, {"captions": ["a cat — «naïve» 🐈"], "scores": [[0.5, -1e-9]]}, 0.25, 1.0
+        )  # fmt: skip
+        assert (last.status, last.result, last.worker_seconds) == (JobStatus.SUCCEEDED, {"captions": []}, None)
+        assert (canceled.status, canceled.result) == (JobStatus.CANCELED, None)
+        assert (running.status, running.result) == (JobStatus.RUNNING, None)
