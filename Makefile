@@ -43,7 +43,7 @@ demo: install
 	$(BIN)/blip2-jobs caption data/shapes.png
 	$(BIN)/blip2-jobs vqa data/shapes.png --question "what colour is the circle?"
 
-# Re-train the demo models in blip2/pretrained/ through the service's own jobs (25 minutes on one CPU core).
+# Re-train the demo models in blip2/pretrained/ through the service's own jobs (28 minutes on one CPU core).
 demo-models: install
 	$(BIN)/python scripts/train_demo_models.py
 
