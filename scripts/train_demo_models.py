@@ -38,7 +38,7 @@ def main() -> None:
     args = _arguments()
     with tempfile.TemporaryDirectory(prefix="blip2-demo-") as scratch:
         port = free_port()
-        service = _start_service(Path(scratch), port)
+        service = _start_service(Path(scratch), port, args.threads)
         try:
             # `up` on its embedded servers saves a development key (tenant dev) in its data directory.
             key = (Path(scratch) / "data" / "dev-api-key").read_text().strip()
@@ -76,6 +76,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--caption-steps", type=int, default=3000, help="steps for shapes-blip2")
     parser.add_argument("--match-steps", type=int, default=2000, help="steps for shapes-itm")
     parser.add_argument("--out", type=Path, default=PRETRAINED, help="where the checkpoints go")
+    parser.add_argument("--threads", type=int, default=1, help="threads per process (more on a machine left to it)")
     return parser.parse_args()
 
 
@@ -162,12 +163,13 @@ def _publish(data_dir: Path, results: dict[str, Any], args: argparse.Namespace) 
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
 
 
-def _start_service(scratch: Path, port: int) -> subprocess.Popen[bytes]:
+def _start_service(scratch: Path, port: int, threads: int) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     # Inference workers for the tiny models only (quick to load): training runs on the long-job worker.
-    # One thread per process: on a small machine shared with other work (the API, the other workers, a
-    # test run) two threads of one training wait on each other at every matrix product (3-10x slower).
-    env |= {"BLIP2_DATA_DIR": str(scratch / "data"), "BLIP2_DEFAULT_MODEL": "tiny-opt", "OMP_NUM_THREADS": "1"}
+    # One thread per process by default: on a small machine shared with other work (the API, the other
+    # workers, a test run) two threads of one training wait on each other at every matrix product
+    # (3-10x slower). On a machine left to it, --threads 2 uses both cores of two.
+    env |= {"BLIP2_DATA_DIR": str(scratch / "data"), "BLIP2_DEFAULT_MODEL": "tiny-opt", "OMP_NUM_THREADS": str(threads)}
     args = [CLI, "up", f"--port={port}", f"--flower-port={free_port()}", "--models=tiny-opt,tiny-itm"]
     service = subprocess.Popen(args, env=env)
     deadline = time.monotonic() + 180
