@@ -33,18 +33,17 @@ from blip2.registry import PRETRAINED_DIR
 from blip2.vqa import answer
 
 RESULTS = json.loads((PRETRAINED_DIR / "results.json").read_text())
-# Held-out test split, results.json: VQA 0.94, Recall@1 0.97 / 0.99, ITM accuracy 0.955, CIDEr 9.5,
-# exact captions 0.84 (on the 50 and 200 records checked here: CIDEr 9.3, exact 0.80, VQA 0.955,
-# Recall@1 1.0 / 1.0, ITM accuracy 0.93).
-MIN_VQA = 0.92  # issue 13 asks 0.95
+# Held-out test split, results.json: VQA 0.96, Recall@1 0.99 / 0.99, ITM accuracy 0.98, CIDEr 9.7,
+# exact captions 0.905 (on the 50 and 200 records checked here: CIDEr 9.5, exact 0.88, VQA 0.97,
+# Recall@1 1.0 / 1.0, ITM accuracy 0.99).
+MIN_VQA = 0.95  # as issue 13 asks
 MIN_RECALL_AT_1 = 0.95  # as issue 13 asks, both ways
-MIN_ITM_ACCURACY = 0.95  # as issue 13 asks, on the whole test split
-MIN_ITM_ACCURACY_OF_50 = 0.9  # on the first 50 records alone (0.93 today): fewer pairs, more noise
-MIN_CIDER = 9.0  # issue 13 asks every caption right
-MIN_EXACT_MATCH = 0.75  # issue 13 asks every caption right
-# On the pictures drawn here: 56 of 58 answers right (issue 13 asks all; the two misses count a lone
-# green triangle as two shapes), every caption-picture pair on the right side of 0.5.
-MIN_DRAWN_ANSWERS = 0.93
+MIN_ITM_ACCURACY = 0.95  # as issue 13 asks
+MIN_CIDER = 9.3  # issue 13 asks every caption right
+MIN_EXACT_MATCH = 0.85  # issue 13 asks every caption right
+# On the pictures drawn here: every caption right, 57 of 58 answers (the miss: a lone green triangle
+# counted as two shapes), every caption-picture pair on the right side of 0.5.
+MIN_DRAWN_ANSWERS = 0.95
 MIN_DRAWN_PAIRS = 0.95  # as issue 13 asks of held-out pairs
 
 
@@ -94,7 +93,7 @@ def test_matching_ranks_the_right_caption_first(matcher: LoadedModel, shapes_tes
     records = shapes_test.captions(Split.TEST)[:50]  # type: ignore[attr-defined]
     scores = evaluate(matcher, records, "match")
     assert min(scores["i2t_recall@1"], scores["t2i_recall@1"]) >= MIN_RECALL_AT_1
-    assert scores["itm_accuracy"] >= MIN_ITM_ACCURACY_OF_50
+    assert scores["itm_accuracy"] >= MIN_ITM_ACCURACY
 
 
 # -- Pictures drawn here, not by the generator ----------------------------------------------------
@@ -159,6 +158,13 @@ def test_answers_about_pictures_drawn_elsewhere(
     answers = answer(captioner, [image for image, _, _ in asked], [q for _, q, _ in asked])
     right = sum(got.text == a for (_, _, a), got in zip(asked, answers, strict=True))
     assert right / len(asked) >= MIN_DRAWN_ANSWERS
+
+
+def test_captions_of_pictures_drawn_elsewhere(
+    captioner: LoadedModel, drawings: list[tuple[Image.Image, tuple[Item, ...]]]
+) -> None:
+    said = caption(captioner, [image for image, _ in drawings])
+    assert [r.captions[0] for r in said] == [describe(scene) for _, scene in drawings]
 
 
 def test_matching_pictures_drawn_elsewhere(
