@@ -11,9 +11,16 @@ the same limit, until MAX_ATTEMPTS turned them into `worker_lost` failures.
 The write runs in a thread of its own with a short-lived engine: the main process must not block
 its event loop on Postgres, nor hold connections across the forks of new children. If the write
 fails, the sweeper's lease still recovers the job.
+
+The pool forks the killed child's replacement at about the moment that thread writes and sends the
+dashboard's events, and a fork copies whatever lock the thread holds just then (the app's producer
+pool, a connection pool's) held for ever in the child, which hangs on it before it ever loads its
+model: once, in CI, the worker took no job for three minutes after a hard timeout. So a fork waits
+for a write in progress to end (`_WRITING`, taken around the write and around every fork).
 """
 
 import logging
+import os
 import threading
 from typing import Any
 
@@ -27,6 +34,10 @@ from jobs.settings import Settings
 from worker.events import TaskEvents
 
 log = logging.getLogger(__name__)
+
+# Held while a hard-limit write is in progress, and by every fork of this process while it forks.
+_WRITING = threading.Lock()
+os.register_at_fork(before=_WRITING.acquire, after_in_parent=_WRITING.release, after_in_child=_WRITING.release)
 
 
 def record_hard_time_limits(app: Celery, settings: Settings) -> None:
@@ -57,6 +68,11 @@ def record_hard_time_limits(app: Celery, settings: Settings) -> None:
 
 
 def _fail(settings: Settings, events: TaskEvents, batch_id: str, limit: object) -> None:
+    with _WRITING:
+        _write_failure(settings, events, batch_id, limit)
+
+
+def _write_failure(settings: Settings, events: TaskEvents, batch_id: str, limit: object) -> None:
     log.warning("batch %s killed at the hard time limit (%s s)", batch_id, limit)
     engine = create_db_engine(settings)
     message = f"the job ran past the hard time limit ({limit} s)"

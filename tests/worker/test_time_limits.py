@@ -1,7 +1,9 @@
 """A batch killed at the hard time limit has its jobs failed by the worker's main process, on Celery's signal."""
 
+import os
 import threading
 
+import pytest
 from celery.exceptions import TimeLimitExceeded
 from celery.signals import task_failure
 
@@ -15,6 +17,7 @@ from jobs.settings import Settings
 from jobs.status import JobStatus
 from tests.support.auth import TENANT
 from tests.support.waiting import wait_terminal
+from worker import time_limits
 from worker.time_limits import record_hard_time_limits
 
 
@@ -66,3 +69,33 @@ def test_other_failures_and_other_apps_are_left_alone(sessions: SessionFactory, 
     assert wait_terminal(sessions, job.id, timeout_s=0).status is JobStatus.RUNNING
     with session_scope(sessions) as session:
         assert get_job(session, job.id).error_code is None
+
+
+def test_a_fork_waits_for_a_hard_limit_write_in_progress(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pool's fork of a new child never copies a lock the write holds (the child would hang on it)."""
+    writing, finish = threading.Event(), threading.Event()
+
+    def slow_write(*_: object) -> None:
+        writing.set()
+        finish.wait(60)
+
+    monkeypatch.setattr(time_limits, "_write_failure", slow_write)
+    writer = threading.Thread(target=time_limits._fail, args=(settings, None, "batch", 15))
+    writer.start()
+    assert writing.wait(60)
+    forked = threading.Event()
+
+    def fork() -> None:
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        forked.set()
+        os.waitpid(pid, 0)
+
+    forker = threading.Thread(target=fork)
+    forker.start()
+    assert not forked.wait(0.5)  # it cannot fork while the write holds the lock, however fast the machine
+    finish.set()
+    assert forked.wait(60)
+    forker.join(60)
+    writer.join(60)
