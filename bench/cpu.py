@@ -7,8 +7,8 @@
 Roles, from Linux's /proc: the API (its process and every process under it), each worker's main
 process and its job process (Celery's prefork child, which holds the model), PostgreSQL's and
 Redis's server processes (every one on the machine: run on a quiet one), and this benchmark process
-(its clients). On a machine of two cores the
-model gets what the rest leaves it, so these figures say what the service costs besides the model.
+(its clients). On a machine of two cores the model gets what the rest leaves it, so these figures
+say what the service costs besides the model.
 """
 
 import os
@@ -47,22 +47,22 @@ def cpu_by_role(system: RunningSystem) -> RoleCpu:
     """Each role's CPU seconds so far. A process that exited meanwhile is not counted: the system's
     processes live for the whole benchmark."""
     processes = {p.pid: p for p in _processes()}
+    workers = {worker.pid for worker in system.workers}
     seconds: dict[str, float] = {}
     for process in processes.values():
-        role = _role(process, processes, system)
+        role = _role(process, processes, system, workers)
         if role is not None:
             seconds[role] = seconds.get(role, 0.0) + process.cpu_s
     return RoleCpu(seconds)
 
 
-def _role(process: _Process, processes: dict[int, _Process], system: RunningSystem) -> str | None:
+def _role(process: _Process, processes: dict[int, _Process], system: RunningSystem, workers: set[int]) -> str | None:
     if process.pid == os.getpid():
         return "benchmark (clients)"
     if process.name.startswith("postgres"):
         return "postgres"
     if process.name.startswith("redis"):
         return "redis"
-    workers = {worker.pid for worker in system.workers}
     if process.pid in workers:
         return "worker main"
     ancestors = set(_ancestors(process, processes))

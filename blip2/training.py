@@ -603,10 +603,12 @@ def _swapped_negatives(
 ) -> list[tuple[int, str]]:
     """(example, its caption with one word swapped) for every example whose caption has a word to
     swap and whose swap is not also a caption of its own image."""
+    if not groups:
+        return []
     own = {(e.image_id, e.target.lower()) for e in batch}
     swapped = []
     for i, example in enumerate(batch):
-        text = swapped_text(example.target, groups, sampler) if groups else None
+        text = swapped_text(example.target, groups, sampler)
         if text is not None and (example.image_id, text.lower()) not in own:
             swapped.append((i, text))
     return swapped

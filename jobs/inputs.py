@@ -24,9 +24,9 @@ LIST_CEILING = 1024
 # Standard base64 with its padding: what `image` must be for its bytes to be read at all.
 BASE64_PATTERN = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
 _IMAGE_FIELDS = ("image_id", "image", "image_url")
-# One word of a caption, as training's swapped negatives match it: split on whitespace, lower case
-# (captions are matched without regard to case, so "Circle" and "circle" would be one word).
-# Whitespace spelt out: Python's \s and JSON Schema's (ECMAScript's) disagree on some Unicode spaces.
+# One word of a caption, as training's swapped negatives match it: no spaces, lower case (captions
+# are matched without regard to case, so "Circle" and "circle" would be one word). Plain ASCII, so
+# that Python and JSON Schema (ECMAScript) read the pattern alike: their \s differ on some Unicode spaces.
 SwapWord = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9._'-]*$")]
 
 
