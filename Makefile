@@ -43,7 +43,7 @@ demo: install
 	$(BIN)/blip2-jobs caption data/shapes.png
 	$(BIN)/blip2-jobs vqa data/shapes.png --question "what colour is the circle?"
 
-# Re-train the demo models in blip2/pretrained/ through the service's own jobs (23 minutes on two cores with
+# Re-train the demo models in blip2/pretrained/ through the service's own jobs (24 minutes on two cores with
 # THREADS=2 on a machine left to it; the default, one thread, leaves a core to other work).
 demo-models: install
 	$(BIN)/python scripts/train_demo_models.py --threads $(or $(THREADS),1)
