@@ -36,7 +36,7 @@ def main() -> None:
     images = photos(4)
     decoding = {"max_new_tokens": args.tokens, "min_new_tokens": args.tokens, "num_beams": 1}
     with tempfile.TemporaryDirectory(prefix="bench-service-") as scratch:
-        worker_args = [f"--batch-size={args.batch}", f"--batch-wait-ms={args.wait_ms}"]
+        worker_args = [f"--batch-size={args.batch}", f"--batch-wait-ms={args.wait_ms}", f"--threads={args.threads}"]
         models_file = models_file_for(args.model, Path(scratch))
         with running_system(
             Path(scratch), models=[args.model], worker_args=worker_args, api_workers=args.api_workers,
@@ -51,7 +51,9 @@ def main() -> None:
             data_dir = system.data_dir
         batched, alone = _direct(args, images, decoding, data_dir, models_file)
     print(f"model {args.model}, {args.clients} clients, {args.jobs} jobs, greedy {args.tokens} new tokens")
-    print(f"worker batches of up to {args.batch} (wait {args.wait_ms} ms), {args.api_workers} API process(es)")
+    threads = args.threads or "its own choice of"
+    print(f"worker batches of up to {args.batch} (wait {args.wait_ms} ms), {threads} CPU threads, "
+          f"{args.api_workers} API process(es)")  # fmt: skip
     print(f"{'path':<46} {'images/s':>9} {'service ratio':>14}")
     print(f"{'the model directly, one image at a time':<46} {alone:>9.1f} {service / alone:>13.2f}x")
     print(f"{f'the model directly, batches of {args.batch}':<46} {batched:>9.1f} {service / batched:>13.2f}x")
@@ -79,6 +81,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--tokens", type=int, default=20)
     parser.add_argument("--batch", type=int, default=16, help="the worker's --batch-size and the direct batches")
     parser.add_argument("--wait-ms", type=float, default=10.0, help="the worker's --batch-wait-ms")
+    parser.add_argument("--threads", type=int, default=0, help="the worker's --threads (0: its own choice)")
     parser.add_argument(
         "--api-workers", type=int, default=default_api_workers(), help="API processes (default: as `blip2-jobs api`)"
     )

@@ -91,6 +91,10 @@ class LoadedModel:
         return int(self.model.get_memory_footprint())
 
     @property
+    def parameter_count(self) -> int:
+        return int(sum(p.numel() for p in self.model.parameters()))
+
+    @property
     def tokenizer(self) -> Any:
         return self.processor.tokenizer
 

@@ -141,6 +141,12 @@ def worker(
     batch_wait_ms: Annotated[
         float, typer.Option(min=0, help="How long a batch with room waits for more jobs (0: never waits).")
     ] = 10.0,
+    threads: Annotated[
+        int,
+        typer.Option(
+            min=0, help="CPU threads the model uses; 0: one for a model under 10 M parameters, else one per core."
+        ),
+    ] = 0,
     gpus: Annotated[
         str | None, typer.Option(help="'all' or indices like 0,1: one worker process per GPU, each pinned to it.")
     ] = None,
@@ -171,7 +177,7 @@ def worker(
 
         with one_line_errors():
             settings = settings_from_environment()
-            load = ModelLoadOptions(device=device, dtype=dtype, quantize=quantize)
+            load = ModelLoadOptions(device=device, dtype=dtype, quantize=quantize, threads=threads)
             batch = BatchOptions(size=batch_size, wait_ms=batch_wait_ms)
             options = _worker_options(settings, model, queues, load, batch, instance, tenant)
             if gpus is not None:
@@ -230,8 +236,8 @@ def _run_per_gpu(gpus: str, options: "WorkerOptions", metrics_port: int, metrics
 
     load, batch = options.load, options.batch
     args = [f"--model={options.model}", f"--queues={','.join(options.consumed_queues())}",
-            f"--quantize={load.quantize}", f"--dtype={load.dtype}", f"--batch-size={batch.size}",
-            f"--batch-wait-ms={batch.wait_ms}", f"--metrics-host={metrics_host}",
+            f"--quantize={load.quantize}", f"--dtype={load.dtype}", f"--threads={load.threads}",
+            f"--batch-size={batch.size}", f"--batch-wait-ms={batch.wait_ms}", f"--metrics-host={metrics_host}",
             *([f"--tenant={options.tenant}"] if options.tenant else [])]  # fmt: skip
     _supervise(per_gpu_workers(gpu_indices(gpus), args, metrics_port), dict(os.environ))
 

@@ -29,6 +29,7 @@ class ModelLoadOptions:
     device: str = "auto"
     dtype: str = "auto"
     quantize: str = "none"  # none | int8 | int4
+    threads: int = 0  # CPU threads a model's operations use; 0: chosen by the model (worker/runtime.py)
 
 
 class ModelHolder:
