@@ -9,6 +9,7 @@ Servers: PostgreSQL and Redis from DATABASE_URL / REDIS_URL when set, else the e
 """
 
 import io
+import itertools
 import os
 import signal
 import subprocess
@@ -116,8 +117,10 @@ def running_system(
     api_workers: int = 0,
     env: dict[str, str] | None = None,
     models_file: Path | None = None,
+    workers_per_model: int = 1,
 ) -> Iterator[RunningSystem]:
-    """Servers, migrations, a key, the API and one worker per model in `models` (none: the API alone)."""
+    """Servers, migrations, a key, the API and `workers_per_model` workers per model in `models` (none: the
+    API alone), each logging to worker-MODEL.log (the second and later to worker-MODEL-N.log)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     # No rate limit and a deep queue: the benchmarks measure throughput, not the limits that protect it.
     base = Settings(
@@ -133,10 +136,11 @@ def running_system(
             _process([CLI, "api", f"--port={port}", f"--workers={api_workers}"], environment, data_dir / "api.log")
         )
         workers = []
-        for model in models:
-            args = [CLI, "worker", f"--model={model}", *worker_args]
-            workers.append(stack.enter_context(_process(args, environment, data_dir / f"worker-{model}.log")))
-            _wait_for_log(data_dir / f"worker-{model}.log", " ready.", workers[-1])
+        for model, n in itertools.product(models, range(workers_per_model)):
+            args = [CLI, "worker", f"--model={model}", *worker_args, *([f"--instance=w{n}"] if n else [])]
+            log = data_dir / (f"worker-{model}-{n}.log" if n else f"worker-{model}.log")
+            workers.append(stack.enter_context(_process(args, environment, log)))
+            _wait_for_log(log, " ready.", workers[-1])
         url = f"http://127.0.0.1:{port}"
         _wait_for_http(f"{url}/healthz", api)
         yield RunningSystem(url, key, settings, data_dir, api, workers)

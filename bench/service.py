@@ -40,7 +40,7 @@ def main() -> None:
         models_file = models_file_for(args.model, Path(scratch))
         with running_system(
             Path(scratch), models=[args.model], worker_args=worker_args, api_workers=args.api_workers,
-            models_file=models_file,
+            models_file=models_file, workers_per_model=args.workers,
         ) as system:  # fmt: skip
             image_ids = system.upload(images)
             asyncio.run(_clients(system, image_ids, args, decoding, jobs=args.clients))  # warm-up
@@ -52,7 +52,7 @@ def main() -> None:
         batched, alone = _direct(args, images, decoding, data_dir, models_file)
     print(f"model {args.model}, {args.clients} clients, {args.jobs} jobs, greedy {args.tokens} new tokens")
     threads = args.threads or "its own choice of"
-    print(f"worker batches of up to {args.batch} (wait {args.wait_ms} ms), {threads} CPU threads, "
+    print(f"{args.workers} worker(s), batches of up to {args.batch} (wait {args.wait_ms} ms), {threads} CPU threads, "
           f"{args.api_workers} API process(es)")  # fmt: skip
     print(f"{'path':<46} {'images/s':>9} {'service ratio':>14}")
     print(f"{'the model directly, one image at a time':<46} {alone:>9.1f} {service / alone:>13.2f}x")
@@ -68,9 +68,11 @@ def main() -> None:
 
 
 def _batch_sizes(system: RunningSystem, model: str) -> list[int]:
-    """The size of every batch the model's worker ran so far, from its log (worker/batches.py logs each)."""
-    log = (system.data_dir / f"worker-{model}.log").read_text(errors="replace")
-    return [int(size) for size in re.findall(r"batch of (\d+) \w+ jobs in", log)]
+    """The size of every batch the model's workers ran so far, from their logs (worker/batches.py logs each)."""
+    logs = [system.data_dir / f"worker-{model}.log", *sorted(system.data_dir.glob(f"worker-{model}-*.log"))]
+    return [
+        int(size) for log in logs for size in re.findall(r"batch of (\d+) \w+ jobs in", log.read_text(errors="replace"))
+    ]
 
 
 def _arguments() -> argparse.Namespace:
@@ -82,6 +84,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=16, help="the worker's --batch-size and the direct batches")
     parser.add_argument("--wait-ms", type=float, default=10.0, help="the worker's --batch-wait-ms")
     parser.add_argument("--threads", type=int, default=0, help="the worker's --threads (0: its own choice)")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes for the model, side by side")
     parser.add_argument(
         "--api-workers", type=int, default=default_api_workers(), help="API processes (default: as `blip2-jobs api`)"
     )
