@@ -68,7 +68,7 @@ class WorkerRuntime:
         if self.preload is not None:
             model = self._models.get(self.preload, tenant=self.tenant)
             on_gpu = model.device.type == "cuda"
-        _set_threads(self.load_options.threads, model)
+        threads = _set_threads(self.load_options.threads, model)
         if self.batch.size == 0:
             self.batch = replace(self.batch, size=GPU_BATCH_SIZE if on_gpu else CPU_BATCH_SIZE)
         if self.announced:
@@ -76,7 +76,7 @@ class WorkerRuntime:
             self._presence.start()
         log.info(
             "worker process ready (model %s, batches of up to %d, %d CPU threads)",
-            self.preload, self.batch.size, _threads(),
+            self.preload, self.batch.size, threads,
         )  # fmt: skip
 
     def stop(self, **_signal: Any) -> None:
@@ -107,12 +107,14 @@ class WorkerRuntime:
         return self._models
 
 
-def _set_threads(asked: int, model: "LoadedModel | None") -> None:
+def _set_threads(asked: int, model: "LoadedModel | None") -> int:
+    """Set the process's CPU threads as `chosen_threads` says; the number it runs on."""
     import torch
 
     small = model is not None and model.device.type == "cpu" and model.parameter_count < ONE_THREAD_BELOW_PARAMETERS
     if (threads := chosen_threads(asked, small_cpu_model=small)) is not None:
         torch.set_num_threads(threads)
+    return int(torch.get_num_threads())
 
 
 def chosen_threads(asked: int, *, small_cpu_model: bool) -> int | None:
@@ -121,9 +123,3 @@ def chosen_threads(asked: int, *, small_cpu_model: bool) -> int | None:
     if asked > 0:
         return asked
     return 1 if small_cpu_model else None
-
-
-def _threads() -> int:
-    import torch
-
-    return int(torch.get_num_threads())

@@ -18,4 +18,4 @@ def test_the_worker_process_runs_its_model_on_the_threads_chosen(settings: Setti
     for options, threads in (([], 1), (["--threads=3"], 3)):
         log = tmp_path / f"worker-{threads}.log"
         with running_worker(settings, log, model="tiny-opt", queues=["infer.tiny-opt"], options=options):
-            assert "batches of up to 16, " + f"{threads} CPU threads)" in log.read_text()
+            assert f"batches of up to 16, {threads} CPU threads)" in log.read_text()
