@@ -13,6 +13,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from api.job_events import JobEvents
 from api.key_cache import KeyCache
@@ -55,7 +56,8 @@ class ApiContext:
         )
 
 
-def get_context(request: Request) -> ApiContext:
+async def get_context(request: Request) -> ApiContext:
+    # async: FastAPI would run a plain function on a worker thread, a hand-off for every request.
     context: ApiContext = request.app.state.context
     return context
 
@@ -63,7 +65,7 @@ def get_context(request: Request) -> ApiContext:
 ContextDep = Annotated[ApiContext, Depends(get_context)]
 
 
-def get_settings(context: ContextDep) -> Settings:
+async def get_settings(context: ContextDep) -> Settings:
     return context.settings
 
 
@@ -73,7 +75,7 @@ def get_session(context: ContextDep) -> Iterator[Session]:
         yield session
 
 
-def get_submission(context: ContextDep) -> Submission:
+async def get_submission(context: ContextDep) -> Submission:
     return context.submission
 
 
@@ -86,16 +88,20 @@ SubmissionDep = Annotated[Submission, Depends(get_submission)]
 _bearer = HTTPBearer(auto_error=False, description="An API key from `blip2-jobs keys create --tenant NAME`.")
 
 
-def get_principal(
+async def get_principal(
     context: ContextDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> Principal:
-    """The caller, from `Authorization: Bearer <key>`; 401 without a valid key, 429 over its rate limit."""
+    """The caller, from `Authorization: Bearer <key>`; 401 without a valid key, 429 over its rate limit.
+
+    On the event loop: a key the process keeps needs no I/O, and the rate limit's round trip to Redis
+    is awaited; only a key read from Postgres takes a worker thread."""
     if credentials is None:
         raise Unauthorized("send an API key as 'Authorization: Bearer <key>'")
-    principal = context.keys.principal(context.sessions, credentials.credentials)
+    secret = credentials.credentials
+    principal = context.keys.kept(secret) or await run_in_threadpool(context.keys.principal, context.sessions, secret)
     if principal is None:
         raise Unauthorized("the API key is unknown or revoked")
-    context.rate_limiter.check(principal.key_id)
+    await context.rate_limiter.check(principal.key_id)
     return principal
 
 

@@ -52,12 +52,18 @@ class KeyCache:
     def __len__(self) -> int:
         return len(self._keys)
 
-    def principal(self, sessions: SessionFactory, secret: str) -> Principal | None:
-        """The key's principal (None: unknown or revoked), kept from an earlier request or read now."""
-        key_hash = hash_key(secret)
-        kept = self._keys.get(key_hash)
+    def kept(self, secret: str) -> Principal | None:
+        """The key's principal if it is kept and may be trusted; None: read it (`principal`). No I/O."""
+        kept = self._keys.get(hash_key(secret))
         if kept is not None and self._live and self._clock() - kept.stored_at <= MAX_AGE_S:
             return kept.principal
+        return None
+
+    def principal(self, sessions: SessionFactory, secret: str) -> Principal | None:
+        """The key's principal (None: unknown or revoked), kept from an earlier request or read now."""
+        if (kept := self.kept(secret)) is not None:
+            return kept
+        key_hash = hash_key(secret)
         generation = self._generation
         with sessions() as session:
             principal = authenticate(session, secret)

@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
-import redis
+import redis.asyncio
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
@@ -59,7 +59,7 @@ def build_context(settings: Settings) -> ApiContext:
     celery = create_celery(settings)
     # Short timeouts: with Redis down, a request waits a second for the limiter, not a minute.
     keys = KeyCache()
-    counters = redis.Redis.from_url(settings.broker_url, socket_timeout=1, socket_connect_timeout=1)
+    counters = redis.asyncio.Redis.from_url(settings.broker_url, socket_timeout=1, socket_connect_timeout=1)
     return ApiContext(
         settings=settings,
         engine=engine,
@@ -96,7 +96,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             with suppress(asyncio.CancelledError):
                 await task
         context.celery.close()
-        context.rate_limiter.close()
+        await context.rate_limiter.close()
         context.engine.dispose()
 
 

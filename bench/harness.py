@@ -78,6 +78,16 @@ async def run_job(client: aiohttp.ClientSession, body: dict[str, object]) -> dic
     return dict(job)
 
 
+def postgres_sessions(settings: Settings) -> int:
+    """Connections Postgres has accepted so far, over every database (`pg_stat_database.sessions`): over a
+    stretch of a benchmark, how many connections its processes opened instead of reusing one."""
+    import psycopg
+
+    with psycopg.connect(settings.require("DATABASE_URL")) as connection:
+        row = connection.execute("SELECT sum(sessions) FROM pg_stat_database").fetchone()
+        return int(row[0]) if row else 0
+
+
 def photos(count: int) -> list[Image.Image]:
     """Photographs of 300-640 px (scikit-image's samples), as the README's figures use."""
     from skimage import data

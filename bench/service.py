@@ -25,7 +25,7 @@ import aiohttp
 from PIL import Image
 
 from bench.cpu import cpu_by_role
-from bench.harness import RunningSystem, models_file_for, photos, run_job, running_system
+from bench.harness import RunningSystem, models_file_for, photos, postgres_sessions, run_job, running_system
 from cli.service_commands import default_api_workers
 
 MEASURE_S = 3.0  # each direct path runs at least this long
@@ -45,8 +45,10 @@ def main() -> None:
             image_ids = system.upload(images)
             asyncio.run(_clients(system, image_ids, args, decoding, jobs=args.clients))  # warm-up
             before, batches_before = cpu_by_role(system), _batch_sizes(system, args.model)
+            sessions_before = postgres_sessions(system.settings)
             service, latencies = asyncio.run(_clients(system, image_ids, args, decoding, jobs=args.jobs))
             cpu = (cpu_by_role(system) - before).per_job_ms(args.jobs)
+            sessions = postgres_sessions(system.settings) - sessions_before - 1  # less the one that counted
             batches = _batch_sizes(system, args.model)[len(batches_before) :]
             data_dir = system.data_dir
         batched, alone = _direct(args, images, decoding, data_dir, models_file)
@@ -63,6 +65,7 @@ def main() -> None:
     sizes = ", ".join(f"{size}: {count}" for size, count in sorted(Counter(batches).items()))
     print(f"the worker ran {len(batches)} batches, by size: {sizes}")
     print("CPU per job, by process: " + ", ".join(f"{role} {ms:.1f} ms" for role, ms in cpu.items()))
+    print(f"Postgres connections opened during the run: {sessions} ({sessions / args.jobs:.2f} per job)")
     available = (os.cpu_count() or 1) * 1000 / service
     print(f"  in all {sum(cpu.values()):.1f} ms of the {available:.1f} ms of CPU the machine's cores had per job")
 

@@ -17,6 +17,15 @@ SessionFactory = sessionmaker[Session]
 TENANT_QUEUE_FULL_SQLSTATE = "B2J01"
 
 
+# Connections a process keeps open, and how many more it may open for a burst (each closed again after
+# use: a new Postgres backend per checkout, so a process whose steady load needs more than it keeps
+# opens and closes connections all the time). 20 covers an API process serving 16 clients waiting on
+# their jobs at once (bench/service.py counted a third of a connection opened per job with 10); four
+# API processes keep at most 80 of Postgres's default 100.
+POOL_SIZE = 20
+POOL_OVERFLOW = 10
+
+
 def create_db_engine(settings: Settings) -> Engine:
     """An engine for DATABASE_URL, each connection told the per-tenant limit of unfinished jobs.
 
@@ -24,7 +33,7 @@ def create_db_engine(settings: Settings) -> Engine:
     Postgres fails its first statement instead, and that error empties the pool of every connection
     older than it, so one request answers 503 (or one worker write is retried) and the next reconnect.
     """
-    engine = create_engine(settings.sqlalchemy_url, pool_size=10, max_overflow=20)
+    engine = create_engine(settings.sqlalchemy_url, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)
     limit = settings.MAX_UNFINISHED_JOBS_PER_TENANT
 
     @event.listens_for(engine, "connect")

@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 from api.main import create_app
 from jobs.api_keys import revoke_key
 from jobs.db import SessionFactory, session_scope
+from jobs.embedded import free_port
 from jobs.settings import Settings
 from tests.support.auth import bearer, new_key
 from tests.support.broker import drain
@@ -73,6 +74,17 @@ def test_rate_limit_per_key_with_retry_after(settings: Settings, sessions: Sessi
         assert over.status_code == 429 and over.json()["error"]["code"] == "rate_limited"
         assert 1 <= int(over.headers["Retry-After"]) <= 30
         assert client.get("/v1/jobs", headers=bearer(second)).status_code == 200  # counted per key
+
+
+def test_rate_limit_lets_requests_through_while_redis_is_unreachable(
+    settings: Settings, sessions: SessionFactory, empty_tables: None
+) -> None:
+    """Reading results must not depend on the broker: the limit is not checked, the request is answered."""
+    gone = f"redis://127.0.0.1:{free_port()}/0"
+    limited = settings.model_copy(update={"RATE_LIMIT_REQUESTS": 1, "REDIS_URL": gone})
+    key = new_key(sessions)
+    with TestClient(create_app(limited)) as client:
+        assert [client.get("/v1/jobs", headers=bearer(key)).status_code for _ in range(3)] == [200] * 3
 
 
 def test_queue_depth_per_tenant_with_retry_after(
