@@ -39,6 +39,9 @@ class RoleCpu:
     def __sub__(self, earlier: "RoleCpu") -> "RoleCpu":
         return RoleCpu({role: self.seconds.get(role, 0.0) - earlier.seconds.get(role, 0.0) for role in ROLES})
 
+    def __add__(self, other: "RoleCpu") -> "RoleCpu":
+        return RoleCpu({role: self.seconds.get(role, 0.0) + other.seconds.get(role, 0.0) for role in ROLES})
+
     def per_job_ms(self, jobs: int) -> dict[str, float]:
         return {role: self.seconds.get(role, 0.0) * 1000 / jobs for role in ROLES}
 

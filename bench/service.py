@@ -1,13 +1,14 @@
 """End to end through the service against the same model called directly, measured side by side.
 
-    .venv/bin/python -m bench.service                          # shapes-blip2, 16 clients, 256 jobs
+    .venv/bin/python -m bench.service                          # shapes-blip2, 16 clients, 5 rounds of 256 jobs
     .venv/bin/python -m bench.service --model mid-opt --jobs 128   # ~40 M parameters, built here
 
-Starts the system as a user would (servers, the API, one worker; see bench/harness.py), then C
-clients each submit a caption job and long-poll its result, again and again, until N jobs are done.
-The same model is then loaded in this process and captions the same images with the same decoding
-(greedy, exactly --tokens new tokens), in batches of --batch and one image at a time. Prints images
-per second for each and the service's ratio to both.
+Starts the system as a user would (servers, the API, one worker; see bench/harness.py) and loads the
+same model in this process. Then, --rounds times, side by side: the model captions the same images
+with the same decoding (greedy, exactly --tokens new tokens) directly in batches of --batch for a few
+seconds, and C clients each submit a caption job and wait for its result, again and again, until
+--jobs jobs are done. Prints images per second for each round, the service's ratio to the direct
+batches in the same round and its median, and the model one image at a time once at the end.
 """
 
 import argparse
@@ -24,7 +25,7 @@ from pathlib import Path
 import aiohttp
 from PIL import Image
 
-from bench.cpu import cpu_by_role
+from bench.cpu import RoleCpu, cpu_by_role
 from bench.harness import RunningSystem, models_file_for, photos, postgres_sessions, run_job, running_system
 from cli.service_commands import default_api_workers
 
@@ -35,6 +36,8 @@ def main() -> None:
     args = _arguments()
     images = photos(4)
     decoding = {"max_new_tokens": args.tokens, "min_new_tokens": args.tokens, "num_beams": 1}
+    rounds: list[tuple[float, float]] = []  # (the model directly in batches, the service), images/s
+    latencies: list[float] = []
     with tempfile.TemporaryDirectory(prefix="bench-service-") as scratch:
         worker_args = [f"--batch-size={args.batch}", f"--batch-wait-ms={args.wait_ms}", f"--threads={args.threads}"]
         models_file = models_file_for(args.model, Path(scratch))
@@ -42,30 +45,45 @@ def main() -> None:
             Path(scratch), models=[args.model], worker_args=worker_args, api_workers=args.api_workers,
             models_file=models_file, workers_per_model=args.workers,
         ) as system:  # fmt: skip
+            direct = _Direct(args, images, decoding, system.data_dir, models_file)
             image_ids = system.upload(images)
             asyncio.run(_clients(system, image_ids, args, decoding, jobs=args.clients))  # warm-up
-            before, batches_before = cpu_by_role(system), _batch_sizes(system, args.model)
+            spent, batches_before = RoleCpu(), _batch_sizes(system, args.model)
             sessions_before = postgres_sessions(system.settings)
-            service, latencies = asyncio.run(_clients(system, image_ids, args, decoding, jobs=args.jobs))
-            cpu = (cpu_by_role(system) - before).per_job_ms(args.jobs)
+            for _ in range(args.rounds):
+                # Side by side, round after round: a shared machine's speed drifts by a quarter within
+                # minutes, and a ratio means something only between figures taken at the same time.
+                batched = direct.batched()
+                before = cpu_by_role(system)
+                service, round_latencies = asyncio.run(_clients(system, image_ids, args, decoding, jobs=args.jobs))
+                spent += cpu_by_role(system) - before
+                rounds.append((batched, service))
+                latencies += round_latencies
+            jobs = args.jobs * args.rounds
+            cpu = spent.per_job_ms(jobs)
             sessions = postgres_sessions(system.settings) - sessions_before - 1  # less the one that counted
             batches = _batch_sizes(system, args.model)[len(batches_before) :]
-            data_dir = system.data_dir
-        batched, alone = _direct(args, images, decoding, data_dir, models_file)
-    print(f"model {args.model}, {args.clients} clients, {args.jobs} jobs, greedy {args.tokens} new tokens")
+            alone = direct.alone()
+    print(f"model {args.model}, {args.clients} clients, {args.rounds} rounds of {args.jobs} jobs, "
+          f"greedy {args.tokens} new tokens")  # fmt: skip
     threads = args.threads or "its own choice of"
     print(f"{args.workers} worker(s), batches of up to {args.batch} (wait {args.wait_ms} ms), {threads} CPU threads, "
           f"{args.api_workers} API process(es)")  # fmt: skip
-    print(f"{'path':<46} {'images/s':>9} {'service ratio':>14}")
-    print(f"{'the model directly, one image at a time':<46} {alone:>9.1f} {service / alone:>13.2f}x")
-    print(f"{f'the model directly, batches of {args.batch}':<46} {batched:>9.1f} {service / batched:>13.2f}x")
-    print(f"{'the service (submit + long-poll per job)':<46} {service:>9.1f}")
+    print(f"{'round':<6} {f'the model directly, batches of {args.batch}':>36} {'the service':>12} {'ratio':>7}")
+    for n, (batched, service) in enumerate(rounds, 1):
+        print(f"{n:<6} {batched:>29.1f} img/s {service:>6.1f} img/s {service / batched:>6.2f}x")
+    ratios = [service / batched for batched, service in rounds]
+    service = statistics.median(service for _, service in rounds)
+    print(f"the service against the model directly in batches of {args.batch}: median {statistics.median(ratios):.2f}x "
+          f"(rounds {min(ratios):.2f}-{max(ratios):.2f}x)")  # fmt: skip
+    print(f"the model directly, one image at a time (after the rounds): {alone:.1f} img/s, "
+          f"the service's median {service / alone:.2f}x that")  # fmt: skip
     p50, p99 = statistics.median(latencies), statistics.quantiles(latencies, n=100)[98]
     print(f"job latency as clients saw it: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms")
     sizes = ", ".join(f"{size}: {count}" for size, count in sorted(Counter(batches).items()))
     print(f"the worker ran {len(batches)} batches, by size: {sizes}")
     print("CPU per job, by process: " + ", ".join(f"{role} {ms:.1f} ms" for role, ms in cpu.items()))
-    print(f"Postgres connections opened during the run: {sessions} ({sessions / args.jobs:.2f} per job)")
+    print(f"Postgres connections opened during the rounds: {sessions} ({sessions / jobs:.2f} per job)")
     available = (os.cpu_count() or 1) * 1000 / service
     print(f"  in all {sum(cpu.values()):.1f} ms of the {available:.1f} ms of CPU the machine's cores had per job")
 
@@ -82,7 +100,8 @@ def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="shapes-blip2")
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--jobs", type=int, default=256)
+    parser.add_argument("--jobs", type=int, default=256, help="jobs per round")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of the direct batches, then the service")
     parser.add_argument("--tokens", type=int, default=20)
     parser.add_argument("--batch", type=int, default=16, help="the worker's --batch-size and the direct batches")
     parser.add_argument("--wait-ms", type=float, default=10.0, help="the worker's --batch-wait-ms")
@@ -123,21 +142,33 @@ async def _clients(
         return jobs / (time.perf_counter() - started), latencies
 
 
-def _direct(
-    args: argparse.Namespace, images: list[Image.Image], decoding: dict[str, int], data_dir: Path,
-    models_file: Path | None,
-) -> tuple[float, float]:  # fmt: skip
-    """Images per second of the model called in this process: in batches, and one image at a time."""
-    from blip2.caption import caption
-    from blip2.loading import load_model
-    from blip2.registry import Registry
+class _Direct:
+    """The same model loaded in this process, captioning the same images with the same decoding."""
 
-    lm = load_model(args.model, data_dir=data_dir, registry=Registry.load(models_file))
-    batch = [images[i % len(images)] for i in range(args.batch)]
-    caption(lm, batch, decoding=decoding)  # warm-up
-    batched = _images_per_second(lambda: caption(lm, batch, decoding=decoding), len(batch))
-    alone = _images_per_second(lambda: [caption(lm, [image], decoding=decoding) for image in batch], len(batch))
-    return batched, alone
+    def __init__(
+        self, args: argparse.Namespace, images: list[Image.Image], decoding: dict[str, int], data_dir: Path,
+        models_file: Path | None,
+    ) -> None:  # fmt: skip
+        from blip2.loading import load_model
+        from blip2.registry import Registry
+
+        self._lm = load_model(args.model, data_dir=data_dir, registry=Registry.load(models_file))
+        self._batch = [images[i % len(images)] for i in range(args.batch)]
+        self._decoding = decoding
+        self._caption(self._batch)  # warm-up
+
+    def batched(self) -> float:
+        """Images per second in batches of --batch."""
+        return _images_per_second(lambda: self._caption(self._batch), len(self._batch))
+
+    def alone(self) -> float:
+        """Images per second one image at a time."""
+        return _images_per_second(lambda: [self._caption([image]) for image in self._batch], len(self._batch))
+
+    def _caption(self, images: list[Image.Image]) -> object:
+        from blip2.caption import caption
+
+        return caption(self._lm, images, decoding=self._decoding)
 
 
 def _images_per_second(run: Callable[[], object], images: int, at_least_s: float = MEASURE_S) -> float:

@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.cpu import _parsed, cpu_by_role
+from bench.cpu import RoleCpu, _parsed, cpu_by_role
 from bench.harness import RunningSystem
 from jobs.settings import Settings
 
@@ -39,3 +39,13 @@ def test_a_process_name_may_hold_spaces_and_parentheses() -> None:
     process = _parsed(42, "42 (a (b) c) S 7 42 42 0 -1 4194304 1 0 0 0 250 50 0 0 20 0 1 0 1 0 0")
     assert (process.pid, process.parent, process.name) == (42, 7, "a (b) c")
     assert process.cpu_s == 300 / os.sysconf("SC_CLK_TCK")  # user + system clock ticks, in seconds
+
+
+def test_stretches_add_up_per_role() -> None:
+    first, second = RoleCpu({"api": 1.0, "redis": 0.5}), RoleCpu({"api": 2.0, "postgres": 0.25})
+    assert (first + second).seconds == {
+        **dict.fromkeys((first + second).seconds, 0.0),
+        "api": 3.0,
+        "redis": 0.5,
+        "postgres": 0.25,
+    }
