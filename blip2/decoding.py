@@ -102,10 +102,12 @@ def resolve(defaults: DecodingOptions, requested: Decoding) -> DecodingOptions:
 
 
 def _problems(o: DecodingOptions) -> list[str]:
+    # getattr, not asdict: this runs for every set of options built (each submission, each job run),
+    # and asdict deep-copies every field first.
     ranged = [
-        LIMITS[name].describe(name)
-        for name, value in asdict(o).items()
-        if name in LIMITS and value is not None and not LIMITS[name].contains(value)
+        limit.describe(name)
+        for name, limit in LIMITS.items()
+        if (value := getattr(o, name)) is not None and not limit.contains(value)
     ]
     rules = [
         (o.min_new_tokens <= o.max_new_tokens, "min_new_tokens must be between 0 and max_new_tokens"),

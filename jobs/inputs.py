@@ -84,6 +84,9 @@ def _bounded(name: str) -> Any:
     return Field(default=None, ge=limit.low, le=limit.high)
 
 
+_DEFAULTS = DecodingOptions()  # built once: every submission's options are checked over it
+
+
 class DecodingInput(BaseModel):
     """Text generation options, named as blip2's DecodingOptions; unset ones take the model's defaults.
 
@@ -110,7 +113,7 @@ class DecodingInput(BaseModel):
         # options. JSON Schema cannot compare two values, so the schema cannot say them: their error has
         # its own type (and code, api/errors.py), `invalid_argument`, apart from a malformed request.
         try:
-            DecodingOptions().with_overrides(**self.overrides())
+            _DEFAULTS.with_overrides(**self.overrides())
         except InvalidArgument as exc:
             raise PydanticCustomError(InvalidArgument.code, str(exc)) from exc
         return self
@@ -126,7 +129,7 @@ class DecodingInput(BaseModel):
     @property
     def sequences_per_input(self) -> int:
         """Sequences generated per input at most (beams or samples), with unset options at their widest default."""
-        return DecodingOptions().with_overrides(**self.overrides()).sequences_per_input
+        return _DEFAULTS.with_overrides(**self.overrides()).sequences_per_input
 
     @property
     def is_random(self) -> bool:
