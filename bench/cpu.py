@@ -12,6 +12,7 @@ say what the service costs besides the model.
 """
 
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,8 @@ from pathlib import Path
 from bench.harness import RunningSystem
 
 _TICKS_PER_S = os.sysconf("SC_CLK_TCK")
-ROLES = ("api", "worker main", "worker job process", "postgres", "redis", "benchmark (clients)")
+BENCHMARK = "benchmark (clients)"
+ROLES = ("api", "worker main", "worker job process", "postgres", "redis", BENCHMARK)
 
 
 @dataclass(frozen=True)
@@ -59,9 +61,24 @@ def cpu_by_role(system: RunningSystem) -> RoleCpu:
     return RoleCpu(seconds)
 
 
+def settle(system: RunningSystem, below: float = 0.05, window_s: float = 0.25, timeout_s: float = 60.0) -> RoleCpu:
+    """Wait until the system's processes (all but this benchmark's) use less than `below` of a core over
+    `window_s`: the work a measured stretch left behind (a worker's queued messages, Postgres writing) is
+    done before the next stretch starts. Returns what they spent meanwhile, the last window included."""
+    start = last = cpu_by_role(system)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        time.sleep(window_s)
+        now = cpu_by_role(system)
+        if sum(s for role, s in (now - last).seconds.items() if role != BENCHMARK) < below * window_s:
+            break
+        last = now
+    return now - start
+
+
 def _role(process: _Process, processes: dict[int, _Process], system: RunningSystem, workers: set[int]) -> str | None:
     if process.pid == os.getpid():
-        return "benchmark (clients)"
+        return BENCHMARK
     if process.name.startswith("postgres"):
         return "postgres"
     if process.name.startswith("redis"):

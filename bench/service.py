@@ -25,7 +25,7 @@ from pathlib import Path
 import aiohttp
 from PIL import Image
 
-from bench.cpu import RoleCpu, cpu_by_role
+from bench.cpu import BENCHMARK, RoleCpu, cpu_by_role, settle
 from bench.harness import RunningSystem, models_file_for, photos, postgres_sessions, run_job, running_system
 from cli.service_commands import default_api_workers
 
@@ -48,15 +48,23 @@ def main() -> None:
             direct = _Direct(args, images, decoding, system.data_dir, models_file)
             image_ids = system.upload(images)
             asyncio.run(_clients(system, image_ids, args, decoding, jobs=args.clients))  # warm-up
+            settle(system)
             spent, batches_before = RoleCpu(), _batch_sizes(system, args.model)
+            beside, beside_s = RoleCpu(), 0.0  # what the service's processes spent while the model ran directly
             sessions_before = postgres_sessions(system.settings)
             for _ in range(args.rounds):
                 # Side by side, round after round: a shared machine's speed drifts by a quarter within
                 # minutes, and a ratio means something only between figures taken at the same time.
+                before, started = cpu_by_role(system), time.perf_counter()
                 batched = direct.batched()
+                beside_s += time.perf_counter() - started
+                beside += cpu_by_role(system) - before
                 before = cpu_by_role(system)
                 service, round_latencies = asyncio.run(_clients(system, image_ids, args, decoding, jobs=args.jobs))
-                spent += cpu_by_role(system) - before
+                # The round ends with its last answer, but the worker still has the messages of jobs that ran
+                # in others' batches: each claims nothing, and costs CPU. Count it, and let it end before the
+                # model runs directly again, on a quiet machine.
+                spent += cpu_by_role(system) - before + settle(system)
                 rounds.append((batched, service))
                 latencies += round_latencies
             jobs = args.jobs * args.rounds
@@ -86,6 +94,11 @@ def main() -> None:
     print(f"Postgres connections opened during the rounds: {sessions} ({sessions / jobs:.2f} per job)")
     available = (os.cpu_count() or 1) * 1000 / service
     print(f"  in all {sum(cpu.values()):.1f} ms of the {available:.1f} ms of CPU the machine's cores had per job")
+    idle = {role: s for role, s in beside.seconds.items() if role != BENCHMARK}
+    print(
+        f"while the model ran directly, the service's processes used {sum(idle.values()) / beside_s:.0%} of a core: "
+        + ", ".join(f"{role} {s / beside_s:.0%}" for role, s in idle.items())
+    )
 
 
 def _batch_sizes(system: RunningSystem, model: str) -> list[int]:
