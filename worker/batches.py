@@ -1,6 +1,6 @@
 """Running inference jobs in batches: claim, gather, prepare, run as one pass, record.
 
-    ended = run_batch_for(runtime, message_job_id, batch_id)
+    ended = run_batch_for(runtime, message_job_id, batch_id, queue=the_message_queue)
 
 1. **Claim** the next batch on the message's queue (jobs/claims.py): the head job (interactive before
    batch priority, tenants in fair share) and the queued jobs that may share its forward pass, in the
@@ -106,12 +106,17 @@ class Batch:
 
 
 def run_batch_for(
-    runtime: WorkerRuntime, message_job: UUID, batch_id: str, on_claimed: Callable[[list[Job]], None] = _ignore
+    runtime: WorkerRuntime,
+    message_job: UUID,
+    batch_id: str,
+    on_claimed: Callable[[list[Job]], None] = _ignore,
+    queue: str | None = None,
 ) -> list[Job]:
     """Run the next batch on the queue of `message_job`'s message; the batch's jobs as they ended
     (empty when nothing was queued: the message's job ran in another batch, or was canceled).
-    `on_claimed` hears of the jobs as they are claimed (the dashboard's events)."""
-    batch = _claim(runtime, message_job, batch_id)
+    `queue` is the queue the message came from, when the broker says (else the job's row is read for
+    it). `on_claimed` hears of the jobs as they are claimed (the dashboard's events)."""
+    batch = _claim(runtime, message_job, batch_id, queue)
     if not batch.items:
         log.info("message for job %s: nothing queued to run", message_job)
         return []
@@ -155,9 +160,9 @@ def _parsed(job: Job) -> "JobInput | JobError":
     return parsed
 
 
-def _claim(runtime: WorkerRuntime, message_job: UUID, batch_id: str) -> Batch:
+def _claim(runtime: WorkerRuntime, message_job: UUID, batch_id: str, message_queue: str | None) -> Batch:
     def claim(session: Session) -> list[Job]:
-        queue = queue_of(session, message_job)
+        queue = message_queue or queue_of(session, message_job)
         return [] if queue is None else claim_batch(session, queue, batch_id, _rules(runtime))
 
     return Batch(batch_id, [Item(job) for job in _transaction(runtime, "claiming a batch", claim)])
