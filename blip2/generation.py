@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from PIL.Image import Image
 
+from blip2 import fitting
 from blip2.decoding import DecodingOptions
 from blip2.errors import InvalidArgument, UnsupportedOperation
 from blip2.loading import LoadedModel
@@ -86,7 +87,8 @@ def _decoder_only(lm: LoadedModel) -> bool:
 def _encode(lm: LoadedModel, images: Sequence[Image], prompts: Sequence[str]) -> dict[str, torch.Tensor]:
     """Pixel values and token ids; InstructBLIP's processor also tokenizes the prompt for the Q-Former."""
     lm.tokenizer.padding_side = "left" if _decoder_only(lm) else "right"
-    encoded = lm.processor(images=list(images), text=list(prompts), return_tensors="pt", padding=True)
+    images = fitting.fitted(lm.processor.image_processor, images)
+    encoded = lm.processor(images=images, text=list(prompts), return_tensors="pt", padding=True)
     encoded = encoded.to(lm.device)
     encoded["pixel_values"] = encoded["pixel_values"].to(lm.dtype)
     return dict(encoded)

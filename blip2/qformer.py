@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from PIL.Image import Image
 
+from blip2 import fitting
 from blip2.loading import LoadedModel
 
 MAX_TEXT_TOKENS = 64  # LAVIS truncates Q-Former text at 32-35 tokens; a little more costs nothing
@@ -34,7 +35,8 @@ class EncodedTexts:
 
 
 def image_queries(lm: LoadedModel, images: Sequence[Image]) -> EncodedImages:
-    pixels = lm.processor.image_processor(list(images), return_tensors="pt")["pixel_values"]
+    processor = lm.processor.image_processor
+    pixels = processor(fitting.fitted(processor, images), return_tensors="pt")["pixel_values"]
     vision = lm.model.vision_model(pixel_values=pixels.to(lm.device, lm.dtype), return_dict=True).last_hidden_state
     return EncodedImages(vision=vision, queries=queries_of(lm, vision))
 

@@ -1,0 +1,66 @@
+"""Images resized to the model's input size before the processor sees them, several at once.
+
+    pixels = lm.processor.image_processor(fitted(lm.processor.image_processor, images), ...)
+
+Hugging Face's PIL image processor resizes one image after another, and first turns each, at full
+size, into an array and back into an image. Resizing to the processor's own size, with its own
+filter, in a pool of threads (PIL lets go of the GIL while it resamples) gives it images it then
+only copies (PIL's resize to the same size is a copy): the same pixel values, bit for bit, in less
+time, most of it on the other cores. A batch of 16 photos of 300-640 px fitted to 64 px takes a
+third of the time it took on one core.
+
+Only what that holds for is fitted: the PIL processor, resizing to a fixed height and width and
+nothing after that depends on the size it was given (no crop, no pad), RGB images not already that
+size, more than one at a time.
+"""
+
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from PIL.Image import Image
+
+_MAX_THREADS = 8
+_pool: ThreadPoolExecutor | None = None
+_pool_pid = 0
+
+
+def fitted(image_processor: object, images: Sequence[Image]) -> list[Image]:
+    """`images`, those the processor would resize resized by the same filter to the same size."""
+    target = _target(image_processor)
+    if target is None or len(images) < 2:
+        return list(images)
+    width, height, resample = target
+    due = [i for i, image in enumerate(images) if image.mode == "RGB" and image.size != (width, height)]
+    if len(due) < 2:
+        return list(images)
+    out = list(images)
+    for i, image in zip(due, _threads().map(lambda i: images[i].resize((width, height), resample), due), strict=True):
+        out[i] = image
+    return out
+
+
+def _target(image_processor: object) -> tuple[int, int, int] | None:
+    """(width, height, resample) of a PIL processor that resizes to a fixed size and does nothing after
+    that depends on the size it was given; else None."""
+    from transformers.image_processing_backends import PilBackend
+
+    if not isinstance(image_processor, PilBackend) or not getattr(image_processor, "do_resize", False):
+        return None
+    if getattr(image_processor, "do_center_crop", False) or getattr(image_processor, "do_pad", False):
+        return None
+    size = getattr(image_processor, "size", None)
+    height, width = getattr(size, "height", None), getattr(size, "width", None)
+    resample = getattr(image_processor, "resample", None)
+    if not (isinstance(height, int) and isinstance(width, int) and isinstance(resample, int)):
+        return None
+    return width, height, int(resample)
+
+
+def _threads() -> ThreadPoolExecutor:
+    """The pool, made in this process: a worker's job process is forked, and a forked pool has no threads."""
+    global _pool, _pool_pid
+    if _pool is None or _pool_pid != os.getpid():
+        _pool = ThreadPoolExecutor(min(_MAX_THREADS, os.cpu_count() or 1), thread_name_prefix="blip2-fit")
+        _pool_pid = os.getpid()
+    return _pool
