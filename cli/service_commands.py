@@ -141,6 +141,15 @@ def worker(
     batch_wait_ms: Annotated[
         float, typer.Option(min=0, help="How long a batch with room waits for more jobs (0: never waits).")
     ] = 10.0,
+    batch_wait_share: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            max=1,
+            help="Or, when longer, this share of the time the last batch of its kind took (a slow model's "
+            "batches fill; 0: --batch-wait-ms alone).",
+        ),
+    ] = 0.05,
     threads: Annotated[
         int,
         typer.Option(
@@ -178,7 +187,7 @@ def worker(
         with one_line_errors():
             settings = settings_from_environment()
             load = ModelLoadOptions(device=device, dtype=dtype, quantize=quantize, threads=threads)
-            batch = BatchOptions(size=batch_size, wait_ms=batch_wait_ms)
+            batch = BatchOptions(size=batch_size, wait_ms=batch_wait_ms, wait_share=batch_wait_share)
             options = _worker_options(settings, model, queues, load, batch, instance, tenant)
             if gpus is not None:
                 _run_per_gpu(gpus, options, metrics_port, metrics_host)
@@ -237,7 +246,8 @@ def _run_per_gpu(gpus: str, options: "WorkerOptions", metrics_port: int, metrics
     load, batch = options.load, options.batch
     args = [f"--model={options.model}", f"--queues={','.join(options.consumed_queues())}",
             f"--quantize={load.quantize}", f"--dtype={load.dtype}", f"--threads={load.threads}",
-            f"--batch-size={batch.size}", f"--batch-wait-ms={batch.wait_ms}", f"--metrics-host={metrics_host}",
+            f"--batch-size={batch.size}", f"--batch-wait-ms={batch.wait_ms}", f"--batch-wait-share={batch.wait_share}",
+            f"--metrics-host={metrics_host}",
             *([f"--tenant={options.tenant}"] if options.tenant else [])]  # fmt: skip
     _supervise(per_gpu_workers(gpu_indices(gpus), args, metrics_port), dict(os.environ))
 

@@ -174,9 +174,11 @@ def _gather(runtime: WorkerRuntime, batch: Batch) -> None:
     if head.batch_key is None or head.attempts > 1:
         return
     room = _rules(runtime).room(head) - len(batch.items)
-    deadline = time.monotonic() + runtime.batch.wait_s
+    wait_s = runtime.batch.wait_s(runtime.last_pass_s.get((head.model, head.kind.value)))
+    poll_s = max(_GATHER_POLL_S, wait_s / 20)
+    deadline = time.monotonic() + wait_s
     while room > 0 and time.monotonic() < deadline:
-        time.sleep(min(_GATHER_POLL_S, max(deadline - time.monotonic(), 0)))
+        time.sleep(min(poll_s, max(deadline - time.monotonic(), 0)))
         more = _transaction(runtime, "gathering", _claim_more(head, batch.batch_id, room, _rules(runtime)))
         batch.items += [Item(job) for job in more]
         room -= len(more)
@@ -253,7 +255,9 @@ def _execute(runtime: WorkerRuntime, batch: Batch) -> None:
     try:
         _run_isolating(head.kind, model, ready)
     finally:  # a soft time limit too: the time was spent
-        _share_time(runtime, ready, time.monotonic() - started)
+        seconds = time.monotonic() - started
+        _share_time(runtime, ready, seconds)
+        runtime.last_pass_s[(head.model, head.kind.value)] = seconds
 
 
 def _share_time(runtime: WorkerRuntime, items: Sequence[Item], seconds: float) -> None:
