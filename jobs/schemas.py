@@ -18,8 +18,10 @@ from jobs.settings import JOBS_PER_BATCH_CEILING
 from jobs.status import JobStatus, Priority
 
 WEBHOOK_URL_PATTERN = r"^https?://"
-# An Idempotency-Key is stored as text: no control characters (Postgres refuses NUL in text).
-IDEMPOTENCY_KEY_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+# Text stored or looked up in Postgres (an Idempotency-Key, a model's name): no control characters
+# (Postgres refuses NUL in text).
+PRINTABLE_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+IDEMPOTENCY_KEY_PATTERN = PRINTABLE_PATTERN
 WEBHOOK_URL_LENGTH = 2000  # as the column (jobs/models.py, which this module may not import)
 
 if TYPE_CHECKING:
@@ -61,7 +63,7 @@ class JobCreateBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: JobKind
-    model: str | None = Field(default=None, min_length=1, max_length=500)
+    model: str | None = Field(default=None, min_length=1, max_length=500, pattern=PRINTABLE_PATTERN)
     input: JobInput
     # Where to POST the finished job (signed; see README "Webhooks"); default: the tenant's, if any.
     webhook_url: str | None = Field(default=None, pattern=WEBHOOK_URL_PATTERN, max_length=WEBHOOK_URL_LENGTH)
