@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _GATHER_POLL_S = 0.002
+_PARSED_KEPT = 4096  # jobs whose parsed input is kept: a few batches' worth, and their mates seen in claims
+_PARSED: dict[UUID, "JobInput | JobError"] = {}
 
 
 def _ignore(jobs: list[Job]) -> None:
@@ -152,11 +154,19 @@ def _rules(runtime: WorkerRuntime) -> BatchRules:
 
 def _parsed(job: Job) -> "JobInput | JobError":
     """The job's typed input, or why its stored input is not one (a row written by hand, or by an older
-    version): such a job fails alone, and the queue goes on, rather than every claim failing on it."""
+    version): such a job fails alone, and the queue goes on, rather than every claim failing on it.
+
+    Parsed once per job in this process: a batch asks for it while it is claimed, gathered, prepared and
+    its time shared, and a job's input never changes once it is written."""
+    if (kept := _PARSED.get(job.id)) is not None:
+        return kept
     try:
-        parsed: JobInput = KINDS[job.kind].parse(job.input)
+        parsed: JobInput | JobError = KINDS[job.kind].parse(job.input)
     except ValidationError as exc:
-        return JobError("invalid_input", f"the stored input is not a {job.kind.value} input: {exc}")
+        parsed = JobError("invalid_input", f"the stored input is not a {job.kind.value} input: {exc}")
+    _PARSED[job.id] = parsed
+    while len(_PARSED) > _PARSED_KEPT:
+        del _PARSED[next(iter(_PARSED))]  # the oldest first (dicts keep their order)
     return parsed
 
 
