@@ -61,8 +61,8 @@ def main() -> None:
                 before, started = cpu_by_role(system), time.perf_counter()
                 batched = direct.batched()
                 beside_s += time.perf_counter() - started
-                beside += cpu_by_role(system) - before
-                before = cpu_by_role(system)
+                now = cpu_by_role(system)
+                beside, before = beside + (now - before), now
                 service, round_latencies = asyncio.run(_clients(system, image_ids, args, decoding, jobs=args.jobs))
                 # The round ends with its last answer, but the worker still has the messages of jobs that ran
                 # in others' batches: each claims nothing, and costs CPU. Count it, and let it end before the

@@ -6,8 +6,8 @@ Hugging Face's PIL image processor resizes one image after another, and first tu
 size, into an array and back into an image. Resizing to the processor's own size, with its own
 filter, in a pool of threads (PIL lets go of the GIL while it resamples) gives it images it then
 only copies (PIL's resize to the same size is a copy): the same pixel values, bit for bit, in less
-time, most of it on the other cores. A batch of 16 photos of 300-640 px fitted to 64 px takes a
-third of the time it took on one core.
+time, most of it on the other cores. A batch of 16 photos of 300-640 px for a 64 px model takes
+about half the time on two cores (`python -m bench.preprocess`).
 
 Only what that holds for is fitted: the PIL processor, resizing to a fixed height and width and
 nothing after that depends on the size it was given (no crop, no pad), RGB images not already that
