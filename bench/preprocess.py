@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from bench.harness import photos
 from blip2 import fitting
@@ -46,7 +47,7 @@ def main() -> None:
         print(f"{name:<32} {median:6.2f} ms an image   {baseline / median:5.2f}x")
 
 
-def _one_thread(processor: object, images: list) -> list:
+def _one_thread(processor: object, images: list[Image.Image]) -> list[Image.Image]:
     target = fitting._target(processor)
     if target is None:
         return images
