@@ -88,6 +88,29 @@ def postgres_sessions(settings: Settings) -> int:
         return int(row[0]) if row else 0
 
 
+def database_now(settings: Settings) -> float:
+    """Postgres's clock (seconds since the epoch): the clock the jobs' timestamps come from."""
+    import psycopg
+
+    with psycopg.connect(settings.require("DATABASE_URL")) as connection:
+        row = connection.execute("SELECT extract(epoch FROM clock_timestamp())").fetchone()
+        return float(row[0]) if row else 0.0
+
+
+def model_seconds(settings: Settings, since: float, until: float) -> float:
+    """The time workers' models spent on the jobs that finished between `since` and `until` (Postgres's
+    clock): their passes, each split across its jobs (`worker_seconds`), added up."""
+    import psycopg
+
+    query = (
+        "SELECT coalesce(sum(worker_seconds), 0) FROM jobs "
+        "WHERE finished_at BETWEEN to_timestamp(%s) AND to_timestamp(%s) AND NOT cached"
+    )
+    with psycopg.connect(settings.require("DATABASE_URL")) as connection:
+        row = connection.execute(query, (since, until)).fetchone()
+        return float(row[0]) if row else 0.0
+
+
 def photos(count: int) -> list[Image.Image]:
     """Photographs of 300-640 px (scikit-image's samples), as the README's figures use."""
     from skimage import data

@@ -26,7 +26,16 @@ import aiohttp
 from PIL import Image
 
 from bench.cpu import BENCHMARK, RoleCpu, cpu_by_role, settle
-from bench.harness import RunningSystem, models_file_for, photos, postgres_sessions, run_job, running_system
+from bench.harness import (
+    RunningSystem,
+    database_now,
+    model_seconds,
+    models_file_for,
+    photos,
+    postgres_sessions,
+    run_job,
+    running_system,
+)  # fmt: skip
 from cli.service_commands import default_api_workers
 
 MEASURE_S = 3.0  # each direct path runs at least this long
@@ -55,6 +64,7 @@ def main() -> None:
             spent, batches_before = RoleCpu(), _batch_sizes(system, args.model)
             beside, beside_s = RoleCpu(), 0.0  # what the service's processes spent while the model ran directly
             sessions_before = postgres_sessions(system.settings)
+            served_s, model_s = 0.0, 0.0  # the rounds' service stretches, and the model's passes within them
             for _ in range(args.rounds):
                 # Side by side, round after round: a shared machine's speed drifts by a quarter within
                 # minutes, and a ratio means something only between figures taken at the same time.
@@ -63,7 +73,10 @@ def main() -> None:
                 beside_s += time.perf_counter() - started
                 now = cpu_by_role(system)
                 beside, before = beside + (now - before), now
+                since = database_now(system.settings)
                 service, round_latencies = asyncio.run(_clients(system, image_ids, args, decoding, jobs=args.jobs))
+                until = database_now(system.settings)
+                served_s, model_s = served_s + until - since, model_s + model_seconds(system.settings, since, until)
                 # The round ends with its last answer, but the worker still has the messages of jobs that ran
                 # in others' batches: each claims nothing, and costs CPU. Count it, and let it end before the
                 # model runs directly again, on a quiet machine.
@@ -94,6 +107,8 @@ def main() -> None:
     print(f"job latency as clients saw it: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms")
     sizes = ", ".join(f"{size}: {count}" for size, count in sorted(Counter(batches).items()))
     print(f"the worker ran {len(batches)} batches, by size: {sizes}")
+    busy = model_s / (served_s * args.workers)
+    print(f"its model ran {busy:.0%} of the time (the rest: claiming, gathering, recording, the next message)")
     print("CPU per job, by process: " + ", ".join(f"{role} {ms:.1f} ms" for role, ms in cpu.items()))
     print(f"Postgres connections opened during the rounds: {sessions} ({sessions / jobs:.2f} per job)")
     available = (os.cpu_count() or 1) * 1000 / service
