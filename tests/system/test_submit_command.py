@@ -58,13 +58,19 @@ def test_caption_a_folder_and_rerun_it(api_url: str, worker: Path, api_key: str,
 
 def test_ctrl_c_then_rerun_reattaches(api_url: str, api_key: str, photos: list[Path]) -> None:
     args = [*CLI, "submit", "embed", *map(str, photos), "--model", UNSERVED, "--wait", "--server", api_url]
-    process = subprocess.Popen(args, env=os.environ | {"BLIP2_JOBS_KEY": api_key}, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+    # PYTHONFAULTHANDLER: should it not end, SIGABRT makes it print where each of its threads is.
+    env = os.environ | {"BLIP2_JOBS_KEY": api_key, "PYTHONFAULTHANDLER": "1"}
+    process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     http = httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {api_key}"}, timeout=30)
     queued = lambda: [j for j in http.get("/v1/jobs", params={"limit": 100}).json()["data"] if j["model"] == UNSERVED]  # noqa: E731
     wait_until(lambda: len(queued()) == len(photos), "the first run submitted its jobs", timeout_s=120)
     process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=60)
+    try:
+        stdout, stderr = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGABRT)
+        stdout, stderr = process.communicate(timeout=60)
+        pytest.fail(f"Ctrl-C did not end the command in 60 s; where it was:\n{stderr}\nstdout:\n{stdout}")
     assert process.returncode == 130 and stdout == "", (process.returncode, stdout, stderr)
     assert stderr.strip().splitlines()[-1].startswith("interrupted: run the same command again")
     rerun = submit("embed", *photos, "--model", UNSERVED, key=api_key, server=api_url)
