@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,13 @@ from tests.support.processes import CLI
 from tests.support.waiting import wait_until
 
 UNSERVED = "nobody/serves-this-model"  # a hub id: accepted, queued, never run by the tests' worker
+# Runs a command as a terminal runs one in the foreground: SIGINT at its default. A test run from a
+# shell in the background (as CI may be) hands its children SIGINT ignored, and Python, honouring that
+# as `nohup` and `&` mean it, then never turns Ctrl-C into KeyboardInterrupt.
+IN_FOREGROUND = [
+    sys.executable, "-c",
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])",
+]  # fmt: skip
 
 
 @pytest.fixture
@@ -57,7 +65,8 @@ def test_caption_a_folder_and_rerun_it(api_url: str, worker: Path, api_key: str,
 
 
 def test_ctrl_c_then_rerun_reattaches(api_url: str, api_key: str, photos: list[Path]) -> None:
-    args = [*CLI, "submit", "embed", *map(str, photos), "--model", UNSERVED, "--wait", "--server", api_url]
+    command = [*CLI, "submit", "embed", *map(str, photos), "--model", UNSERVED, "--wait", "--server", api_url]
+    args = [*IN_FOREGROUND, *command]
     # PYTHONFAULTHANDLER: should it not end, SIGABRT makes it print where each of its threads is.
     env = os.environ | {"BLIP2_JOBS_KEY": api_key, "PYTHONFAULTHANDLER": "1"}
     process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
