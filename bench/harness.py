@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import httpx
@@ -29,6 +30,9 @@ from jobs.db import create_db_engine, create_session_factory, session_scope
 from jobs.embedded import free_port, services_for
 from jobs.schema_migrations import upgrade
 from jobs.settings import Settings
+
+if TYPE_CHECKING:
+    import psycopg
 
 CLI = str(Path(sys.executable).with_name("blip2-jobs"))
 
@@ -78,37 +82,38 @@ async def run_job(client: aiohttp.ClientSession, body: dict[str, object]) -> dic
     return dict(job)
 
 
-def postgres_sessions(settings: Settings) -> int:
+@contextmanager
+def postgres(settings: Settings) -> Iterator["psycopg.Connection[tuple[Any, ...]]"]:
+    """One connection for a benchmark's own reads, opened once: the connections it counts
+    (`postgres_sessions`) are then the system's alone."""
+    import psycopg
+
+    with psycopg.connect(settings.require("DATABASE_URL"), autocommit=True) as connection:
+        yield connection
+
+
+def postgres_sessions(db: "psycopg.Connection[tuple[Any, ...]]") -> int:
     """Connections Postgres has accepted so far, over every database (`pg_stat_database.sessions`): over a
     stretch of a benchmark, how many connections its processes opened instead of reusing one."""
-    import psycopg
-
-    with psycopg.connect(settings.require("DATABASE_URL")) as connection:
-        row = connection.execute("SELECT sum(sessions) FROM pg_stat_database").fetchone()
-        return int(row[0]) if row else 0
+    row = db.execute("SELECT sum(sessions) FROM pg_stat_database").fetchone()
+    return int(row[0]) if row else 0
 
 
-def database_now(settings: Settings) -> float:
+def database_now(db: "psycopg.Connection[tuple[Any, ...]]") -> float:
     """Postgres's clock (seconds since the epoch): the clock the jobs' timestamps come from."""
-    import psycopg
-
-    with psycopg.connect(settings.require("DATABASE_URL")) as connection:
-        row = connection.execute("SELECT extract(epoch FROM clock_timestamp())").fetchone()
-        return float(row[0]) if row else 0.0
+    row = db.execute("SELECT extract(epoch FROM clock_timestamp())").fetchone()
+    return float(row[0]) if row else 0.0
 
 
-def model_seconds(settings: Settings, since: float, until: float) -> float:
+def model_seconds(db: "psycopg.Connection[tuple[Any, ...]]", since: float, until: float) -> float:
     """The time workers' models spent on the jobs that finished between `since` and `until` (Postgres's
     clock): their passes, each split across its jobs (`worker_seconds`), added up."""
-    import psycopg
-
     query = (
         "SELECT coalesce(sum(worker_seconds), 0) FROM jobs "
         "WHERE finished_at BETWEEN to_timestamp(%s) AND to_timestamp(%s) AND NOT cached"
     )
-    with psycopg.connect(settings.require("DATABASE_URL")) as connection:
-        row = connection.execute(query, (since, until)).fetchone()
-        return float(row[0]) if row else 0.0
+    row = db.execute(query, (since, until)).fetchone()
+    return float(row[0]) if row else 0.0
 
 
 def photos(count: int) -> list[Image.Image]:

@@ -32,6 +32,7 @@ from bench.harness import (
     model_seconds,
     models_file_for,
     photos,
+    postgres,
     postgres_sessions,
     run_job,
     running_system,
@@ -56,14 +57,14 @@ def main() -> None:
         with running_system(
             Path(scratch), models=[args.model], worker_args=worker_args, api_workers=args.api_workers,
             models_file=models_file, workers_per_model=args.workers,
-        ) as system:  # fmt: skip
+        ) as system, postgres(system.settings) as db:  # fmt: skip
             direct = _Direct(args, images, decoding, system.data_dir, models_file)
             image_ids = system.upload(images)
             asyncio.run(_clients(system, image_ids, args, decoding, jobs=args.clients))  # warm-up
             settle(system)
             spent, batches_before = RoleCpu(), _batch_sizes(system, args.model)
             beside, beside_s = RoleCpu(), 0.0  # what the service's processes spent while the model ran directly
-            sessions_before = postgres_sessions(system.settings)
+            sessions_before = postgres_sessions(db)
             served_s, model_s = 0.0, 0.0  # the rounds' service stretches, and the model's passes within them
             for _ in range(args.rounds):
                 # Side by side, round after round: a shared machine's speed drifts by a quarter within
@@ -73,10 +74,10 @@ def main() -> None:
                 beside_s += time.perf_counter() - started
                 now = cpu_by_role(system)
                 beside, before = beside + (now - before), now
-                since = database_now(system.settings)
+                since = database_now(db)
                 service, round_latencies = asyncio.run(_clients(system, image_ids, args, decoding, jobs=args.jobs))
-                until = database_now(system.settings)
-                served_s, model_s = served_s + until - since, model_s + model_seconds(system.settings, since, until)
+                until = database_now(db)
+                served_s, model_s = served_s + until - since, model_s + model_seconds(db, since, until)
                 # The round ends with its last answer, but the worker still has the messages of jobs that ran
                 # in others' batches: each claims nothing, and costs CPU. Count it, and let it end before the
                 # model runs directly again, on a quiet machine.
@@ -85,7 +86,7 @@ def main() -> None:
                 latencies += round_latencies
             jobs = args.jobs * args.rounds
             cpu = spent.per_job_ms(jobs)
-            sessions = postgres_sessions(system.settings) - sessions_before - 1  # less the one that counted
+            sessions = postgres_sessions(db) - sessions_before
             batches = _batch_sizes(system, args.model)[len(batches_before) :]
             alone = direct.alone()
     print(f"model {args.model}, {args.clients} clients, {args.rounds} rounds of {args.jobs} jobs, "

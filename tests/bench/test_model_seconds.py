@@ -1,9 +1,7 @@
 """bench.service's share of the time the model ran: the passes of the jobs that finished in a stretch,
 by Postgres's clock, and none from before or after it."""
 
-from sqlalchemy import Engine
-
-from bench.harness import database_now, model_seconds
+from bench.harness import database_now, model_seconds, postgres
 from jobs.db import SessionFactory, session_scope
 from jobs.kinds import JobKind
 from jobs.repository import Outcome, add_job, claim_jobs, succeed_jobs
@@ -21,13 +19,14 @@ def _ran(sessions: SessionFactory, seconds: list[float]) -> None:
 
 
 def test_it_adds_up_the_passes_of_the_jobs_that_finished_in_the_stretch(
-    settings: Settings, sessions: SessionFactory, engine: Engine, empty_tables: None
+    settings: Settings, sessions: SessionFactory, empty_tables: None
 ) -> None:
-    _ran(sessions, [5.0])  # before the stretch
-    since = database_now(settings)
-    _ran(sessions, [0.25, 0.25])
-    _ran(sessions, [0.125])
-    until = database_now(settings)
-    _ran(sessions, [7.0])  # after it
-    assert model_seconds(settings, since, until) == 0.625
-    assert model_seconds(settings, until, database_now(settings)) == 7.0
+    with postgres(settings) as db:
+        _ran(sessions, [5.0])  # before the stretch
+        since = database_now(db)
+        _ran(sessions, [0.25, 0.25])
+        _ran(sessions, [0.125])
+        until = database_now(db)
+        _ran(sessions, [7.0])  # after it
+        assert model_seconds(db, since, until) == 0.625
+        assert model_seconds(db, until, database_now(db)) == 7.0
