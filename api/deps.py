@@ -23,6 +23,7 @@ from jobs.api_keys import Principal
 from jobs.broker import Dispatcher
 from jobs.db import SessionFactory
 from jobs.errors import Unauthorized
+from jobs.image_store import ImageHashes
 from jobs.presence import PresenceCache
 from jobs.rate_limit import RateLimiter
 from jobs.settings import Settings
@@ -44,6 +45,7 @@ class ApiContext:
     metrics: ApiMetrics  # what /metrics exposes
     presence: PresenceCache  # which trained models have workers of their own, read at most every 2 s
     keys: KeyCache  # who each API key is, kept while `events` hears of revocations
+    images: ImageHashes  # the content hash of each image submissions named so far
 
     @property
     def submission(self) -> Submission:
@@ -53,6 +55,7 @@ class ApiContext:
             registry=self.registry,
             settings=self.settings,
             presence=self.presence,
+            images=self.images,
         )
 
 

@@ -19,7 +19,9 @@ from jobs.schemas import JobPublicBase, job_public
 
 
 def _read(sessions: SessionFactory, job_id: UUID, tenant: str) -> Job:
+    """The job, read outside any transaction: one statement is one round trip, with no ROLLBACK after it."""
     with sessions() as session:
+        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
         return get_job(session, job_id, tenant)
 
 

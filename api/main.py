@@ -24,6 +24,7 @@ from api.routes import catalog, health, images, jobs, metrics, usage
 from blip2.registry import Registry
 from jobs.broker import Dispatcher, create_celery
 from jobs.db import create_db_engine, create_session_factory
+from jobs.image_store import ImageHashes
 from jobs.presence import PresenceCache
 from jobs.rate_limit import RateLimiter
 from jobs.settings import Settings
@@ -77,6 +78,7 @@ def build_context(settings: Settings) -> ApiContext:
         metrics=ApiMetrics(jobs=JobsCollector(sessions, registry, cache_s=settings.METRICS_JOBS_CACHE_S)),
         presence=PresenceCache(),
         keys=keys,
+        images=ImageHashes(),
     )
 
 

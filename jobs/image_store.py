@@ -1,6 +1,8 @@
 """Uploaded images, stored once per tenant by content hash in Postgres so any worker on any machine reads them."""
 
 import hashlib
+import threading
+from collections import OrderedDict
 from collections.abc import Collection, Iterable
 from uuid import UUID, uuid4
 
@@ -62,6 +64,42 @@ def image_hashes(session: Session, ids: Iterable[UUID], tenant: str) -> dict[UUI
         return {}
     found = session.execute(select(Image.id, Image.sha256).where(Image.id.in_(wanted), Image.tenant == tenant))
     return {image_id: sha256 for image_id, sha256 in found}
+
+
+class ImageHashes:
+    """`image_hashes`, remembered: what a process has read of its tenants' images, the latest `size`.
+
+    An image's row never changes and is never deleted (its id, tenant and bytes are fixed at upload), so
+    what was read once stays true: a submission naming an image seen before reads nothing. Should
+    images ever be deleted, this must hear of it (as api/key_cache.py hears of revoked keys).
+    Shared by the threads of one process.
+    """
+
+    def __init__(self, size: int = 16_384) -> None:
+        self._size = size
+        self._known: OrderedDict[tuple[UUID, str], str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __call__(self, session: Session, ids: Iterable[UUID], tenant: str, *, remember: bool = True) -> dict[UUID, str]:
+        """`image_hashes`; `remember=False` when the transaction stored one of them itself (it may yet
+        roll back, and that row is then gone)."""
+        wanted = set(ids)
+        with self._lock:
+            found = {
+                image_id: self._known[(image_id, tenant)] for image_id in wanted if (image_id, tenant) in self._known
+            }
+            for image_id in found:
+                self._known.move_to_end((image_id, tenant))
+        if missing := wanted - found.keys():
+            read = image_hashes(session, missing, tenant)  # those of another tenant or none stay missing
+            found |= read
+            if remember:
+                with self._lock:
+                    for image_id, sha256 in read.items():
+                        self._known[(image_id, tenant)] = sha256
+                    while len(self._known) > self._size:
+                        self._known.popitem(last=False)
+        return found
 
 
 def missing_image_ids(session: Session, ids: Iterable[UUID], tenant: str) -> set[UUID]:

@@ -18,6 +18,7 @@ from sqlalchemy import (
     CheckConstraint,
     DateTime,
     Enum,
+    FetchedValue,
     ForeignKey,
     Index,
     LargeBinary,
@@ -152,7 +153,9 @@ class Job(Base):
     batch_key: Mapped[str | None] = mapped_column(String(32))
     batch_id: Mapped[str | None] = mapped_column(String(64))
     # Where the job's outcome is POSTed once it is terminal (the request's, or its tenant's default).
-    webhook_url: Mapped[str | None] = mapped_column(String(WEBHOOK_URL_LENGTH))
+    # FetchedValue: a submission sets it to a subquery of its INSERT (the tenant's default), and the
+    # INSERT's RETURNING gives it back (eager_defaults) instead of a SELECT when it is read.
+    webhook_url: Mapped[str | None] = mapped_column(String(WEBHOOK_URL_LENGTH), server_default=FetchedValue())
     # The delivery of the webhook, once the job has finished. Read on access; the API's reads load it
     # with the job (jobs/repository.py), so a job read in a session that has closed can still be shown.
     webhook_delivery: Mapped["WebhookDelivery | None"] = relationship(viewonly=True)

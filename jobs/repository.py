@@ -60,7 +60,7 @@ def add_job(
     queue: str,
     input: dict[str, Any],
     batch_key: str | None = None,
-    webhook_url: str | None = None,
+    webhook_url: str | ColumnElement[str | None] | None = None,  # a value, or a subquery of the INSERT
     priority: Priority = Priority.INTERACTIVE,
     cache_key: str | None = None,
     cached_result: dict[str, Any] | None = None,

@@ -27,6 +27,7 @@ from functools import partial
 from typing import TypeVar
 from uuid import UUID
 
+from sqlalchemy import ScalarSelect
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
@@ -46,7 +47,7 @@ from jobs.errors import (
     UnknownImage,
 )
 from jobs.fetch import with_fetched_image
-from jobs.image_store import image_hashes, store_image
+from jobs.image_store import ImageHashes, store_image
 from jobs.inputs import EvaluateInput, GeneratingInput, ImageFields, JobInput, MatchInput, TrainInput
 from jobs.kinds import KINDS, JobKind, batch_key
 from jobs.models import IdempotencyKey, Job
@@ -64,7 +65,7 @@ from jobs.result_cache import (
 from jobs.schemas import JobCreateBase
 from jobs.settings import Settings
 from jobs.status import JobStatus
-from jobs.webhooks import check_webhook_url, default_url, ensure_secret
+from jobs.webhooks import check_webhook_url, default_url_query, ensure_secret
 
 _T = TypeVar("_T")
 
@@ -78,6 +79,7 @@ class Submission:
     registry: Registry
     settings: Settings
     presence: PresenceCache = field(default_factory=PresenceCache)  # which trained models have workers
+    images: ImageHashes = field(default_factory=ImageHashes)  # the images' content hashes read so far
 
 
 @dataclass(frozen=True)
@@ -234,7 +236,8 @@ def _record(ctx: Submission, session: Session, tenant: str, prepared: _Prepared)
     target = _resolve_target(session, ctx.registry, tenant, prepared.model)
     _check_request(session, ctx, tenant, request, target)
     job_input = _store_inline_image(session, tenant, request.input, ctx.settings)
-    images = _check_images_exist(session, tenant, job_input)
+    stored_now = job_input is not request.input  # an inline image, stored in this transaction
+    images = _check_images_exist(session, ctx.images, tenant, job_input, remember=not stored_now)
     kind = JobKind(request.kind)
     result_key = _result_key(session, ctx, tenant, kind, job_input, target, images)
     answer = cached_result(session, result_key) if result_key is not None and request.cache else None
@@ -256,13 +259,13 @@ def _record(ctx: Submission, session: Session, tenant: str, prepared: _Prepared)
     return job
 
 
-def _webhook_url(session: Session, tenant: str, request: JobCreateBase) -> str | None:
-    """The job's webhook: the request's, else the tenant's default; the tenant gets a signing secret
-    the first time it has one, so every delivery is signed."""
-    url = request.webhook_url or default_url(session, tenant)
-    if url is not None:
-        ensure_secret(session, tenant)
-    return url
+def _webhook_url(session: Session, tenant: str, request: JobCreateBase) -> str | ScalarSelect[str | None]:
+    """The job's webhook: the request's (the tenant gets a signing secret the first time it names one,
+    so every delivery is signed), else the tenant's default, read by the job's INSERT itself."""
+    if request.webhook_url is None:
+        return default_url_query(tenant).scalar_subquery()
+    ensure_secret(session, tenant)
+    return request.webhook_url
 
 
 def _route(session: Session, ctx: Submission, tenant: str, kind: JobKind, target: _Target) -> str:
@@ -388,12 +391,15 @@ def _store_inline_image(session: Session, tenant: str, job_input: JobInput, sett
     return job_input.model_copy(update={"image": None, "image_id": stored.id})
 
 
-def _check_images_exist(session: Session, tenant: str, job_input: JobInput) -> dict[UUID, str]:
-    """The content hash of every image the input names; UnknownImage if one is not the tenant's."""
+def _check_images_exist(
+    session: Session, hashes: ImageHashes, tenant: str, job_input: JobInput, *, remember: bool
+) -> dict[UUID, str]:
+    """The content hash of every image the input names; UnknownImage if one is not the tenant's.
+    `remember`: whether the hashes read may be kept for later submissions (see ImageHashes)."""
     if not isinstance(job_input, ImageFields):
         return {}
     wanted = job_input.referenced_image_ids()
-    found = image_hashes(session, wanted, tenant)
+    found = hashes(session, wanted, tenant, remember=remember)
     missing = set(wanted) - found.keys()
     if missing:
         field = "input.image_ids" if isinstance(job_input, MatchInput) and job_input.image_ids else "input.image_id"

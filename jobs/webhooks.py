@@ -5,7 +5,7 @@ names a webhook, or by `blip2-jobs tenants webhook-secret`, and optionally a def
 that name none (`blip2-jobs tenants webhook`).
 """
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Select, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -55,7 +55,13 @@ def rotate_secret(session: Session, tenant: str) -> str:
 
 def default_url(session: Session, tenant: str) -> str | None:
     """The URL the tenant's jobs are delivered to when they name none."""
-    return session.scalars(select(TenantWebhook.url).where(TenantWebhook.tenant == tenant)).one_or_none()
+    return session.scalars(default_url_query(tenant)).one_or_none()
+
+
+def default_url_query(tenant: str) -> Select[str | None]:
+    """`default_url` as a query, to be a subquery of the statement that needs it (a job's INSERT):
+    no round trip of its own. The tenant has a signing secret whenever it has a default (set_default_url)."""
+    return select(TenantWebhook.url).where(TenantWebhook.tenant == tenant)
 
 
 def set_default_url(session: Session, tenant: str, url: str | None) -> str:

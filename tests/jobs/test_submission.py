@@ -3,6 +3,7 @@
 import base64
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import pytest
 from sqlalchemy import func, select
@@ -12,13 +13,16 @@ from blip2.registry import Registry
 from jobs.broker import Dispatcher
 from jobs.db import SessionFactory, create_db_engine, create_session_factory, session_scope
 from jobs.errors import BatchTooLarge, IdempotencyKeyReused, TenantQueueFull, UnknownImage
+from jobs.image_store import store_image
 from jobs.models import Image, Job
 from jobs.schemas import JOB_CREATE_ADAPTER
 from jobs.settings import Settings
 from jobs.status import JobStatus
 from jobs.submission import Submission, submit_job
+from jobs.webhooks import set_default_url
 from tests.support.auth import TENANT
 from tests.support.broker import drain, waiting_job_ids
+from tests.support.db import statements
 from tests.support.file_server import serving_files
 from tests.support.images import png_base64
 
@@ -117,4 +121,36 @@ def test_the_tenant_limit_is_exact_under_concurrent_submissions(ctx: Submission,
     with session_scope(ctx.sessions) as session:
         rows = session.scalar(select(func.count()).select_from(Job).where(Job.tenant == "concurrent"))
     assert rows == 5
+    drain(key_prefix, QUEUE)
+
+
+def test_a_job_takes_the_tenant_default_webhook_in_its_insert(ctx: Submission, key_prefix: str) -> None:
+    """A job that names no webhook gets its tenant's default as the default is when it is inserted,
+    read by the INSERT itself; one that names its own keeps it. A submission by `image_id` of a known
+    image is one statement and its commit."""
+    with session_scope(ctx.sessions) as session:
+        image_id = store_image(session, TENANT, base64.b64decode(png_base64()), ctx.settings).id
+    by_id = caption_request(input={"image_id": str(image_id)}, cache=False)
+    assert submit_job(ctx, TENANT, by_id).job.webhook_url is None
+    with session_scope(ctx.sessions) as session:
+        set_default_url(session, TENANT, "https://hooks.example/first")
+    with ctx.sessions() as session, statements(session) as sent:
+        job = submit_job(ctx, TENANT, by_id, session=session).job
+    assert job.webhook_url == "https://hooks.example/first"
+    assert [s.split()[0] for s in sent] == ["INSERT"], sent
+    with session_scope(ctx.sessions) as session:
+        set_default_url(session, TENANT, "https://hooks.example/second")
+    own = caption_request(input={"image_id": str(image_id)}, webhook_url="http://127.0.0.1:9/own")
+    allowed = ctx.settings.model_copy(update={"FETCH_ALLOWED_HOSTS": "127.0.0.1"})
+    own_job = submit_job(replace(ctx, settings=allowed), TENANT, own).job
+    later = submit_job(ctx, TENANT, by_id).job
+    with session_scope(ctx.sessions) as session:
+        ids = [job.id, own_job.id, later.id]
+        stored = {j.id: j.webhook_url for j in session.scalars(select(Job).where(Job.id.in_(ids)))}
+    assert stored == {
+        job.id: "https://hooks.example/first",
+        own_job.id: "http://127.0.0.1:9/own",
+        later.id: "https://hooks.example/second",
+    }
+    assert (own_job.webhook_url, later.webhook_url) == ("http://127.0.0.1:9/own", "https://hooks.example/second")
     drain(key_prefix, QUEUE)
