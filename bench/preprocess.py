@@ -48,7 +48,7 @@ def main() -> None:
 
 
 def _one_thread(processor: object, images: list[Image.Image]) -> list[Image.Image]:
-    target = fitting._target(processor)
+    target = fitting.target(processor)
     if target is None:
         return images
     width, height, resample = target

@@ -25,24 +25,35 @@ _pool: ThreadPoolExecutor | None = None
 _pool_pid = 0
 
 
+Target = tuple[int, int, int]  # (width, height, resample) the processor resizes to
+
+
 def fitted(image_processor: object, images: Sequence[Image]) -> list[Image]:
     """`images`, those the processor would resize resized by the same filter to the same size."""
-    target = _target(image_processor)
-    if target is None or len(images) < 2:
+    size = target(image_processor)
+    if size is None or len(images) < 2:
         return list(images)
-    width, height, resample = target
+    return fit(size, images)
+
+
+def fit(size: Target, images: Sequence[Image]) -> list[Image]:
+    """`images` resized to `size` (a `target`), those already that size or not RGB as they are; several
+    at once on the pool's threads. A processor given the result computes the same pixel values."""
+    width, height, resample = size
     due = [i for i, image in enumerate(images) if image.mode == "RGB" and image.size != (width, height)]
-    if len(due) < 2:
-        return list(images)
     out = list(images)
-    for i, image in zip(due, _threads().map(lambda i: images[i].resize((width, height), resample), due), strict=True):
-        out[i] = image
+    if len(due) == 1:
+        out[due[0]] = images[due[0]].resize((width, height), resample)
+    elif due:
+        resized = _threads().map(lambda i: images[i].resize((width, height), resample), due)
+        for i, image in zip(due, resized, strict=True):
+            out[i] = image
     return out
 
 
-def _target(image_processor: object) -> tuple[int, int, int] | None:
+def target(image_processor: object) -> Target | None:
     """(width, height, resample) of a PIL processor that resizes to a fixed size and does nothing after
-    that depends on the size it was given; else None."""
+    that depends on the size it was given; else None (its images are not to be fitted)."""
     from transformers.image_processing_backends import PilBackend
 
     if not isinstance(image_processor, PilBackend) or not getattr(image_processor, "do_resize", False):

@@ -34,6 +34,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from blip2 import fitting
 from blip2.errors import Blip2Error
 from blip2.images import decode_image
 from jobs.claims import BatchRules, claim_batch, claim_more, queue_of
@@ -46,6 +47,7 @@ from jobs.models import Attempt, Job
 from jobs.outputs import JobOutput
 from jobs.repository import Outcome, fail_job, succeed_jobs
 from worker.db_retry import retry_transaction
+from worker.decoded_images import Key
 from worker.handlers import Work, run_batch
 from worker.progress import heartbeating
 from worker.runtime import WorkerRuntime
@@ -263,11 +265,39 @@ def _execute(runtime: WorkerRuntime, batch: Batch) -> None:
         return
     started = time.monotonic()
     try:
+        _fit(runtime, model, ready)
         _run_isolating(head.kind, model, ready)
     finally:  # a soft time limit too: the time was spent
         seconds = time.monotonic() - started
         _share_time(runtime, ready, seconds)
         runtime.last_pass_s[(head.model, head.kind.value)] = seconds
+
+
+def _fit(runtime: WorkerRuntime, model: Any, items: Sequence[Item]) -> None:
+    """Give each job its images resized to the model's input size, from those resized before when the
+    worker has them (blip2/fitting.py: the model's processor then computes the same pixels from them,
+    and resizes nothing). The same image stays one object across the batch's jobs."""
+    size = fitting.target(model.processor.image_processor) if hasattr(model, "processor") else None
+    if size is None:
+        return
+    cache = runtime.fitted_images
+    fitted: dict[tuple[Key, fitting.Target], Image] = {}
+    originals: dict[tuple[Key, fitting.Target], Image] = {}
+    for item in items:
+        assert item.work is not None
+        for image_id, image in zip(item.work.input.referenced_image_ids(), item.work.images, strict=True):
+            key = ((image_id, item.job.tenant), size)
+            if key not in fitted and (kept := cache.get(key)) is not None:
+                fitted[key] = kept
+            elif key not in fitted:
+                originals[key] = image
+    for key, image in zip(originals, fitting.fit(size, list(originals.values())), strict=True):
+        fitted[key] = image
+        cache.put(key, image)
+    for item in items:
+        assert item.work is not None
+        keys = [((image_id, item.job.tenant), size) for image_id in item.work.input.referenced_image_ids()]
+        item.work = Work(input=item.work.input, images=[fitted[key] for key in keys])
 
 
 def _share_time(runtime: WorkerRuntime, items: Sequence[Item], seconds: float) -> None:

@@ -72,12 +72,14 @@ class WorkerRuntime:
     _models: ModelHolder | None = None
     _presence: Presence | None = None
     _images: DecodedImages | None = None
+    _fitted: DecodedImages | None = None
 
     def start(self, **_signal: Any) -> None:
         """Connect and load the model, in the process that will run the jobs; then say it serves its queues."""
         self._sessions = create_session_factory(create_db_engine(self.settings))
         self._models = ModelHolder(self.settings, self.load_options, self._sessions)
         self._images = DecodedImages(self.settings.WORKER_IMAGE_CACHE_PIXELS)
+        self._fitted = DecodedImages(self.settings.WORKER_IMAGE_CACHE_PIXELS)
         on_gpu, model = False, None
         if self.preload is not None:
             model = self._models.get(self.preload, tenant=self.tenant)
@@ -112,6 +114,14 @@ class WorkerRuntime:
             self.start()
         assert self._images is not None
         return self._images
+
+    @property
+    def fitted_images(self) -> DecodedImages:
+        """The same images resized to its models' input size lately, by ((image id, tenant), size)."""
+        if self._fitted is None:
+            self.start()
+        assert self._fitted is not None
+        return self._fitted
 
     @property
     def models(self) -> ModelHolder:
