@@ -33,6 +33,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Session, joinedload
 
+from jobs.broker import JobMessage
 from jobs.errors import InvalidCursor, JobNotCancelable, JobNotFound
 from jobs.kinds import JobKind
 from jobs.models import Attempt, Job, TenantQueue
@@ -339,23 +340,61 @@ def mark_dispatched(session: Session, job_id: UUID) -> None:
     )
 
 
-def overdue_queued_jobs(session: Session, *, after: timedelta, limit: int) -> list[Job]:
-    """Queued jobs whose last send is older than `after` (doubling per re-send), locked for re-sending.
+@dataclass(frozen=True)
+class Overdue:
+    """A queued job taken for re-sending, and how it was marked before (to give back if the send fails)."""
 
-    The doubling keeps a long but healthy backlog from being flooded with duplicate messages;
-    SKIP LOCKED lets several sweepers run at once without sending one job twice.
+    message: JobMessage
+    dispatched_at: datetime | None
+    dispatch_count: int
+
+
+def take_overdue_queued_jobs(session: Session, *, after: timedelta, limit: int) -> list[Overdue]:
+    """Queued jobs whose last send is older than `after` (doubling per re-send), oldest first, marked
+    as sent now by the same statement.
+
+    The caller commits, then sends: no row stays locked while the messages go out, so a worker's claim,
+    which skips locked rows, never passes over the oldest jobs because a sweep is sending them (a sweep
+    of a hundred took a hundred milliseconds and more of locks, and claims meanwhile took younger
+    jobs). SKIP LOCKED and the new mark keep two sweepers from taking one job. A job whose send fails
+    gets its marks back (`unmark_dispatched`), so the next sweep tries it again; the doubling keeps a
+    long but healthy backlog from being flooded with duplicate messages.
     """
     backoff = func.power(2, func.least(func.greatest(Job.dispatch_count - 1, 0), 6))
     last_sent = func.coalesce(Job.dispatched_at, Job.created_at)
     overdue = last_sent < func.now() - func.make_interval(0, 0, 0, 0, 0, 0, after.total_seconds() * backoff)
-    query = (
-        select(Job)
+    due = (
+        select(Job.id, Job.dispatched_at, Job.dispatch_count)
         .where(Job.status == JobStatus.QUEUED, overdue)
         .order_by(Job.created_at)
         .limit(limit)
         .with_for_update(skip_locked=True)
+        .cte("due")
     )
-    return list(session.scalars(query))
+    statement = (
+        update(Job)
+        .where(Job.id == due.c.id)
+        .values(dispatched_at=func.now(), dispatch_count=Job.dispatch_count + 1)
+        .returning(Job.id, Job.queue, Job.kind, Job.model, due.c.dispatched_at, due.c.dispatch_count)
+    )
+    rows = session.execute(statement, execution_options={"synchronize_session": False})
+    return [
+        Overdue(JobMessage(job_id, queue, kind, model), at, count) for job_id, queue, kind, model, at, count in rows
+    ]
+
+
+def unmark_dispatched(session: Session, overdue: Overdue) -> None:
+    """Give a job taken by `take_overdue_queued_jobs` its previous marks back: its message was not sent.
+    Nothing changes if the job has moved on since (claimed, canceled, or sent again)."""
+    session.execute(
+        update(Job)
+        .where(
+            Job.id == overdue.message.job_id,
+            Job.status == JobStatus.QUEUED,
+            Job.dispatch_count == overdue.dispatch_count + 1,
+        )
+        .values(dispatched_at=overdue.dispatched_at, dispatch_count=overdue.dispatch_count)
+    )
 
 
 def requeue_lost_jobs(session: Session, *, lease: timedelta, max_attempts: int) -> list[Job]:

@@ -18,7 +18,7 @@ from jobs.broker import Dispatcher, JobMessage
 from jobs.db import SessionFactory, session_scope
 from jobs.models import Job
 from jobs.presence import reroute_orphaned_jobs
-from jobs.repository import mark_dispatched, overdue_queued_jobs, requeue_lost_jobs
+from jobs.repository import mark_dispatched, requeue_lost_jobs, take_overdue_queued_jobs, unmark_dispatched
 from jobs.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -44,9 +44,14 @@ def sweep_once(
     rerouted = _reroute(sessions, settings) if recover_lost else []
     resent = _send(sessions, dispatcher, recovered + rerouted)
     with session_scope(sessions) as session:
-        overdue = overdue_queued_jobs(session, after=timedelta(seconds=settings.QUEUED_TOO_LONG_S), limit=_BATCH)
-        # Sent while the rows are locked, so no other sweeper sends them too; they were committed long ago.
-        resent += _send_locked(session, dispatcher, overdue)
+        overdue = take_overdue_queued_jobs(session, after=timedelta(seconds=settings.QUEUED_TOO_LONG_S), limit=_BATCH)
+    # Taken and marked as sent, committed, then sent with no row locked (see take_overdue_queued_jobs).
+    unsent = [job for job in overdue if not dispatcher.try_send(job.message)]
+    if unsent:
+        with session_scope(sessions) as session:
+            for job in unsent:
+                unmark_dispatched(session, job)
+    resent += len(overdue) - len(unsent)
     if recovered or resent:
         log.info("sweep: %d lost jobs recovered, %d re-routed, %d messages re-sent", len(recovered), len(rerouted),
                  resent)  # fmt: skip

@@ -4,7 +4,7 @@ from datetime import timedelta
 from uuid import uuid4
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from jobs.db import SessionFactory, session_scope
@@ -20,12 +20,12 @@ from jobs.repository import (
     get_job,
     heartbeat,
     list_jobs,
-    mark_dispatched,
-    overdue_queued_jobs,
     report_progress,
     requeue_lost_jobs,
     succeed_job,
     succeed_jobs,
+    take_overdue_queued_jobs,
+    unmark_dispatched,
 )
 from jobs.status import JobStatus
 from tests.support.auth import TENANT
@@ -135,10 +135,33 @@ def test_overdue_queued_jobs_back_off(sessions: SessionFactory) -> None:
         session.execute(
             update(Job).where(Job.id == job.id).values(dispatched_at=Job.dispatched_at - timedelta(minutes=5))
         )
-        assert [j.id for j in overdue_queued_jobs(session, after=timedelta(minutes=1), limit=10)] == [job.id]
-        mark_dispatched(session, job.id)
+        [taken] = take_overdue_queued_jobs(session, after=timedelta(minutes=1), limit=10)
+        assert (taken.message.job_id, taken.message.queue, taken.dispatch_count) == (job.id, job.queue, 1)
     with session_scope(sessions) as session:
-        assert overdue_queued_jobs(session, after=timedelta(minutes=1), limit=10) == []
+        assert take_overdue_queued_jobs(session, after=timedelta(minutes=1), limit=10) == []
+        assert session.get_one(Job, job.id).dispatch_count == 2
+
+
+def test_a_job_whose_resend_failed_is_overdue_again_and_a_taken_one_is_not_locked(sessions: SessionFactory) -> None:
+    """Taking overdue jobs marks them sent and leaves no lock once committed (a claim skipping locked
+    rows sees them); a failed send gives the job its marks back, so the next sweep takes it again."""
+    job = new_job(sessions)
+    with session_scope(sessions) as session:
+        session.execute(
+            update(Job).where(Job.id == job.id).values(dispatched_at=Job.dispatched_at - timedelta(minutes=5))
+        )
+        before = session.get_one(Job, job.id).dispatched_at
+    with session_scope(sessions) as session:
+        [taken] = take_overdue_queued_jobs(session, after=timedelta(minutes=1), limit=10)
+    with session_scope(sessions) as session:
+        unlocked = select(Job.id).where(Job.id == job.id).with_for_update(skip_locked=True)
+        assert session.scalars(unlocked).all() == [job.id], "a taken job stayed locked"
+        unmark_dispatched(session, taken)
+    with session_scope(sessions) as session:
+        row = session.get_one(Job, job.id)
+        assert (row.dispatched_at, row.dispatch_count) == (before, 1)
+        [again] = take_overdue_queued_jobs(session, after=timedelta(minutes=1), limit=10)
+        assert again.message.job_id == job.id
 
 
 def test_a_job_with_a_fresh_heartbeat_is_not_lost(sessions: SessionFactory) -> None:

@@ -1,11 +1,12 @@
 """The outbox sweep: a job whose message was lost is sent again; a healthy one is left alone."""
 
 from datetime import timedelta
+from uuid import UUID
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
-from jobs.broker import Dispatcher
+from jobs.broker import Dispatcher, JobMessage
 from jobs.db import SessionFactory, session_scope
 from jobs.kinds import JobKind
 from jobs.models import Job
@@ -60,3 +61,37 @@ def test_job_of_a_dead_worker_is_queued_and_sent_again(
     with session_scope(sessions) as session:
         assert get_job(session, job.id).status is JobStatus.QUEUED
     assert waiting_job_ids(key_prefix, QUEUE) == [str(job.id)]
+
+
+class _Watching(Dispatcher):
+    """Sends as the real one does, first noting whether a worker's claim could take the job now (its
+    row not locked), and failing the sends of `failing`."""
+
+    def __init__(self, real: Dispatcher, sessions: SessionFactory, failing: set[UUID]) -> None:
+        self._real, self._sessions, self._failing = real, sessions, failing
+        self.claimable: dict[UUID, bool] = {}
+
+    def send(self, message: JobMessage) -> None:
+        with session_scope(self._sessions) as session:
+            unlocked = select(Job.id).where(Job.id == message.job_id).with_for_update(skip_locked=True)
+            self.claimable[message.job_id] = session.scalar(unlocked) is not None
+        if message.job_id in self._failing:
+            raise ConnectionError("the broker is away")
+        self._real.send(message)
+
+
+def test_a_sweep_sends_with_no_row_locked_and_a_failed_send_stays_overdue(
+    sessions: SessionFactory, dispatcher: Dispatcher, settings: Settings, key_prefix: str
+) -> None:
+    """While a sweep sends, a claim (which skips locked rows) can still take the oldest jobs; a job whose
+    send failed is as overdue as before and is sent by the next sweep."""
+    drain(key_prefix, QUEUE)
+    sent, failed = (unsent_job(sessions, age=timedelta(minutes=10)) for _ in range(2))
+    watching = _Watching(dispatcher, sessions, failing={failed.id})
+    assert sweep_once(sessions, watching, settings).resent == 1
+    assert watching.claimable == {sent.id: True, failed.id: True}, "a job's row was locked while it was sent"
+    assert waiting_job_ids(key_prefix, QUEUE) == [str(sent.id)]
+    with session_scope(sessions) as session:
+        assert get_job(session, failed.id).dispatch_count == 1, "a failed send was counted"
+    assert sweep_once(sessions, dispatcher, settings).resent == 1
+    assert waiting_job_ids(key_prefix, QUEUE) == [str(sent.id), str(failed.id)]
