@@ -19,6 +19,10 @@ from blip2.errors import InvalidArgument
 
 # Names users give datasets and trained models: they become directory names and registry names.
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+# Free text (a question, a prompt, a dataset's options) and URLs: anything but NUL, which Postgres
+# cannot keep in JSON. In the schema, so a client (and the fuzz test) knows it.
+TEXT_PATTERN = r"^[^\x00]*$"
+URL_PATTERN = r"^https?://[^\x00]*$"
 # A static ceiling; the configured MAX_BATCH_SIZE (usually lower) is checked on submission.
 LIST_CEILING = 1024
 # Standard base64 with its padding: what `image` must be for its bytes to be read at all.
@@ -59,6 +63,18 @@ def exactly_one(*alternatives: dict[str, Any]) -> dict[str, Any]:
     return {"not": {"anyOf": [none_holds, *two_hold]}}
 
 
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, list | tuple):
+        return any(_holds_nul(item) for item in value)
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, BaseModel):
+        return any(_holds_nul(v) for v in value.__dict__.values())
+    return False
+
+
 ONE_IMAGE = exactly_one(*(_given(name) for name in _IMAGE_FIELDS))
 NO_IMAGE = _absent(*_IMAGE_FIELDS)
 
@@ -67,6 +83,15 @@ class JobInput(BaseModel):
     """Base of every job kind's input."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        """Refuse NUL in any text of the input (a question, a URL, a list's texts, an example's answer):
+        Postgres stores no NUL in JSON, and such a job could only fail its INSERT with a 500."""
+        if _holds_nul(value):
+            raise ValueError("text may not contain NUL (\\u0000)")
+        return value
 
     def referenced_image_ids(self) -> list[UUID]:
         """Every uploaded image this input names, in the order the job reads them."""
@@ -151,7 +176,7 @@ class ImageFields(JobInput):
 
     image_id: UUID | None = None
     image: Base64Bytes | None = Field(default=None, json_schema_extra={"pattern": BASE64_PATTERN, "minLength": 4})
-    image_url: str | None = Field(default=None, pattern=r"^https?://", max_length=2000)
+    image_url: str | None = Field(default=None, pattern=URL_PATTERN, max_length=2000)
 
     def images_given(self) -> int:
         """How many of image_id, image and image_url are set (one, for an input about one image)."""
@@ -202,7 +227,7 @@ class GeneratingInput(_ImageRef):
 class CaptionInput(GeneratingInput):
     """Describe an image; `prompt` starts the caption, `style` picks short or detailed."""
 
-    prompt: str | None = Field(default=None, max_length=2000)
+    prompt: str | None = Field(default=None, max_length=2000, pattern=TEXT_PATTERN)
     style: Literal["short", "detailed"] = "short"
 
 
@@ -211,21 +236,21 @@ class QAExampleInput(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    question: str = Field(min_length=1, max_length=2000)
-    answer: str = Field(max_length=2000)
+    question: str = Field(min_length=1, max_length=2000, pattern=TEXT_PATTERN)
+    answer: str = Field(max_length=2000, pattern=TEXT_PATTERN)
 
 
 class VqaInput(GeneratingInput):
     """Answer a question about an image, optionally after a few examples."""
 
-    question: str = Field(min_length=1, max_length=2000)
+    question: str = Field(min_length=1, max_length=2000, pattern=TEXT_PATTERN)
     examples: list[QAExampleInput] = Field(default_factory=list, max_length=16)
 
 
 class InstructInput(GeneratingInput):
     """Follow a free-form instruction about an image (an InstructBLIP model)."""
 
-    instruction: str = Field(min_length=1, max_length=4000)
+    instruction: str = Field(min_length=1, max_length=4000, pattern=TEXT_PATTERN)
 
 
 class EmbedInput(_ImageRef):
@@ -241,7 +266,7 @@ class EmbedInput(_ImageRef):
     )
 
     mode: Literal["image", "text", "multimodal"] = "image"
-    text: str | None = Field(default=None, min_length=1, max_length=2000)
+    text: str | None = Field(default=None, min_length=1, max_length=2000, pattern=TEXT_PATTERN)
 
     def image_needed(self) -> bool:
         return self.mode != "text"
@@ -265,10 +290,10 @@ class MatchInput(ImageFields):
         )
     )
 
-    texts: list[Annotated[str, Field(min_length=1, max_length=2000)]] | None = Field(
+    texts: list[Annotated[str, Field(min_length=1, max_length=2000, pattern=TEXT_PATTERN)]] | None = Field(
         default=None, min_length=1, max_length=LIST_CEILING
     )
-    text: str | None = Field(default=None, min_length=1, max_length=2000)
+    text: str | None = Field(default=None, min_length=1, max_length=2000, pattern=TEXT_PATTERN)
     image_ids: list[UUID] | None = Field(default=None, min_length=1, max_length=LIST_CEILING)
     top_k: int | None = Field(default=None, ge=1)
 
@@ -304,6 +329,8 @@ Task: TypeAlias = Literal["caption", "vqa", "caption_vqa", "match"]
 Component: TypeAlias = Literal["vision", "qformer", "llm"]
 DatasetFormat: TypeAlias = Literal["coco_captions", "coco_karpathy", "flickr30k", "vqav2", "jsonl"]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]
+_OptionName = Annotated[str, Field(pattern=TEXT_PATTERN)]
+_OptionValue = Annotated[str, Field(min_length=1, max_length=500, pattern=TEXT_PATTERN)]
 _BLIP2_TRAINED_PARTS: list[Component] = ["qformer"]
 
 
@@ -319,16 +346,17 @@ class DownloadInput(JobInput):
         )
     )
 
-    dataset: str | None = Field(default=None, min_length=1, max_length=64)
-    url: str | None = Field(default=None, pattern=r"^https?://", max_length=2000)
+    dataset: str | None = Field(default=None, min_length=1, max_length=64, pattern=TEXT_PATTERN)
+    url: str | None = Field(default=None, pattern=URL_PATTERN, max_length=2000)
     sha256: Sha256 | None = None
     name: str | None = Field(default=None, pattern=NAME_PATTERN)
     format: DatasetFormat | None = None
     # Which file is which (e.g. {"val_annotations": "annotations/captions.json", "val_images": "images"});
     # without any, files named as the public datasets name them are found. Names: blip2.data.formats.
-    options: dict[str, Annotated[str, Field(min_length=1, max_length=500)]] = Field(
-        default_factory=dict, max_length=40, description="The format's options (a url download only)."
-    )
+    options: dict[
+        Annotated[str, Field(pattern=TEXT_PATTERN)],
+        Annotated[str, Field(min_length=1, max_length=500, pattern=TEXT_PATTERN)],
+    ] = Field(default_factory=dict, max_length=40, description="The format's options (a url download only).")
 
     @field_validator("options")
     @classmethod
@@ -392,6 +420,7 @@ class TrainInput(JobInput):
         default=None,
         min_length=1,
         max_length=200,
+        pattern=TEXT_PATTERN,
         description="A model (a retrieval one, say) whose vision encoder and Q-Former this one starts from: "
         "BLIP-2's generative stage starts from what its representation stage trained.",
     )

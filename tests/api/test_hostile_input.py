@@ -196,3 +196,43 @@ def test_image_url_is_fetched_and_stored_for_the_tenant(client: TestClient, sess
         )
     with sessions() as session:
         assert session.scalar(select(func.count()).select_from(Job)) == 1
+
+
+_DOWNLOAD = {"url": "http://\u0000", "sha256": "0" * 64, "name": "x", "format": "jsonl"}
+_EXAMPLES = [{"question": "q", "answer": "\u0000"}]
+_NUL_INPUTS = [
+    ({"kind": "vqa", "input": {"question": "what\u0000?"}}, "input.question"),
+    ({"kind": "caption", "input": {"prompt": "a photo of\u0000"}}, "input.prompt"),
+    ({"kind": "match", "input": {"texts": ["a cat", "a\u0000dog"]}}, "input.texts.1"),
+    ({"kind": "vqa", "input": {"question": "q", "examples": _EXAMPLES}}, "input.examples.0.answer"),
+    ({"kind": "download", "input": _DOWNLOAD}, "input.url"),
+    ({"kind": "download", "input": {"dataset": "coco\u0000"}}, "input.dataset"),
+]
+
+
+@pytest.mark.parametrize(("job_input", "field"), _NUL_INPUTS)
+def test_nul_in_any_text_of_an_input_is_422_and_stores_nothing(
+    client: TestClient,
+    engine: Engine,
+    job_input: dict,
+    field: str,  # type: ignore[type-arg]
+) -> None:
+    """Postgres keeps no NUL in JSON: a job carrying one is refused with the field named, one job or a
+    batch, instead of failing its INSERT with a 500 (the fuzz test found one in a download's url)."""
+    status, image = upload(client, png_bytes())
+    assert status in (200, 201), image
+    body = dict(job_input)
+    if body["kind"] in ("vqa", "caption", "match"):
+        body["input"] = {"image_id": image["id"], **body["input"]}
+    before = _jobs(engine)
+    alone = client.post("/v1/jobs", json=body)
+    assert alone.status_code == 422, alone.text
+    assert (alone.json()["error"]["code"], alone.json()["error"]["field"]) == ("invalid_request", field)
+    batch = client.post("/v1/jobs:batch", json={"jobs": [{"job": body}]})
+    assert batch.status_code == 422 and batch.json()["error"]["field"] == f"jobs.0.job.{field}", batch.text
+    assert _jobs(engine) == before
+
+
+def _jobs(engine: Engine) -> int:
+    with engine.connect() as connection:
+        return connection.scalar(select(func.count()).select_from(Job)) or 0
