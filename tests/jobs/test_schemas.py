@@ -132,7 +132,8 @@ def test_image_url_must_be_http_and_of_sane_length(url: str) -> None:
 def test_image_url_in_the_json_schema() -> None:
     schema = CaptionJobCreate.model_json_schema()
     image_url = schema["$defs"]["CaptionInput"]["properties"]["image_url"]
-    assert image_url["anyOf"][0] == {"type": "string", "pattern": "^https?://", "maxLength": 2000}
+    # http(s), and no NUL anywhere (Postgres keeps none in JSON): the schema tells clients both.
+    assert image_url["anyOf"][0] == {"type": "string", "pattern": "^https?://[^\\x00]*$", "maxLength": 2000}
 
 
 URL_DOWNLOAD = {"url": "https://example.org/c.zip", "sha256": "a" * 64, "name": "coco-mini", "format": "coco_captions"}
