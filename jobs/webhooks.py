@@ -53,14 +53,10 @@ def rotate_secret(session: Session, tenant: str) -> str:
     return secret
 
 
-def default_url(session: Session, tenant: str) -> str | None:
-    """The URL the tenant's jobs are delivered to when they name none."""
-    return session.scalars(default_url_query(tenant)).one_or_none()
-
-
 def default_url_query(tenant: str) -> Select[str | None]:
-    """`default_url` as a query, to be a subquery of the statement that needs it (a job's INSERT):
-    no round trip of its own. The tenant has a signing secret whenever it has a default (set_default_url)."""
+    """The URL the tenant's jobs are delivered to when they name none, as a query: a subquery of the
+    statement that needs it (a job's INSERT), no round trip of its own. The tenant has a signing
+    secret whenever it has a default (set_default_url)."""
     return select(TenantWebhook.url).where(TenantWebhook.tenant == tenant)
 
 

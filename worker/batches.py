@@ -277,21 +277,23 @@ def _fit(runtime: WorkerRuntime, model: Any, items: Sequence[Item]) -> None:
     """Give each job its images resized to the model's input size, from those resized before when the
     worker has them (blip2/fitting.py: the model's processor then computes the same pixels from them,
     and resizes nothing). The same image stays one object across the batch's jobs."""
-    size = fitting.target(model.processor.image_processor) if hasattr(model, "processor") else None
+    size = fitting.target(model.processor.image_processor)
     if size is None:
         return
     cache = runtime.fitted_images
     fitted: dict[tuple[Key, fitting.Target], Image] = {}
-    originals: dict[tuple[Key, fitting.Target], Image] = {}
+    due: dict[tuple[Key, fitting.Target], Image] = {}  # not resized yet
     for item in items:
         assert item.work is not None
         for image_id, image in zip(item.work.input.referenced_image_ids(), item.work.images, strict=True):
             key = ((image_id, item.job.tenant), size)
-            if key not in fitted and (kept := cache.get(key)) is not None:
-                fitted[key] = kept
-            elif key not in fitted:
-                originals[key] = image
-    for key, image in zip(originals, fitting.fit(size, list(originals.values())), strict=True):
+            if key not in fitted and key not in due:
+                kept = cache.get(key)
+                if kept is None:
+                    due[key] = image
+                else:
+                    fitted[key] = kept
+    for key, image in zip(due, fitting.fit(size, list(due.values())), strict=True):
         fitted[key] = image
         cache.put(key, image)
     for item in items:
