@@ -21,7 +21,7 @@ names the attempt, so a run that lost its job (canceled, or taken for lost) chan
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -58,6 +58,11 @@ T = TypeVar("T")
 _GATHER_POLL_S = 0.002
 _PARSED_KEPT = 4096  # jobs whose parsed input is kept: a few batches' worth, and their mates seen in claims
 _PARSED: dict[UUID, "JobInput | JobError"] = {}
+# Jobs that ended in a batch of this process: their own messages, which mostly arrive after the batch
+# that ran them, then return at once. An ended job never runs again (no state leads back to queued),
+# and every job still queued has a message of its own, so such a message has nothing to start.
+_ENDED_KEPT = 4096
+_ENDED: dict[UUID, None] = {}
 
 
 def _ignore(jobs: list[Job]) -> None:
@@ -120,6 +125,9 @@ def run_batch_for(
     (empty when nothing was queued: the message's job ran in another batch, or was canceled).
     `queue` is the queue the message came from, when the broker says (else the job's row is read for
     it). `on_claimed` hears of the jobs as they are claimed (the dashboard's events)."""
+    if message_job in _ENDED:
+        log.info("message for job %s: nothing queued for it (the job ended here already)", message_job)
+        return []
     batch = _claim(runtime, message_job, batch_id, queue)
     if not batch.items:
         log.info("message for job %s: nothing queued to run", message_job)
@@ -139,7 +147,16 @@ def run_batch_for(
     except SoftTimeLimitExceeded:  # it fired while the outcomes were being written: they are known, write them
         written = _record(runtime, batch)
     log.info("batch of %d %s jobs in %.2f s", len(batch.items), batch.jobs[0].kind, time.monotonic() - started)
-    return _as_they_ended(runtime, batch, written)
+    ended = _as_they_ended(runtime, batch, written)
+    _remember_ended(job.id for job in ended if job.status.is_terminal)
+    return ended
+
+
+def _remember_ended(job_ids: Iterable[UUID]) -> None:
+    for job_id in job_ids:
+        _ENDED[job_id] = None
+    while len(_ENDED) > _ENDED_KEPT:
+        del _ENDED[next(iter(_ENDED))]  # the oldest first
 
 
 # ---- claim and gather -----------------------------------------------------------------------

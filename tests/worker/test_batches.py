@@ -35,7 +35,7 @@ from jobs.status import JobStatus
 from jobs.submission import Submission, submit_job
 from tests.support.auth import TENANT
 from tests.support.processes import running_worker
-from tests.support.waiting import wait_terminal
+from tests.support.waiting import wait_terminal, wait_until
 from worker import batches
 from worker.batches import Batch, Item, _run_isolating
 from worker.handlers import HANDLERS, Work
@@ -92,13 +92,20 @@ def worker_for(batch_settings: Settings, tmp_path: Path) -> Iterator[Any]:
 
     with ExitStack() as stack:
 
-        def start(model: str, *options: str) -> None:
+        def start(model: str, *options: str) -> Path:
             log = tmp_path / f"{model}.log"
             stack.enter_context(
                 running_worker(batch_settings, log, model=model, queues=[queue_for_model(model)], options=list(options))
             )
+            return log
 
         yield start
+
+
+def dropped_unread(log: Path, ids: Sequence[UUID]) -> list[UUID]:
+    """The jobs whose message the worker dropped without a claim, their job having ended there."""
+    text = log.read_text()
+    return [job_id for job_id in ids if f"message for job {job_id}: nothing queued for it (the job ended" in text]
 
 
 def finished(sessions: SessionFactory, ids: Sequence[UUID]) -> list[Job]:
@@ -114,11 +121,14 @@ def test_queued_jobs_run_as_one_batch_each_with_its_result_alone(
     ctx: Submission, worker_for: Any, pictures: list[Image.Image], models_dir: Path, model: str, quantize: str
 ) -> None:
     ids = [submit(ctx, model, upload(ctx, picture)) for picture in pictures]
-    worker_for(model, "--batch-size=16", f"--quantize={quantize}")
+    log = worker_for(model, "--batch-size=16", f"--quantize={quantize}")
     jobs = finished(ctx.sessions, ids)
     assert [job.status for job in jobs] == [JobStatus.SUCCEEDED] * len(jobs), [job.error_message for job in jobs]
     assert len({job.batch_id for job in jobs}) == 1, "six compatible queued jobs were not claimed as one batch"
     assert {job.attempts for job in jobs} == {1}
+    # The first message ran the batch; the five others, behind it, were dropped unread (their jobs ended here).
+    wait_until(lambda: len(dropped_unread(log, ids)) >= 5, "five messages dropped unread", 60)
+    assert len(dropped_unread(log, ids)) == 5
 
     lm = load_model("tiny-opt", data_dir=models_dir, options=LoadOptions(device="cpu", quantize=quantize))
     alone = [caption(lm, [picture], decoding=GREEDY)[0].captions for picture in pictures]
