@@ -2,6 +2,8 @@
 
     ended = run_batch_for(runtime, message_job_id, batch_id, queue=the_message_queue)
 
+0. A message whose job ended in one of this process's batches is dropped unread (the most common case:
+   a batch runs the jobs of many messages, and theirs arrive after it).
 1. **Claim** the next batch on the message's queue (jobs/claims.py): the head job (interactive before
    batch priority, tenants in fair share) and the queued jobs that may share its forward pass, in the
    same fair order, as many as fit `--batch-size`.
