@@ -50,8 +50,8 @@ def main() -> None:
     latencies: list[float] = []
     with tempfile.TemporaryDirectory(prefix="bench-service-") as scratch:
         worker_args = [
-            f"--batch-size={args.batch}", f"--batch-wait-ms={args.wait_ms}", f"--batch-wait-share={args.wait_share}",
-            f"--threads={args.threads}",
+            f"--batch-size={args.worker_batch or args.batch}", f"--batch-wait-ms={args.wait_ms}",
+            f"--batch-wait-share={args.wait_share}", f"--threads={args.threads}",
         ]  # fmt: skip
         models_file = models_file_for(args.model, Path(scratch))
         with running_system(
@@ -92,8 +92,9 @@ def main() -> None:
     print(f"model {args.model}, {args.clients} clients, {args.rounds} rounds of {args.jobs} jobs, "
           f"greedy {args.tokens} new tokens")  # fmt: skip
     threads = args.threads or "its own choice of"
-    print(f"{args.workers} worker(s), batches of up to {args.batch} (wait {args.wait_ms} ms, or {args.wait_share:.0%} "
-          f"of the last pass), {threads} CPU threads, "
+    worker_batch = args.worker_batch or args.batch
+    print(f"{args.workers} worker(s), batches of up to {worker_batch} (wait {args.wait_ms} ms, "
+          f"or {args.wait_share:.0%} of the last pass), {threads} CPU threads, "
           f"{args.api_workers} API process(es)")  # fmt: skip
     print(f"{'round':<6} {f'the model directly, batches of {args.batch}':>36} {'the service':>12} {'ratio':>7}")
     for n, (batched, service) in enumerate(rounds, 1):
@@ -137,6 +138,9 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=5, help="rounds of the direct batches, then the service")
     parser.add_argument("--tokens", type=int, default=20)
     parser.add_argument("--batch", type=int, default=16, help="the worker's --batch-size and the direct batches")
+    parser.add_argument(
+        "--worker-batch", type=int, default=0, help="the worker's --batch-size when not --batch (0: --batch)"
+    )
     parser.add_argument("--wait-ms", type=float, default=10.0, help="the worker's --batch-wait-ms")
     parser.add_argument("--wait-share", type=float, default=0.05, help="the worker's --batch-wait-share")
     parser.add_argument("--threads", type=int, default=0, help="the worker's --threads (0: its own choice)")
