@@ -11,8 +11,6 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy.orm import Session
-
 from blip2.registry import Registry
 from jobs.broker import Dispatcher, JobMessage
 from jobs.db import SessionFactory, session_scope
@@ -71,15 +69,11 @@ def _reroute(sessions: SessionFactory, settings: Settings) -> list[Job]:
 
 
 def _send(sessions: SessionFactory, dispatcher: Dispatcher, jobs: list[Job]) -> int:
-    """Send messages for jobs whose new state is committed."""
-    with session_scope(sessions) as session:
-        return _send_locked(session, dispatcher, jobs)
-
-
-def _send_locked(session: Session, dispatcher: Dispatcher, jobs: list[Job]) -> int:
-    sent = 0
-    for job in jobs:
-        if dispatcher.try_send(JobMessage.of(job)):
-            mark_dispatched(session, job.id)
-            sent += 1
-    return sent
+    """Send messages for jobs whose new state is committed, then mark those sent, in one transaction:
+    no row is locked while the messages go out (as for overdue jobs)."""
+    sent = [job.id for job in jobs if dispatcher.try_send(JobMessage.of(job))]
+    if sent:
+        with session_scope(sessions) as session:
+            for job_id in sent:
+                mark_dispatched(session, job_id)
+    return len(sent)

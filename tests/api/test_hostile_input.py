@@ -9,6 +9,7 @@ import socket
 import struct
 import zlib
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -214,8 +215,8 @@ _NUL_INPUTS = [
 def test_nul_in_any_text_of_an_input_is_422_and_stores_nothing(
     client: TestClient,
     engine: Engine,
-    job_input: dict,
-    field: str,  # type: ignore[type-arg]
+    job_input: dict[str, Any],
+    field: str,
 ) -> None:
     """Postgres keeps no NUL in JSON: a job carrying one is refused with the field named, one job or a
     batch, instead of failing its INSERT with a 500 (the fuzz test found one in a download's url)."""
