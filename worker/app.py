@@ -6,7 +6,8 @@
 
 One prefork child (concurrency 1) runs the jobs: it connects and loads the model in
 `worker_process_init`, after the fork, and holds the model across jobs, running them in batches of
-up to `--batch-size` (worker/batches.py). Delivery is at-least-once:
+up to `--batch-size` (worker/batches.py); the main process acknowledges, unread, the messages of jobs
+that already ended in the child's batches (worker/ended_here.py). Delivery is at-least-once:
 a message is acknowledged only after its job finished (acks_late), is re-queued if the child dies
 (reject_on_worker_lost), and Redis re-delivers only after a visibility timeout longer than the hard
 time limit, so a job that is still running is never handed to a second worker. A job killed at its
@@ -22,6 +23,7 @@ from jobs.broker import create_celery
 from jobs.queues import queue_for_model, queue_for_trained
 from jobs.settings import Settings
 from worker import metrics as worker_metrics
+from worker.ended_here import EndedHere
 from worker.model_holder import ModelLoadOptions
 from worker.runtime import BatchOptions, WorkerRuntime
 from worker.tasks import register_tasks
@@ -74,6 +76,7 @@ def create_worker_app(settings: Settings, options: WorkerOptions) -> Celery:
         batch=options.batch,
         tenant=options.tenant,
         announced=[options.own_queue] if serves_own and options.tenant else [],
+        ended_here=EndedHere(),
     )
     register_tasks(app, runtime)
     record_hard_time_limits(app, settings)

@@ -3,7 +3,8 @@
     ended = run_batch_for(runtime, message_job_id, batch_id, queue=the_message_queue)
 
 0. A message whose job ended in one of this process's batches is dropped unread (the most common case:
-   a batch runs the jobs of many messages, and theirs arrive after it).
+   a batch runs the jobs of many messages, and theirs arrive after it). The worker's main process drops
+   most of them before they get here (worker/ended_here.py).
 1. **Claim** the next batch on the message's queue (jobs/claims.py): the head job (interactive before
    batch priority, tenants in fair share) and the queued jobs that may share its forward pass, in the
    same fair order, as many as fit `--batch-size`.
@@ -23,7 +24,7 @@ names the attempt, so a run that lost its job (canceled, or taken for lost) chan
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -50,6 +51,7 @@ from jobs.outputs import JobOutput
 from jobs.repository import Outcome, fail_job, succeed_jobs
 from worker.db_retry import retry_transaction
 from worker.decoded_images import Key
+from worker.ended_here import RecentJobs
 from worker.handlers import Work, run_batch
 from worker.progress import heartbeating
 from worker.runtime import WorkerRuntime
@@ -63,8 +65,7 @@ _PARSED: dict[UUID, "JobInput | JobError"] = {}
 # Jobs that ended in a batch of this process: their own messages, which mostly arrive after the batch
 # that ran them, then return at once. An ended job never runs again (no state leads back to queued),
 # and every job still queued has a message of its own, so such a message has nothing to start.
-_ENDED_KEPT = 4096
-_ENDED: dict[UUID, None] = {}
+_ENDED = RecentJobs(4096)
 
 
 def _ignore(jobs: list[Job]) -> None:
@@ -150,15 +151,16 @@ def run_batch_for(
         written = _record(runtime, batch)
     log.info("batch of %d %s jobs in %.2f s", len(batch.items), batch.jobs[0].kind, time.monotonic() - started)
     ended = _as_they_ended(runtime, batch, written)
-    _remember_ended(job.id for job in ended if job.status.is_terminal)
+    _remember_ended(runtime, [job.id for job in ended if job.status.is_terminal])
     return ended
 
 
-def _remember_ended(job_ids: Iterable[UUID]) -> None:
-    for job_id in job_ids:
-        _ENDED[job_id] = None
-    while len(_ENDED) > _ENDED_KEPT:
-        del _ENDED[next(iter(_ENDED))]  # the oldest first
+def _remember_ended(runtime: WorkerRuntime, job_ids: list[UUID]) -> None:
+    """Remember the jobs that ended here, and tell the main process, which drops their messages first
+    (worker/ended_here.py); those it misses come here."""
+    _ENDED.add(job_ids)
+    if runtime.ended_here is not None:
+        runtime.ended_here.tell(job_ids)
 
 
 # ---- claim and gather -----------------------------------------------------------------------

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from jobs.db import SessionFactory, create_db_engine, create_session_factory
 from jobs.settings import Settings
 from worker.decoded_images import DecodedImages
+from worker.ended_here import EndedHere
 from worker.model_holder import ModelHolder, ModelLoadOptions
 from worker.presence import Presence
 
@@ -68,6 +69,9 @@ class WorkerRuntime:
     tenant: str = ""  # whose trained model `preload` is ("": a registry model, shared by every tenant)
     announced: list[str] = field(default_factory=list)  # queues only this worker's kind serves (jobs/presence.py)
     last_pass_s: dict[tuple[str, str], float] = field(default_factory=dict)  # (model, kind): its last batch's time
+    # Opened in the worker's main process before its pool forks: the jobs that ended in the child, told
+    # to the main process, which drops their messages (worker/ended_here.py). None: nobody to tell.
+    ended_here: EndedHere | None = None
     _sessions: SessionFactory | None = None
     _models: ModelHolder | None = None
     _presence: Presence | None = None

@@ -21,6 +21,7 @@ from celery import Celery, Task
 from jobs.kinds import KINDS
 from worker import metrics as worker_metrics
 from worker.batches import run_batch_for
+from worker.ended_here import DropEndedHere
 from worker.events import TaskEvents
 from worker.long_jobs import run_long_job
 from worker.runtime import WorkerRuntime
@@ -34,6 +35,8 @@ def register_tasks(app: Celery, runtime: WorkerRuntime) -> None:
     for spec in KINDS.values():
         options: dict[str, Any] = {"soft_time_limit": limit, "time_limit": limit + 60} if spec.long else {}
         run = _long_task(runtime) if spec.long else _inference_task(runtime)
+        if not spec.long and runtime.ended_here is not None:  # their messages first meet the main process
+            options["Strategy"] = DropEndedHere(runtime.ended_here)
         app.task(
             name=spec.task_name,
             bind=True,
