@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.job_events import JobEvents
 from api.key_cache import KeyCache
+from api.long_poll import JobReads
 from api.metrics import ApiMetrics
 from blip2.registry import Registry
 from jobs.api_keys import Principal
@@ -42,6 +43,7 @@ class ApiContext:
     registry: Registry
     rate_limiter: RateLimiter
     events: JobEvents  # wakes long-polls and event streams when their job changes
+    reads: JobReads  # what they then read, the jobs woken together in one statement
     metrics: ApiMetrics  # what /metrics exposes
     presence: PresenceCache  # which trained models have workers of their own, read at most every 2 s
     keys: KeyCache  # who each API key is, kept while `events` hears of revocations

@@ -19,6 +19,7 @@ from api.errors import install_error_handlers
 from api.job_events import JobEvents
 from api.key_cache import KeyCache
 from api.limits import LimitRequestBody
+from api.long_poll import JobReads
 from api.metrics import ApiMetrics, JobsCollector
 from api.routes import catalog, health, images, jobs, metrics, usage
 from blip2.registry import Registry
@@ -75,6 +76,7 @@ def build_context(settings: Settings) -> ApiContext:
             key_prefix=settings.REDIS_KEY_PREFIX,
         ),
         events=JobEvents(settings.DATABASE_URL, keys),
+        reads=JobReads(sessions),
         metrics=ApiMetrics(jobs=JobsCollector(sessions, registry, cache_s=settings.METRICS_JOBS_CACHE_S)),
         presence=PresenceCache(),
         keys=keys,

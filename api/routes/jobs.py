@@ -82,7 +82,7 @@ async def create_job(
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     if (wait_s := preferred_wait_s(prefer, context.settings.LONG_POLL_MAX_S)) is not None:
         response.headers["Preference-Applied"] = f"wait={wait_s:g}"
-        ended = await wait_for_job(context.events, context.sessions, job.id, principal.tenant, wait_s, known=job)
+        ended = await wait_for_job(context.events, context.reads, job.id, principal.tenant, wait_s, known=job)
         response.status_code = 201 if ended.status.is_terminal else 202
         if ended is not job:  # read again: as it ended, or as it is when the wait ran out
             public = job_public(ended)
@@ -139,7 +139,7 @@ def read_jobs(
 async def read_job(job_id: UUID, context: ContextDep, principal: CurrentPrincipal, wait: WaitQuery = 0) -> JobPublic:
     """A job; with `wait`, answers as soon as it is terminal or when the wait is over."""
     wait_s = min(wait, context.settings.LONG_POLL_MAX_S)
-    job = await wait_for_job(context.events, context.sessions, job_id, principal.tenant, wait_s)
+    job = await wait_for_job(context.events, context.reads, job_id, principal.tenant, wait_s)
     return job_public(job)
 
 
@@ -168,7 +168,7 @@ async def job_events(
 ) -> AsyncIterator[ServerSentEvent]:
     """The job's status and progress as server-sent events until it ends: `event: job` with the job's
     JSON now and at every change, then `event: end` with the finished job, and the stream closes."""
-    async for job in follow_job(context.events, context.sessions, job_id, principal.tenant):
+    async for job in follow_job(context.events, context.reads, job_id, principal.tenant):
         yield ServerSentEvent(event="end" if job.status.is_terminal else "job", raw_data=job.model_dump_json())
 
 
