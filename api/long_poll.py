@@ -30,10 +30,14 @@ class JobReads:
         self._sessions = sessions
         self._pending: dict[UUID, list[tuple[str, asyncio.Future[Job]]]] = {}
         self._reading: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def read(self, job_id: UUID, tenant: str) -> Job:
         """The tenant's job as it is now (JobNotFound if there is none)."""
-        future: asyncio.Future[Job] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # another event loop (a test client's each): nothing of the last one carries over
+            self._loop, self._pending, self._reading = loop, {}, None
+        future: asyncio.Future[Job] = loop.create_future()
         self._pending.setdefault(job_id, []).append((tenant, future))
         if self._reading is None:
             self._reading = asyncio.create_task(self._read_pending())

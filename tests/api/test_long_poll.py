@@ -95,3 +95,19 @@ def test_when_postgres_cannot_be_reached_every_waiter_hears_why(settings: Settin
     failed = asyncio.run(run())
     assert len(failed) == 2
     assert all(isinstance(outcome, OperationalError) for outcome in failed), failed
+
+
+def test_a_read_left_behind_by_an_event_loop_that_ended_holds_up_no_later_one(sessions: SessionFactory) -> None:
+    job_id = new_job(sessions)
+    reads = JobReads(sessions)
+
+    async def abandoned() -> None:  # its loop ends before the read it started could run
+        asyncio.get_running_loop().create_task(reads.read(job_id, TENANT))
+        await asyncio.sleep(0)  # the waiter has asked, and its read is scheduled
+
+    asyncio.run(abandoned())
+
+    async def later() -> Job:
+        return await asyncio.wait_for(reads.read(job_id, TENANT), timeout=10)
+
+    assert asyncio.run(later()).id == job_id
