@@ -17,13 +17,13 @@ notification lost in a reconnect delays an answer by seconds, never forever.
 import asyncio
 import contextlib
 import logging
-from collections import OrderedDict
 from collections.abc import AsyncIterator
 from uuid import UUID
 
 import psycopg
 
 from api.key_cache import KeyCache
+from jobs.recent_jobs import RecentJobs
 from jobs.status import JobStatus
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ class JobEvents:
         self._keys = keys if keys is not None else KeyCache()
         # Each watched job's waiters: their event, and whether only its end wakes them.
         self._waiters: dict[UUID, dict[asyncio.Event, bool]] = {}
-        self._finished: OrderedDict[UUID, None] = OrderedDict()
+        self._finished = RecentJobs(_FINISHED_REMEMBERED)
         self.connected = False
         # Set whenever a job with a webhook becomes terminal: wakes the webhook deliverer (api/main.py).
         self.webhook_due = asyncio.Event()
@@ -121,14 +121,9 @@ class JobEvents:
             if ended or not ends_only:
                 event.set()
         if ended:
-            self._remember_finished(job_id)
+            self._finished.add([job_id])
             if "webhook" in flags:
                 self.webhook_due.set()
-
-    def _remember_finished(self, job_id: UUID) -> None:
-        self._finished[job_id] = None
-        if len(self._finished) > _FINISHED_REMEMBERED:
-            self._finished.popitem(last=False)
 
     def _wake_all(self) -> None:
         for waiters in self._waiters.values():

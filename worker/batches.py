@@ -48,10 +48,10 @@ from jobs.inputs import JobInput
 from jobs.kinds import KINDS, JobKind
 from jobs.models import Attempt, Job
 from jobs.outputs import JobOutput
+from jobs.recent_jobs import RecentJobs
 from jobs.repository import Outcome, fail_job, succeed_jobs
 from worker.db_retry import retry_transaction
 from worker.decoded_images import Key
-from worker.ended_here import RecentJobs
 from worker.handlers import Work, run_batch
 from worker.progress import heartbeating
 from worker.runtime import WorkerRuntime

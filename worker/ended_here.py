@@ -17,37 +17,19 @@ main process falls behind) reaches the job process as before, which drops it the
 import logging
 import os
 import select
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 from uuid import UUID
 
 from celery.worker.strategy import default as default_strategy
+
+from jobs.recent_jobs import RecentJobs
 
 log = logging.getLogger(__name__)
 
 _ID_BYTES = 16
 _IDS_PER_WRITE = select.PIPE_BUF // _ID_BYTES  # a pipe write of at most PIPE_BUF bytes is never split
 _READ_BYTES = 4096 * _ID_BYTES  # a multiple of the id size: a read never splits an id either
-
-
-class RecentJobs:
-    """The latest `kept` job ids added, the oldest let go first."""
-
-    def __init__(self, kept: int) -> None:
-        self.kept = kept
-        self._ids: dict[UUID, None] = {}
-
-    def add(self, job_ids: Iterable[UUID]) -> None:
-        for job_id in job_ids:
-            self._ids[job_id] = None
-        while len(self._ids) > self.kept:
-            del self._ids[next(iter(self._ids))]
-
-    def __contains__(self, job_id: object) -> bool:
-        return job_id in self._ids
-
-    def __iter__(self) -> Iterator[UUID]:
-        return iter(self._ids)
 
 
 class EndedHere:

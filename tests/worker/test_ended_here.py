@@ -9,14 +9,15 @@ end to end, the main process dropping them.
 
 import multiprocessing
 from collections.abc import Iterator
-from uuid import UUID, uuid4
+from uuid import uuid4
 
 import pytest
 
+from jobs.recent_jobs import RecentJobs
 from jobs.settings import Settings
 from worker import batches
 from worker.batches import _remember_ended, run_batch_for
-from worker.ended_here import EndedHere, RecentJobs
+from worker.ended_here import EndedHere
 from worker.runtime import WorkerRuntime
 
 
@@ -98,10 +99,3 @@ def test_the_main_process_keeps_the_latest_jobs_heard(ended: EndedHere) -> None:
     ended.tell(rest)
     assert not ended.ended_here(first)
     assert all(ended.ended_here(job_id) for job_id in rest)
-
-
-def test_recent_jobs_lets_the_oldest_go_first() -> None:
-    recent = RecentJobs(2)
-    ids: list[UUID] = [uuid4() for _ in range(3)]
-    recent.add(ids)
-    assert list(recent) == ids[1:] and ids[0] not in recent
