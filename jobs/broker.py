@@ -51,6 +51,8 @@ class JobMessage:
 def create_celery(settings: Settings) -> Celery:
     """A Celery app on REDIS_URL, with no result backend: Postgres is the source of truth for jobs."""
     app = Celery("blip2-jobs", broker=settings.broker_url, set_as_current=False)
+    if settings.broker_url.startswith("redis://"):  # one Redis client per pool (jobs/redis_transport.py)
+        app.conf.broker_transport = "jobs.redis_transport:Transport"
     app.conf.update(
         task_ignore_result=True,
         task_serializer="json",
