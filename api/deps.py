@@ -19,6 +19,7 @@ from api.job_events import JobEvents
 from api.key_cache import KeyCache
 from api.long_poll import JobReads
 from api.metrics import ApiMetrics
+from api.submission_groups import SubmissionGroups
 from blip2.registry import Registry
 from jobs.api_keys import Principal
 from jobs.broker import Dispatcher
@@ -48,6 +49,7 @@ class ApiContext:
     presence: PresenceCache  # which trained models have workers of their own, read at most every 2 s
     keys: KeyCache  # who each API key is, kept while `events` hears of revocations
     images: ImageHashes  # the content hash of each image submissions named so far
+    submissions: SubmissionGroups  # single submissions, those arriving together recorded together
 
     @property
     def submission(self) -> Submission:

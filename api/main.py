@@ -22,6 +22,7 @@ from api.limits import LimitRequestBody
 from api.long_poll import JobReads
 from api.metrics import ApiMetrics, JobsCollector
 from api.routes import catalog, health, images, jobs, metrics, usage
+from api.submission_groups import SubmissionGroups
 from blip2.registry import Registry
 from jobs.broker import Dispatcher, create_celery
 from jobs.db import create_db_engine, create_session_factory
@@ -29,6 +30,7 @@ from jobs.image_store import ImageHashes
 from jobs.presence import PresenceCache
 from jobs.rate_limit import RateLimiter
 from jobs.settings import Settings
+from jobs.submission import Submission
 from jobs.sweeper import sweep_once
 from jobs.webhook_delivery import CLAIM_BATCH, deliver_due
 
@@ -62,12 +64,14 @@ def build_context(settings: Settings) -> ApiContext:
     # Short timeouts: with Redis down, a request waits a second for the limiter, not a minute.
     keys = KeyCache()
     counters = redis.asyncio.Redis.from_url(settings.broker_url, socket_timeout=1, socket_connect_timeout=1)
+    dispatcher, presence, images = Dispatcher(celery), PresenceCache(), ImageHashes()
+    submission = Submission(sessions, dispatcher, registry, settings, presence, images)
     return ApiContext(
         settings=settings,
         engine=engine,
         sessions=sessions,
         celery=celery,
-        dispatcher=Dispatcher(celery),
+        dispatcher=dispatcher,
         registry=registry,
         rate_limiter=RateLimiter(
             counters,
@@ -78,9 +82,10 @@ def build_context(settings: Settings) -> ApiContext:
         events=JobEvents(settings.DATABASE_URL, keys),
         reads=JobReads(sessions),
         metrics=ApiMetrics(jobs=JobsCollector(sessions, registry, cache_s=settings.METRICS_JOBS_CACHE_S)),
-        presence=PresenceCache(),
+        presence=presence,
         keys=keys,
-        images=ImageHashes(),
+        images=images,
+        submissions=SubmissionGroups(submission),
     )
 
 

@@ -17,6 +17,13 @@ not count against the tenant's queue.
 A batch (`submit_batch`) runs the same steps per job: every job is prepared (replay, fetch), then
 each is recorded in a savepoint of the one transaction, so a refused job leaves nothing behind while
 the others commit together; then the accepted jobs' messages are sent.
+
+Single submissions that arrive together (`submit_together`, which the API uses for the submissions
+that reach a process while it records others) share one transaction: one commit, one connection,
+one worker thread for all of them. Each still gets exactly the outcome it would have had alone: if
+any of them fails, the transaction is rolled back and each is submitted alone. Those that fetch,
+resolve or decode something first (an `image_url`, a `webhook_url`, an inline image) always go alone
+(`can_go_together`): they would hold up the others.
 """
 
 import hashlib
@@ -164,6 +171,53 @@ def submit_batch(
     session.commit()
     _send(ctx, [o for o in outcomes if isinstance(o, Submitted)])
     return outcomes
+
+
+def can_go_together(request: JobCreateBase) -> bool:
+    """Whether a submission may share a transaction with others (`submit_together`): it fetches,
+    resolves and decodes nothing before its row is written."""
+    if request.webhook_url is not None:
+        return False
+    job_input = request.input
+    return not isinstance(job_input, ImageFields) or (job_input.image_url is None and job_input.image is None)
+
+
+def submit_together(
+    ctx: Submission, items: Sequence[tuple[str, BatchItem]], *, session: Session
+) -> list[Submitted | Exception]:
+    """Submit single jobs (`tenant`, job) that arrived together in one transaction, then send their
+    messages: each outcome as `submit_job` would have returned it, or the exception it would have
+    raised, in the order of `items`. If any fails, whatever it is (a refused job, its tenant's queue
+    full, an Idempotency-Key taken meanwhile), nothing of them is kept and each is submitted alone;
+    then the jobs may be expired, and are read again on first use: use them while `session` is open.
+    Only for jobs that `can_go_together`.
+    """
+    if len(items) > 1:
+        try:
+            together = [_submitted(ctx, session, tenant, item) for tenant, item in items]
+            session.commit()
+        except Exception:
+            session.rollback()
+        else:
+            _send(ctx, together)
+            return list(together)
+    return [_alone(ctx, session, tenant, item) for tenant, item in items]
+
+
+def _submitted(ctx: Submission, session: Session, tenant: str, item: BatchItem) -> Submitted:
+    """The job recorded in the open transaction, or the first job of its replayed Idempotency-Key."""
+    outcome = _prepare(ctx, session, tenant, item)
+    if isinstance(outcome, Submitted):
+        return outcome
+    return Submitted(_record(ctx, session, tenant, outcome), created=True)
+
+
+def _alone(ctx: Submission, session: Session, tenant: str, item: BatchItem) -> Submitted | Exception:
+    try:
+        return submit_job(ctx, tenant, item.request, item.idempotency_key, session=session)
+    except Exception as exc:
+        session.rollback()  # the next job starts a transaction of its own
+        return exc
 
 
 def _refused_or(step: Callable[[], _T]) -> _T | Refused:

@@ -7,7 +7,6 @@ from uuid import UUID
 
 from fastapi import APIRouter, Body, Depends, Header, Query, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
-from starlette.concurrency import run_in_threadpool
 
 from api.deps import ContextDep, CurrentPrincipal, SessionDep, SubmissionDep, get_principal
 from api.errors import error_detail, status_for
@@ -15,7 +14,6 @@ from api.long_poll import follow_job, wait_for_job
 from api.preferences import PreferHeader, preferred_wait_s
 from api.responses import COMMON_ERRORS, error_responses
 from jobs.kinds import JobKind
-from jobs.models import Job
 from jobs.repository import cancel_job, get_job, list_jobs
 from jobs.schemas import (
     IDEMPOTENCY_KEY_PATTERN,
@@ -28,7 +26,7 @@ from jobs.schemas import (
     job_public,
 )
 from jobs.status import JobStatus
-from jobs.submission import BatchItem, Refused, Submission, Submitted, submit_batch, submit_job
+from jobs.submission import BatchItem, Refused, Submitted, submit_batch
 
 router = APIRouter(
     prefix="/v1/jobs",
@@ -78,7 +76,7 @@ async def create_job(
     With `Prefer: wait=N` (RFC 7240; N at most 30), answers once the job has finished, 201 with its
     result, or after N seconds, 202 with the job as it is then: a submission and its long-poll in one request.
     """
-    job, public = await run_in_threadpool(_submit, context.submission, principal.tenant, body, idempotency_key)
+    job, public = await context.submissions.submit(principal.tenant, body, idempotency_key)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     if (wait_s := preferred_wait_s(prefer, context.settings.LONG_POLL_MAX_S)) is not None:
         response.headers["Preference-Applied"] = f"wait={wait_s:g}"
@@ -87,13 +85,6 @@ async def create_job(
         if ended is not job:  # read again: as it ended, or as it is when the wait ran out
             public = job_public(ended)
     return public
-
-
-def _submit(submission: Submission, tenant: str, body: JobCreate, idempotency_key: str | None) -> tuple[Job, JobPublic]:
-    """The job submitted, and as the API shows it (made while its session is open: it reads the webhook)."""
-    with submission.sessions() as session:
-        job = submit_job(submission, tenant, body, idempotency_key, session=session).job
-        return job, job_public(job)
 
 
 @router.post(":batch", operation_id="create_jobs", responses=error_responses(413))

@@ -9,9 +9,8 @@ from uuid import UUID
 
 import pytest
 
-from blip2.registry import ModelSpec, Registry
-from jobs.broker import Dispatcher
-from jobs.db import SessionFactory, session_scope
+from blip2.registry import ModelSpec
+from jobs.db import session_scope
 from jobs.repository import claim_job, count_unfinished_jobs, fail_job, succeed_job
 from jobs.result_cache import checkpoint_fingerprint
 from jobs.schemas import JOB_CREATE_ADAPTER
@@ -26,12 +25,6 @@ pytestmark = pytest.mark.usefixtures("empty_tables")
 QUEUE = "infer.tiny-opt"
 RESULT = {"captions": ["a red square"]}
 RED, BLUE = png_base64(), png_base64(color=(20, 30, 200))
-
-
-@pytest.fixture
-def ctx(sessions: SessionFactory, dispatcher: Dispatcher, settings: Settings, key_prefix: str) -> Submission:
-    drain(key_prefix, QUEUE)
-    return Submission(sessions=sessions, dispatcher=dispatcher, registry=Registry.load(), settings=settings)
 
 
 def submit(ctx: Submission, tenant: str = TENANT, image: str = RED, **fields: Any) -> Submitted:

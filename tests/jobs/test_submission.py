@@ -9,14 +9,11 @@ import pytest
 from sqlalchemy import func, select
 
 from blip2.errors import InvalidImage, ModelNotFound
-from blip2.registry import Registry
-from jobs.broker import Dispatcher
 from jobs.db import SessionFactory, create_db_engine, create_session_factory, session_scope
 from jobs.errors import BatchTooLarge, IdempotencyKeyReused, TenantQueueFull, UnknownImage
 from jobs.image_store import store_image
 from jobs.models import Image, Job
 from jobs.schemas import JOB_CREATE_ADAPTER, JobCreateBase
-from jobs.settings import Settings
 from jobs.status import JobStatus
 from jobs.submission import Submission, submit_job
 from jobs.webhooks import set_default_url
@@ -28,12 +25,6 @@ from tests.support.images import png_base64
 
 pytestmark = pytest.mark.usefixtures("empty_tables")
 QUEUE = "infer.tiny-opt"
-
-
-@pytest.fixture
-def ctx(sessions: SessionFactory, dispatcher: Dispatcher, settings: Settings, key_prefix: str) -> Submission:
-    drain(key_prefix, QUEUE)
-    return Submission(sessions=sessions, dispatcher=dispatcher, registry=Registry.load(), settings=settings)
 
 
 def caption_request(**overrides: object):  # type: ignore[no-untyped-def]

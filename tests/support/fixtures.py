@@ -9,11 +9,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, text
 
+from blip2.registry import Registry
 from jobs.broker import Dispatcher, create_celery
 from jobs.db import SessionFactory, create_db_engine, create_session_factory
 from jobs.schema_migrations import upgrade
 from jobs.settings import Settings
+from jobs.submission import Submission
 from tests.support.auth import OTHER_TENANT, TENANT, new_key
+from tests.support.broker import drain
 from tests.support.processes import running_worker
 from tests.support.services import make_settings, temporary_database, temporary_key_prefix
 
@@ -57,6 +60,14 @@ def dispatcher(settings: Settings) -> Iterator[Dispatcher]:
     celery = create_celery(settings)
     yield Dispatcher(celery)
     celery.close()
+
+
+@pytest.fixture
+def ctx(sessions: SessionFactory, dispatcher: Dispatcher, settings: Settings, key_prefix: str) -> Submission:
+    """What a submission needs, over the tests' database and broker, with the default model's queue
+    (`infer.tiny-opt`) emptied first. Tests of workers define their own, with their workers' settings."""
+    drain(key_prefix, "infer.tiny-opt")
+    return Submission(sessions=sessions, dispatcher=dispatcher, registry=Registry.load(), settings=settings)
 
 
 @pytest.fixture(scope="session")
