@@ -14,6 +14,7 @@ from uuid import UUID
 from celery import Celery
 
 from jobs.kinds import KINDS, JobKind
+from jobs.redis_transport import use_for_redis_urls
 from jobs.settings import Settings
 
 if TYPE_CHECKING:
@@ -50,9 +51,8 @@ class JobMessage:
 
 def create_celery(settings: Settings) -> Celery:
     """A Celery app on REDIS_URL, with no result backend: Postgres is the source of truth for jobs."""
+    use_for_redis_urls()  # one Redis client per connection pool, not one per command
     app = Celery("blip2-jobs", broker=settings.broker_url, set_as_current=False)
-    if settings.broker_url.startswith("redis://"):  # one Redis client per pool (jobs/redis_transport.py)
-        app.conf.broker_transport = "jobs.redis_transport:Transport"
     app.conf.update(
         task_ignore_result=True,
         task_serializer="json",

@@ -8,12 +8,15 @@ Building one (its response-callback tables) was the largest single cost of the w
 a connection from the pool and gives it back), safe to share between threads, so this keeps one until
 the channel's pool changes (a reconnect builds a new pool, and with it a new client).
 
-Only for `redis://` URLs (jobs/broker.py); TLS and Sentinel URLs keep kombu's own transport.
+It serves `redis://` URLs (`use_for_redis_urls`, called by jobs/broker.py): kombu finds a URL's
+transport by its scheme in `TRANSPORT_ALIASES`, and the scheme stays `redis`, so the URL reads the
+same everywhere it is shown (the worker's banner, Flower's broker page, which talks to Redis itself
+by that scheme). TLS (`rediss://`) and Sentinel URLs keep kombu's own transports.
 """
 
 from typing import Any
 
-from kombu.transport import redis
+from kombu.transport import TRANSPORT_ALIASES, _transport_cache, redis
 
 
 class Channel(redis.Channel):
@@ -30,3 +33,9 @@ class Channel(redis.Channel):
 
 class Transport(redis.Transport):
     Channel = Channel
+
+
+def use_for_redis_urls() -> None:
+    """Make this process's kombu connections to `redis://` URLs use this transport (idempotent)."""
+    TRANSPORT_ALIASES["redis"] = f"{__name__}:Transport"
+    _transport_cache.pop("redis", None)
