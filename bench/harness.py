@@ -12,6 +12,7 @@ import io
 import itertools
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -114,6 +115,39 @@ def model_seconds(db: "psycopg.Connection[tuple[Any, ...]]", since: float, until
     )
     row = db.execute(query, (since, until)).fetchone()
     return float(row[0]) if row else 0.0
+
+
+@dataclass(frozen=True)
+class BatchGaps:
+    """Where a worker's time went around its passes, per batch, medians over the batches that finished
+    in a stretch (Postgres's clock): the pass itself; the rest of the batch, from its claim to its last
+    result (the claim's statements, the gather's wait, preparing, recording); and the wait from one
+    batch's last result to the next batch's claim (taking the next message)."""
+
+    batches: int
+    pass_s: float
+    around_pass_s: float
+    between_s: float
+
+
+def batch_gaps(db: "psycopg.Connection[tuple[Any, ...]]", since: float, until: float) -> BatchGaps:
+    """`BatchGaps` of the batches whose jobs finished between `since` and `until`; with one worker, the
+    next batch is the next one claimed."""
+    query = (
+        "SELECT extract(epoch FROM min(started_at)), extract(epoch FROM max(finished_at)), sum(worker_seconds)"
+        " FROM jobs WHERE finished_at BETWEEN to_timestamp(%s) AND to_timestamp(%s) AND NOT cached"
+        " AND batch_id IS NOT NULL GROUP BY batch_id ORDER BY 1"
+    )
+    rows = [(float(a), float(b), float(s or 0)) for a, b, s in db.execute(query, (since, until)).fetchall()]
+    if not rows:
+        return BatchGaps(0, 0.0, 0.0, 0.0)
+    between = [following[0] - ended for (_, ended, _), following in itertools.pairwise(rows)]
+    return BatchGaps(
+        batches=len(rows),
+        pass_s=statistics.median(s for _, _, s in rows),
+        around_pass_s=statistics.median(ended - claimed - s for claimed, ended, s in rows),
+        between_s=statistics.median(between) if between else 0.0,
+    )
 
 
 def photos(count: int) -> list[Image.Image]:

@@ -28,6 +28,7 @@ from PIL import Image
 from bench.cpu import BENCHMARK, RoleCpu, cpu_by_role, settle
 from bench.harness import (
     RunningSystem,
+    batch_gaps,
     database_now,
     model_seconds,
     models_file_for,
@@ -66,6 +67,7 @@ def main() -> None:
             beside, beside_s = RoleCpu(), 0.0  # what the service's processes spent while the model ran directly
             sessions_before = postgres_sessions(db)
             served_s, model_s = 0.0, 0.0  # the rounds' service stretches, and the model's passes within them
+            first_since = database_now(db)
             for _ in range(args.rounds):
                 # Side by side, round after round: a shared machine's speed drifts by a quarter within
                 # minutes, and a ratio means something only between figures taken at the same time.
@@ -85,6 +87,7 @@ def main() -> None:
                 rounds.append((batched, service))
                 latencies += round_latencies
             jobs = args.jobs * args.rounds
+            gaps = batch_gaps(db, first_since, database_now(db))
             cpu = spent.per_job_ms(jobs)
             sessions = postgres_sessions(db) - sessions_before
             batches = _batch_sizes(system, args.model)[len(batches_before) :]
@@ -111,6 +114,9 @@ def main() -> None:
     print(f"the worker ran {len(batches)} batches, by size: {sizes}")
     busy = model_s / (served_s * args.workers)
     print(f"its model ran {busy:.0%} of the time (the rest: claiming, gathering, recording, the next message)")
+    print(f"around each pass (medians of {gaps.batches} batches): the pass {gaps.pass_s * 1000:.0f} ms; from the "
+          f"claim to the last result, less the pass, {gaps.around_pass_s * 1000:.0f} ms; from one batch's last result "
+          f"to the next one's claim {gaps.between_s * 1000:.0f} ms")  # fmt: skip
     print("CPU per job, by process: " + ", ".join(f"{role} {ms:.1f} ms" for role, ms in cpu.items()))
     print(f"Postgres connections opened during the rounds: {sessions} ({sessions / jobs:.2f} per job)")
     available = (os.cpu_count() or 1) * 1000 / service
