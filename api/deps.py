@@ -53,14 +53,7 @@ class ApiContext:
 
     @property
     def submission(self) -> Submission:
-        return Submission(
-            sessions=self.sessions,
-            dispatcher=self.dispatcher,
-            registry=self.registry,
-            settings=self.settings,
-            presence=self.presence,
-            images=self.images,
-        )
+        return self.submissions.submission
 
 
 async def get_context(request: Request) -> ApiContext:

@@ -36,7 +36,7 @@ class SubmissionGroups:
     """
 
     def __init__(self, submission: Submission, limit: int = GROUP_LIMIT) -> None:
-        self._submission = submission
+        self.submission = submission  # the process's one
         self._limit = limit
         self._waiting: dict[str, list[tuple[BatchItem, asyncio.Future[_Answer]]]] = {}
         self._recording: dict[str, asyncio.Task[None]] = {}  # per tenant whose submissions are being recorded
@@ -46,7 +46,7 @@ class SubmissionGroups:
         """The job submitted (or the first job of its replayed Idempotency-Key), and as the API shows it."""
         item = BatchItem(request, idempotency_key)
         if not can_go_together(request):
-            return await run_in_threadpool(_record_alone, self._submission, tenant, item)
+            return await run_in_threadpool(_record_alone, self.submission, tenant, item)
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # another event loop (a test client's each): nothing of the last one carries over
             self._loop, self._waiting, self._recording = loop, {}, {}
@@ -63,7 +63,7 @@ class SubmissionGroups:
                 group, self._waiting[tenant] = waiting[: self._limit], waiting[self._limit :]
                 try:
                     outcomes = await run_in_threadpool(
-                        _record_together, self._submission, tenant, [item for item, _ in group]
+                        _record_together, self.submission, tenant, [item for item, _ in group]
                     )
                 except Exception as exc:  # Postgres unreachable: every one of them gets the error
                     outcomes = [exc] * len(group)

@@ -4,7 +4,7 @@ and a tenant held up never holds up another."""
 
 import asyncio
 from collections.abc import Callable
-from uuid import UUID, uuid4
+from uuid import uuid4
 
 import pytest
 from sqlalchemy import Connection, Engine, select, text
@@ -12,25 +12,14 @@ from sqlalchemy import Connection, Engine, select, text
 from api.submission_groups import SubmissionGroups
 from jobs.db import session_scope
 from jobs.errors import UnknownImage
-from jobs.image_store import store_image
 from jobs.models import Job
 from jobs.schemas import JOB_CREATE_ADAPTER, JobCreateBase
 from jobs.submission import Submission
 from tests.support.auth import OTHER_TENANT, TENANT
-from tests.support.images import png_bytes
+from tests.support.jobs import caption_of, jobs_of, stored_image
 
 pytestmark = pytest.mark.usefixtures("empty_tables")
-QUEUE = "infer.tiny-opt"
 PATIENCE_S = 60  # for a loaded machine: how long the first submission may take to reach its lock
-
-
-def uploaded(ctx: Submission, tenant: str) -> UUID:
-    with session_scope(ctx.sessions) as session:
-        return store_image(session, tenant, png_bytes(), ctx.settings).id
-
-
-def caption(image_id: UUID) -> JobCreateBase:
-    return JOB_CREATE_ADAPTER.validate_python({"kind": "caption", "input": {"image_id": str(image_id)}})  # type: ignore[no-any-return]
 
 
 def waiting_on_a_lock(engine: Engine) -> bool:
@@ -62,7 +51,7 @@ def submit_while_one_is_recorded(
 ) -> tuple[Job, list[object]]:
     """Submit `requests` of TENANT while its first submission is held up at its INSERT, then let it go;
     the first job, and what each of the others got (`cancel`: that one's client goes away before then)."""
-    first_request = caption(uploaded(ctx, TENANT))
+    first_request = caption_of(stored_image(ctx, TENANT))
     groups = SubmissionGroups(ctx)
 
     async def run() -> tuple[Job, list[object]]:
@@ -81,34 +70,30 @@ def submit_while_one_is_recorded(
     return asyncio.run(run())
 
 
-def jobs_of(ctx: Submission, tenant: str) -> list[Job]:
-    with session_scope(ctx.sessions) as session:
-        return list(session.scalars(select(Job).where(Job.tenant == tenant)))
-
-
 def test_submissions_arriving_during_one_are_recorded_together_next(ctx: Submission, engine: Engine) -> None:
-    image = uploaded(ctx, TENANT)
-    first, outcomes = submit_while_one_is_recorded(ctx, engine, [caption(image)] * 4, cancel=3)
+    image = stored_image(ctx, TENANT)
+    first, outcomes = submit_while_one_is_recorded(ctx, engine, [caption_of(image)] * 4, cancel=3)
     assert isinstance(outcomes[3], asyncio.CancelledError), outcomes[3]  # its client went away: its job stands
     answered = outcomes[:3]
     assert all(job.id == public.id and job.tenant == TENANT for job, public in answered)  # type: ignore[attr-defined]
-    jobs = [job for job in jobs_of(ctx, TENANT) if job.id != first.id]
+    jobs = [job for job in jobs_of(ctx.sessions, TENANT) if job.id != first.id]
     assert {job.id for job, _ in answered} < {job.id for job in jobs} and len(jobs) == 4  # type: ignore[attr-defined]
     assert len({job.created_at for job in jobs}) == 1, "the four were not recorded in one transaction"
     assert first.created_at not in {job.created_at for job in jobs}, "the first did not go alone"
 
 
 def test_each_of_a_group_gets_its_own_error_or_its_job(ctx: Submission, engine: Engine) -> None:
-    image = uploaded(ctx, TENANT)
-    first, outcomes = submit_while_one_is_recorded(ctx, engine, [caption(image), caption(uuid4()), caption(image)])
+    image = stored_image(ctx, TENANT)
+    requests = [caption_of(image), caption_of(uuid4()), caption_of(image)]  # the second names no image
+    first, outcomes = submit_while_one_is_recorded(ctx, engine, requests)
     assert isinstance(outcomes[1], UnknownImage), outcomes[1]
     created = {job.id for job, _ in (outcomes[0], outcomes[2])}  # type: ignore[misc]
-    assert {job.id for job in jobs_of(ctx, TENANT)} == created | {first.id} and len(created) == 2
+    assert {job.id for job in jobs_of(ctx.sessions, TENANT)} == created | {first.id} and len(created) == 2
 
 
 def test_a_tenant_held_up_holds_up_no_other(ctx: Submission, engine: Engine) -> None:
     """While TENANT's submission waits for a lock of its own tenant's, another tenant's is recorded."""
-    mine, theirs = caption(uploaded(ctx, TENANT)), caption(uploaded(ctx, OTHER_TENANT))
+    mine, theirs = caption_of(stored_image(ctx, TENANT)), caption_of(stored_image(ctx, OTHER_TENANT))
     groups = SubmissionGroups(ctx)
 
     async def run() -> tuple[Job, Job]:

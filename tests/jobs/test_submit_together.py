@@ -2,33 +2,23 @@
 gets exactly the outcome it would have had alone: its job, or its own error."""
 
 import base64
-from uuid import UUID, uuid4
+from uuid import uuid4
 
 import pytest
 from sqlalchemy import func, select
 
 from jobs.db import create_db_engine, create_session_factory, session_scope
 from jobs.errors import IdempotencyKeyReused, TenantQueueFull, UnknownImage
-from jobs.image_store import store_image
 from jobs.models import Job
-from jobs.schemas import JOB_CREATE_ADAPTER, JobCreateBase
+from jobs.schemas import JOB_CREATE_ADAPTER
 from jobs.submission import BatchItem, Submission, Submitted, can_go_together, submit_together
 from tests.support.auth import OTHER_TENANT, TENANT
 from tests.support.broker import waiting_job_ids
 from tests.support.images import png_bytes
+from tests.support.jobs import caption_of, jobs_of, stored_image
 
 pytestmark = pytest.mark.usefixtures("empty_tables")
 QUEUE = "infer.tiny-opt"
-
-
-def uploaded(ctx: Submission, tenant: str = TENANT) -> UUID:
-    with session_scope(ctx.sessions) as session:
-        return store_image(session, tenant, png_bytes(), ctx.settings).id
-
-
-def caption(image_id: UUID | str, **overrides: object) -> JobCreateBase:
-    body = {"kind": "caption", "input": {"image_id": str(image_id)}} | overrides
-    return JOB_CREATE_ADAPTER.validate_python(body)  # type: ignore[no-any-return]
 
 
 def together(ctx: Submission, items: list[tuple[str, BatchItem]]) -> list[Submitted | Exception]:
@@ -43,15 +33,10 @@ def together(ctx: Submission, items: list[tuple[str, BatchItem]]) -> list[Submit
         return outcomes
 
 
-def jobs_of(ctx: Submission, tenant: str) -> list[Job]:
-    with session_scope(ctx.sessions) as session:
-        return list(session.scalars(select(Job).where(Job.tenant == tenant)))
-
-
 def test_jobs_submitted_together_share_one_transaction_and_each_is_sent(ctx: Submission, key_prefix: str) -> None:
-    mine, theirs = uploaded(ctx), uploaded(ctx, OTHER_TENANT)
-    items = [(TENANT, BatchItem(caption(mine))), (OTHER_TENANT, BatchItem(caption(theirs))),
-             (TENANT, BatchItem(caption(mine, priority="batch")))]  # fmt: skip
+    mine, theirs = stored_image(ctx, TENANT), stored_image(ctx, OTHER_TENANT)
+    items = [(TENANT, BatchItem(caption_of(mine))), (OTHER_TENANT, BatchItem(caption_of(theirs))),
+             (TENANT, BatchItem(caption_of(mine, priority="batch")))]  # fmt: skip
     outcomes = together(ctx, items)
     assert all(isinstance(o, Submitted) and o.created for o in outcomes), outcomes
     jobs = [o.job for o in outcomes if isinstance(o, Submitted)]
@@ -61,13 +46,13 @@ def test_jobs_submitted_together_share_one_transaction_and_each_is_sent(ctx: Sub
 
 
 def test_a_refused_job_gets_its_own_error_and_the_others_are_kept(ctx: Submission, key_prefix: str) -> None:
-    image_id = uploaded(ctx)
-    unknown = caption(uuid4())
-    outcomes = together(ctx, [(TENANT, BatchItem(caption(image_id))), (TENANT, BatchItem(unknown)),
-                              (TENANT, BatchItem(caption(image_id)))])  # fmt: skip
+    image_id = stored_image(ctx, TENANT)
+    unknown = caption_of(uuid4())
+    outcomes = together(ctx, [(TENANT, BatchItem(caption_of(image_id))), (TENANT, BatchItem(unknown)),
+                              (TENANT, BatchItem(caption_of(image_id)))])  # fmt: skip
     assert isinstance(outcomes[0], Submitted) and isinstance(outcomes[2], Submitted)
     assert isinstance(outcomes[1], UnknownImage), outcomes[1]
-    kept = {job.id for job in jobs_of(ctx, TENANT)}
+    kept = {job.id for job in jobs_of(ctx.sessions, TENANT)}
     assert kept == {outcomes[0].job.id, outcomes[2].job.id}
     assert sorted(waiting_job_ids(key_prefix, QUEUE)) == sorted(str(job_id) for job_id in kept)
 
@@ -77,30 +62,30 @@ def test_the_tenant_limit_refuses_only_the_jobs_over_it(ctx: Submission, key_pre
     engine = create_db_engine(shallow)
     try:
         limited = Submission(create_session_factory(engine), ctx.dispatcher, ctx.registry, shallow)
-        image_id = uploaded(ctx)
-        outcomes = together(limited, [(TENANT, BatchItem(caption(image_id))) for _ in range(4)])
+        image_id = stored_image(ctx, TENANT)
+        outcomes = together(limited, [(TENANT, BatchItem(caption_of(image_id))) for _ in range(4)])
     finally:
         engine.dispose()
     assert [type(o) for o in outcomes] == [Submitted, Submitted, TenantQueueFull, TenantQueueFull], outcomes
-    assert len(jobs_of(ctx, TENANT)) == 2
+    assert len(jobs_of(ctx.sessions, TENANT)) == 2
     assert len(waiting_job_ids(key_prefix, QUEUE)) == 2
 
 
 def test_one_idempotency_key_twice_in_a_group_is_one_job(ctx: Submission, key_prefix: str) -> None:
-    image_id = uploaded(ctx)
-    same = caption(image_id)
+    image_id = stored_image(ctx, TENANT)
+    same = caption_of(image_id)
     outcomes = together(ctx, [(TENANT, BatchItem(same, "k-1")), (TENANT, BatchItem(same, "k-1")),
-                              (TENANT, BatchItem(caption(image_id, priority="batch"), "k-1"))])  # fmt: skip
+                              (TENANT, BatchItem(caption_of(image_id, priority="batch"), "k-1"))])  # fmt: skip
     first, again, reused = outcomes
     assert isinstance(first, Submitted) and isinstance(again, Submitted), outcomes
     assert (first.created, again.created, again.job.id) == (True, False, first.job.id)
     assert isinstance(reused, IdempotencyKeyReused), reused
-    assert [job.id for job in jobs_of(ctx, TENANT)] == [first.job.id]
+    assert [job.id for job in jobs_of(ctx.sessions, TENANT)] == [first.job.id]
     assert waiting_job_ids(key_prefix, QUEUE) == [str(first.job.id)]
 
 
 def test_one_job_alone_is_submitted_as_submit_job_does(ctx: Submission, key_prefix: str) -> None:
-    (outcome,) = together(ctx, [(TENANT, BatchItem(caption(uploaded(ctx))))])
+    (outcome,) = together(ctx, [(TENANT, BatchItem(caption_of(stored_image(ctx, TENANT))))])
     assert isinstance(outcome, Submitted) and outcome.created
     assert waiting_job_ids(key_prefix, QUEUE) == [str(outcome.job.id)]
     with session_scope(ctx.sessions) as session:
@@ -110,9 +95,9 @@ def test_one_job_alone_is_submitted_as_submit_job_does(ctx: Submission, key_pref
 def test_what_fetches_resolves_or_decodes_first_goes_alone() -> None:
     image_id = uuid4()
     inline = base64.b64encode(png_bytes()).decode()
-    assert can_go_together(caption(image_id))
-    assert can_go_together(caption(image_id, priority="batch"))
-    assert not can_go_together(caption(image_id, webhook_url="https://example.com/hook"))
+    assert can_go_together(caption_of(image_id))
+    assert can_go_together(caption_of(image_id, priority="batch"))
+    assert not can_go_together(caption_of(image_id, webhook_url="https://example.com/hook"))
     assert not can_go_together(JOB_CREATE_ADAPTER.validate_python({"kind": "caption", "input": {"image": inline}}))
     fetched = {"kind": "caption", "input": {"image_url": "https://example.com/a.png"}}
     assert not can_go_together(JOB_CREATE_ADAPTER.validate_python(fetched))

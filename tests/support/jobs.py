@@ -4,9 +4,13 @@ from typing import Any
 from uuid import UUID
 
 import httpx
+from sqlalchemy import select
 
 from jobs.db import SessionFactory, session_scope
-from jobs.models import Image
+from jobs.image_store import store_image
+from jobs.models import Image, Job
+from jobs.schemas import JOB_CREATE_ADAPTER, JobCreateBase
+from jobs.submission import Submission
 from tests.support.images import png_bytes
 
 TERMINAL = ("succeeded", "failed", "canceled")
@@ -45,3 +49,21 @@ def damage(sessions: SessionFactory, image_id: str) -> None:
     with session_scope(sessions) as session:
         image = session.get_one(Image, UUID(image_id))
         image.data = image.data[:40]
+
+
+def stored_image(ctx: Submission, tenant: str) -> UUID:
+    """An image of `tenant`'s, stored as an upload is, without HTTP."""
+    with session_scope(ctx.sessions) as session:
+        return store_image(session, tenant, png_bytes(), ctx.settings).id
+
+
+def caption_of(image_id: UUID | str, **overrides: object) -> JobCreateBase:
+    """A caption request for a stored image, as the API validates it."""
+    body = {"kind": "caption", "input": {"image_id": str(image_id)}} | overrides
+    return JOB_CREATE_ADAPTER.validate_python(body)  # type: ignore[no-any-return]
+
+
+def jobs_of(sessions: SessionFactory, tenant: str) -> list[Job]:
+    """The tenant's job rows as they are now."""
+    with session_scope(sessions) as session:
+        return list(session.scalars(select(Job).where(Job.tenant == tenant)))
