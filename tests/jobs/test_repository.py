@@ -12,8 +12,10 @@ from jobs.errors import InvalidCursor, JobNotCancelable, JobNotFound
 from jobs.kinds import JobKind
 from jobs.models import Attempt, Job
 from jobs.repository import (
+    NewJob,
     Outcome,
     add_job,
+    add_jobs,
     cancel_job,
     claim_job,
     fail_job,
@@ -28,7 +30,9 @@ from jobs.repository import (
     unmark_dispatched,
 )
 from jobs.status import JobStatus
-from tests.support.auth import TENANT
+from jobs.webhooks import set_default_url
+from tests.support.auth import OTHER_TENANT, TENANT
+from tests.support.db import statements
 
 pytestmark = pytest.mark.usefixtures("empty_tables")
 
@@ -217,3 +221,43 @@ def test_a_batch_records_every_result_that_is_still_its_own_in_one_statement(ses
         assert (last.status, last.result, last.worker_seconds) == (JobStatus.SUCCEEDED, {"captions": []}, None)
         assert (canceled.status, canceled.result) == (JobStatus.CANCELED, None)
         assert (running.status, running.result) == (JobStatus.RUNNING, None)
+
+
+def test_jobs_are_added_in_the_order_given_by_one_insert_per_shape(sessions: SessionFactory) -> None:
+    with session_scope(sessions) as session:
+        set_default_url(session, TENANT, "https://example.com/default")
+    try:
+        _jobs_of_every_shape_added_in_order(sessions)
+    finally:  # the tenant is every test's: later ones must not find a default
+        with session_scope(sessions) as session:
+            set_default_url(session, TENANT, None)
+
+
+def _jobs_of_every_shape_added_in_order(sessions: SessionFactory) -> None:
+    queued = {"kind": JobKind.CAPTION, "model": "tiny-opt", "queue": "infer.tiny-opt", "input": {"image_id": "x"}}
+    new = [
+        NewJob(TENANT, **queued, tenants_webhook=True),
+        NewJob(TENANT, **queued, cached_result={"captions": ["kept"]}, cache_key="k"),
+        NewJob(OTHER_TENANT, **queued, tenants_webhook=True),  # no default of its own
+        NewJob(TENANT, **queued, webhook_url="https://example.com/own"),
+        NewJob(TENANT, **queued, tenants_webhook=True),
+        NewJob(TENANT, **queued),
+    ]
+    with session_scope(sessions) as session, statements(session) as sent:
+        added = add_jobs(session, new)
+    inserts = [s for s in sent if s.startswith("INSERT INTO jobs")]
+    assert len(inserts) == 5, sent  # the two of the first shape together
+    assert [job.tenant for job in added] == [n.tenant for n in new]
+    assert [job.webhook_url for job in added] == [
+        "https://example.com/default", None, None, "https://example.com/own", "https://example.com/default", None
+    ]  # fmt: skip
+    assert len({job.id for job in added}) == len(new)
+    with session_scope(sessions) as session:
+        stored = [get_job(session, job.id) for job in added]
+    answered = stored.pop(1)
+    assert (answered.status, answered.result, answered.cached, answered.dispatched_at) == (
+        JobStatus.SUCCEEDED, {"captions": ["kept"]}, True, None
+    )  # fmt: skip
+    assert answered.started_at == answered.finished_at == answered.created_at
+    assert all(job.status is JobStatus.QUEUED and job.dispatched_at == job.created_at for job in stored)
+    assert all(job.dispatch_count == 1 and job.started_at is None for job in stored)

@@ -14,6 +14,7 @@ from jobs.schemas import JOB_CREATE_ADAPTER
 from jobs.submission import BatchItem, Submission, Submitted, can_go_together, submit_together
 from tests.support.auth import OTHER_TENANT, TENANT
 from tests.support.broker import waiting_job_ids
+from tests.support.db import statements
 from tests.support.images import png_bytes
 from tests.support.jobs import caption_of, jobs_of, stored_image
 
@@ -43,6 +44,29 @@ def test_jobs_submitted_together_share_one_transaction_and_each_is_sent(ctx: Sub
     assert [job.tenant for job in jobs] == [TENANT, OTHER_TENANT, TENANT]
     assert len({job.created_at for job in jobs}) == 1, "not one transaction: their now() differs"
     assert sorted(waiting_job_ids(key_prefix, QUEUE)) == sorted(str(job.id) for job in jobs)
+
+
+def test_a_group_writes_its_rows_in_one_insert_but_for_a_key_used_again(ctx: Submission) -> None:
+    image_id = stored_image(ctx, TENANT)
+    plain = [(TENANT, BatchItem(caption_of(image_id))) for _ in range(5)]
+    with ctx.sessions() as session, statements(session) as sent:
+        outcomes = submit_together(ctx, plain, session=session)
+    assert all(isinstance(o, Submitted) and o.created for o in outcomes), outcomes
+    assert sum(s.startswith("INSERT INTO jobs") for s in sent) == 1, sent
+    keyed = [
+        plain[0],
+        (TENANT, BatchItem(caption_of(image_id), "k-2")),
+        plain[1],
+        (TENANT, BatchItem(caption_of(image_id), "k-2")),
+    ]
+    with ctx.sessions() as session, statements(session) as sent:
+        first, once, second, again = submit_together(ctx, keyed, session=session)
+    assert all(isinstance(o, Submitted) for o in (first, once, second, again)), (first, once, second, again)
+    assert (first.created, once.created, second.created, again.created) == (True, True, True, False)
+    assert again.job.id == once.job.id
+    # the job before the key is written before the key is looked up: the key's second use finds its job
+    assert sum(s.startswith("INSERT INTO jobs") for s in sent) == 3, sent
+    assert len(jobs_of(ctx.sessions, TENANT)) == 5 + 3
 
 
 def test_a_refused_job_gets_its_own_error_and_the_others_are_kept(ctx: Submission, key_prefix: str) -> None:
