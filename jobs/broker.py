@@ -7,11 +7,13 @@ sweeper sends it again, and shows the job's kind and model beside its id.
 """
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from uuid import UUID
 
 from celery import Celery
+from kombu.messaging import Producer
 
 from jobs.kinds import KINDS, JobKind
 from jobs.redis_transport import use_for_redis_urls
@@ -78,8 +80,8 @@ class Dispatcher:
     def __init__(self, celery: Celery) -> None:
         self._celery = celery
 
-    def send(self, message: JobMessage) -> None:
-        """Publish the job's message; raises if the broker cannot be reached."""
+    def send(self, message: JobMessage, producer: Producer | None = None) -> None:
+        """Publish the job's message (through `producer` when given); raises if the broker cannot be reached."""
         self._celery.send_task(
             message.task_name,
             args=[str(message.job_id)],
@@ -88,7 +90,25 @@ class Dispatcher:
             queue=message.queue,
             retry=True,
             retry_policy=_PUBLISH_RETRY,
+            producer=producer,
         )
+
+    def try_send_all(self, messages: Sequence[JobMessage]) -> None:
+        """Publish the messages in one round trip (kombu's publish batch: one Redis pipeline). If that
+        fails, each is sent alone as `try_send` sends it: a message of the batch that got through is then
+        sent twice, and the second copy finds its job claimed or ended, which costs a worker one read."""
+        if len(messages) < 2:
+            for message in messages:
+                self.try_send(message)
+            return
+        try:
+            with self._celery.producer_or_acquire() as producer, producer.batch():
+                for message in messages:
+                    self.send(message, producer)
+        except Exception:
+            log.warning("could not send %d messages together; sending each alone", len(messages), exc_info=True)
+            for message in messages:
+                self.try_send(message)
 
     def try_send(self, message: JobMessage) -> bool:
         """Publish, logging instead of raising on a broker failure (the sweeper will re-send)."""

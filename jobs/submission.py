@@ -293,9 +293,8 @@ def _record_one(
 def _send(ctx: Submission, submitted: Sequence[Submitted]) -> None:
     """Send the message of each job this request created (its row is committed), but for those the
     result cache answered: they are never queued."""
-    for item in submitted:
-        if item.created and item.job.status is JobStatus.QUEUED:
-            ctx.dispatcher.try_send(JobMessage.of(item.job))
+    queued = [JobMessage.of(item.job) for item in submitted if item.created and item.job.status is JobStatus.QUEUED]
+    ctx.dispatcher.try_send_all(queued)
 
 
 class _KeyTakenMeanwhile(Exception):
