@@ -5,6 +5,7 @@ Imported by tests/conftest.py, so every test package can use them.
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, Literal
 
 import pytest
 from sqlalchemy import Engine, text
@@ -109,9 +110,17 @@ def worker_settings(settings: Settings, models_dir: Path) -> Settings:
     return settings.model_copy(update={"BLIP2_DATA_DIR": models_dir})
 
 
-@pytest.fixture(scope="session")
-def worker(worker_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """One real `blip2-jobs worker` for the whole session, serving every tiny model; yields its log file."""
+def _every_tiny_model(worker_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One real `blip2-jobs worker` serving every tiny model; yields its log file."""
     log = tmp_path_factory.mktemp("worker") / "worker.log"
     with running_worker(worker_settings, log):
         yield log
+
+
+def worker_fixture(scope: Literal["module", "package"]) -> Any:
+    """The `worker` fixture (`_every_tiny_model`) for the packages or modules whose tests need one.
+
+    Never for the session: a worker left running after its tests would consume the messages of the
+    tests that follow (tests/api reads what waits on the queues) and run their jobs. A package or a
+    module that uses it says `worker = worker_fixture("package")` in its conftest or itself."""
+    return pytest.fixture(scope=scope, name="worker")(_every_tiny_model)

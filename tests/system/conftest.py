@@ -1,4 +1,8 @@
-"""Whole-stack fixtures: the API (uvicorn), a worker and Flower as real processes over HTTP."""
+"""Whole-stack fixtures: the API (uvicorn), a worker and Flower as real processes over HTTP.
+
+They live while this package's tests run, and stop after them: left running, the API's sweeper
+would re-send other packages' queued jobs and the worker would run them.
+"""
 
 import subprocess
 from collections.abc import Iterator
@@ -11,6 +15,7 @@ import pytest
 from jobs.embedded import free_port
 from jobs.settings import Settings
 from tests.support.auth import bearer
+from tests.support.fixtures import worker_fixture
 from tests.support.processes import cli_process, wait_for_http, wait_for_log
 
 
@@ -25,7 +30,9 @@ def serving(command: str, settings: Settings, tmp_path_factory: pytest.TempPathF
         yield url
 
 
-# The session's API sweeps every second for jobs queued over two seconds, and retries webhooks fast.
+worker = worker_fixture("package")  # every tiny model's queue
+
+# The package's API sweeps every second for jobs queued over two seconds, and retries webhooks fast.
 FAST_API = {
     "SWEEP_INTERVAL_S": 1.0,
     "QUEUED_TOO_LONG_S": 2.0,
@@ -39,13 +46,13 @@ FAST_API = {
 
 @pytest.fixture(scope="session")
 def api_settings(settings: Settings) -> Settings:
-    """The settings of the session's API process (FAST_API)."""
+    """The settings of the system tests' API process (FAST_API)."""
     return settings.model_copy(update=FAST_API)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def api_url(api_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The API process of the session (api_settings)."""
+    """The API process of this package's tests (api_settings)."""
     with serving("api", api_settings, tmp_path_factory) as url:
         yield url
 
@@ -57,14 +64,14 @@ def http(api_url: str, worker: Path, api_key: str) -> Iterator[httpx.Client]:
         yield client
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def flower_url(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Flower, with the settings' basic-auth credentials."""
     with serving("flower", settings, tmp_path_factory) as url:
         yield url
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def long_worker(
     worker_settings: Settings, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[subprocess.Popen[bytes]]:

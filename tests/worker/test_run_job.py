@@ -20,9 +20,11 @@ from jobs.settings import Settings
 from jobs.status import JobStatus
 from jobs.submission import Submission, submit_job
 from tests.support.auth import TENANT
+from tests.support.fixtures import worker_fixture
 from tests.support.images import png_base64
 from tests.support.waiting import wait_terminal, wait_until
 
+worker = worker_fixture("module")
 pytestmark = pytest.mark.usefixtures("worker")
 
 
