@@ -30,6 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from jobs.ids import time_ordered_id
 from jobs.kinds import JobKind
 from jobs.schemas import WEBHOOK_URL_LENGTH
 from jobs.status import JobStatus, Priority
@@ -129,7 +130,7 @@ class Job(Base):
     # Server defaults (created_at ...) come back with the INSERT itself (RETURNING), not a second query.
     __mapper_args__ = {"eager_defaults": True}  # noqa: RUF012
 
-    id: Mapped[UUID] = mapped_column(primary_key=True, default=uuid4)
+    id: Mapped[UUID] = mapped_column(primary_key=True, default=time_ordered_id)  # sorts in submission order
     tenant: Mapped[str] = _tenant_column()
     kind: Mapped[JobKind] = mapped_column(_string_enum(JobKind, 32))
     model: Mapped[str] = mapped_column(String(500))

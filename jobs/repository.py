@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 from sqlalchemy import (
     ColumnElement,
@@ -37,6 +37,7 @@ from sqlalchemy.sql.dml import ReturningInsert
 
 from jobs.broker import JobMessage
 from jobs.errors import InvalidCursor, JobNotCancelable, JobNotFound
+from jobs.ids import time_ordered_id
 from jobs.kinds import JobKind
 from jobs.models import Attempt, Job, TenantQueue
 from jobs.status import JobStatus, Priority
@@ -104,7 +105,7 @@ def add_jobs(session: Session, jobs: Sequence[NewJob]) -> list[Job]:
 def _row(job: NewJob) -> dict[str, Any]:
     """The job's column values that are parameters of its INSERT (the rest are SQL: `_insert`)."""
     row = {
-        "id": uuid4(), "tenant": job.tenant, "kind": job.kind, "model": job.model, "queue": job.queue,
+        "id": time_ordered_id(), "tenant": job.tenant, "kind": job.kind, "model": job.model, "queue": job.queue,
         "input": job.input, "batch_key": job.batch_key, "priority": job.priority, "cache_key": job.cache_key,
     }  # fmt: skip
     if not job.tenants_webhook:

@@ -65,6 +65,20 @@ def test_each_job_is_accepted_or_refused_on_its_own(
     assert client.get(f"/v1/jobs/{accepted[1]}").json()["input"]["question"] == "what?"
 
 
+def test_a_batch_is_listed_and_queued_in_the_order_it_was_sent(
+    client: TestClient, image_id: str, key_prefix: str
+) -> None:
+    """Its jobs share the transaction's created_at; their ids (UUIDv7) keep the order among them."""
+    prompts = [f"prompt {n}" for n in range(12)]
+    response = batch(client, *({"job": caption(image_id, prompt=prompt)} for prompt in prompts))
+    sent = [item["job"]["id"] for item in response.json()["items"]]
+    assert waiting_job_ids(key_prefix, QUEUE) == sent
+    listed = client.get("/v1/jobs", params={"limit": 5}).json()
+    listed = listed["data"] + client.get("/v1/jobs", params={"cursor": listed["next_cursor"]}).json()["data"]
+    assert [job["input"]["prompt"] for job in listed] == prompts[::-1], "newest first, across pages"
+    assert len({job["created_at"] for job in listed}) == 1
+
+
 def test_per_job_idempotency_keys(client: TestClient, image_id: str, sessions: SessionFactory, key_prefix: str) -> None:
     items = [{"idempotency_key": f"k-{i}", "job": caption(image_id, prompt=str(i))} for i in range(3)]
     first = batch(client, *items).json()["items"]

@@ -14,7 +14,7 @@ from jobs.db import SessionFactory, session_scope
 from jobs.fair_share import set_tenant_weight
 from jobs.kinds import JobKind
 from jobs.models import Job
-from jobs.repository import add_job
+from jobs.repository import NewJob, add_job, add_jobs
 from jobs.status import JobStatus, Priority
 
 QUEUE = "infer.claims-test"
@@ -126,6 +126,16 @@ def test_a_job_run_again_runs_alone(sessions: SessionFactory) -> None:
     with session_scope(sessions) as session:
         session.execute(update(Job).where(Job.id == ids[0]).values(attempts=1))
     assert [job.id for job in claim(sessions, BatchRules(batch_size=8, cost=lambda job: 1))] == [ids[0]]
+
+
+def test_jobs_written_together_run_in_the_order_given(sessions: SessionFactory) -> None:
+    """One INSERT (a group of submissions, a `:batch`): one created_at, and still oldest first."""
+    with session_scope(sessions) as session:
+        jobs = [NewJob(tenant="a", kind=JobKind.CAPTION, model="m", queue=QUEUE, input={"n": n}, batch_key=KEY)
+                for n in range(16)]  # fmt: skip
+        written = [job.id for job in add_jobs(session, jobs)]
+    assert [job.id for _ in range(10) for job in claim(sessions)] == written[:10]
+    assert [job.id for job in claim(sessions, BatchRules(batch_size=4, cost=lambda job: 1))] == written[10:14]
 
 
 def test_claiming_more_keeps_the_fair_order(sessions: SessionFactory) -> None:
