@@ -28,7 +28,7 @@ from transformers import (
     Blip2ForConditionalGeneration,
     Blip2ForImageTextRetrieval,
     Blip2Processor,
-    BlipImageProcessor,
+    BlipImageProcessorPil,
     InstructBlipConfig,
     InstructBlipForConditionalGeneration,
     InstructBlipProcessor,
@@ -170,8 +170,11 @@ def _sine_grid(grid: int, width: int) -> torch.Tensor:
     return torch.cat(parts, dim=1).float()
 
 
-def _image_processor(size: Size) -> BlipImageProcessor:
-    return BlipImageProcessor(
+def _image_processor(size: Size) -> BlipImageProcessorPil:
+    # The PIL backend by name: `BlipImageProcessor` is the torchvision one, which this project does not
+    # install, and asking for it logs a warning that advises installing torchvision. Saved, both are
+    # "BlipImageProcessor", as on the hub; loading picks the backend the machine has.
+    return BlipImageProcessorPil(
         size={"height": size.image_size, "width": size.image_size}, image_mean=IMAGE_MEAN, image_std=IMAGE_STD
     )
 
