@@ -8,6 +8,7 @@ process would otherwise outlive Python.
 
 import logging
 import socket
+import warnings
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -27,7 +28,11 @@ def free_port() -> int:
 @contextmanager
 def embedded_postgres(data_dir: Path) -> Iterator[str]:
     """A PostgreSQL server on a Unix socket in `data_dir`; yields its postgresql:// URL."""
-    import pgserver
+    with warnings.catch_warnings():
+        # pgserver keeps a lock file under the user's runtime directory, read at import; without
+        # XDG_RUNTIME_DIR (a root shell, a container) that is /tmp/runtime-<uid>, with a warning no one can act on.
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+        import pgserver
 
     data_dir.mkdir(parents=True, exist_ok=True)
     server = pgserver.get_server(data_dir, cleanup_mode="stop")

@@ -2,7 +2,10 @@
 
 import hashlib
 import json
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -125,3 +128,19 @@ def test_small_vision_position_embeddings_say_where_a_patch_is(small_data_dir: P
 
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_building_checkpoints_logs_no_advice_to_install_torchvision(tmp_path: Path) -> None:
+    """torchvision breaks the import of transformers' BLIP-2 processor with this torch; transformers
+    advises installing it when its torchvision image processor is asked for by name."""
+    build = (
+        f"from pathlib import Path; import blip2.tiny as t; t.ensure_tiny_checkpoint('tiny-opt', Path(r'{tmp_path}'))"
+    )
+    env = os.environ | {"TRANSFORMERS_VERBOSITY": "warning"}  # as a user's (the tests quiet transformers)
+    done = subprocess.run([sys.executable, "-c", build], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "torchvision" not in done.stderr + done.stdout
+    saved = json.loads((checkpoint_dir(tmp_path, "tiny-opt") / "processor_config.json").read_text())
+    assert saved["image_processor"]["image_processor_type"] == "BlipImageProcessor", (
+        "as on the hub, whatever the backend"
+    )

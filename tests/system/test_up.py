@@ -30,7 +30,8 @@ def fresh_data_dir(tmp_path: Path, models_dir: Path) -> Path:
 
 def test_up_runs_everything_and_stops_everything(tmp_path: Path, models_dir: Path) -> None:
     port, flower_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    # As in a container or a root shell: no XDG_RUNTIME_DIR either.
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "XDG_RUNTIME_DIR")}
     env |= {"BLIP2_DATA_DIR": str(fresh_data_dir(tmp_path, models_dir))}
     log = tmp_path / "up.log"
     with log.open("wb") as out:
@@ -45,6 +46,8 @@ def test_up_runs_everything_and_stops_everything(tmp_path: Path, models_dir: Pat
         api = f"http://127.0.0.1:{port}"
         wait_for_http(f"{api}/healthz", up)
         key = development_key_in(log.read_text())
+        before_banner = log.read_text().partition("API key")[0]
+        assert "Warning" not in before_banner, f"the first thing a user sees is a warning: {before_banner}"
         assert (tmp_path / "data" / "dev-api-key").read_text().strip() == key
         assert httpx.post(f"{api}/v1/images", files={"file": ("x.png", png_bytes())}).status_code == 401
         with httpx.Client(base_url=api, timeout=60, headers=bearer(key)) as http:
