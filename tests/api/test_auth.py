@@ -2,7 +2,7 @@
 
 import re
 from collections.abc import Iterator
-from uuid import uuid4
+from uuid import UUID
 
 import pytest
 from fastapi.testclient import TestClient
@@ -17,6 +17,10 @@ from tests.support.broker import drain
 from tests.support.images import png_bytes
 from tests.support.waiting import wait_until
 
+# One id for every path parameter: the test ids stay the same from one collection to the next
+# (pytest-xdist's workers each collect, and must agree).
+_SOME_ID = UUID("5a0e2c3d-7b1f-4c8e-9d2a-6f4b3e1c0a97")
+
 
 def v1_routes() -> list[tuple[str, str]]:
     """(method, path) of every /v1 operation in the app's OpenAPI schema, path parameters filled in."""
@@ -24,7 +28,7 @@ def v1_routes() -> list[tuple[str, str]]:
     found = []
     for path, operations in create_app(offline).openapi()["paths"].items():
         if path.startswith("/v1"):
-            filled = re.sub(r"\{[^}]+\}", str(uuid4()), path)
+            filled = re.sub(r"\{[^}]+\}", str(_SOME_ID), path)
             found += [(method.upper(), filled) for method in sorted(operations)]
     return found
 
