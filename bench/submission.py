@@ -36,6 +36,7 @@ TENANT = "bench"
 def main() -> None:
     args = _arguments()
     rounds: list[tuple[float, float]] = []  # CPU ms per job: alone, in groups
+    jobs = args.group * args.groups  # per round, each way
     with tempfile.TemporaryDirectory(prefix="bench-submission-") as scratch:
         base = Settings(BLIP2_DATA_DIR=Path(scratch), MAX_UNFINISHED_JOBS_PER_TENANT=1_000_000)
         with services_for(base) as settings:
@@ -44,7 +45,6 @@ def main() -> None:
             try:
                 ctx = Submission(create_session_factory(engine), Dispatcher(celery), Registry.load(), settings)
                 request = _caption_request(ctx)
-                jobs = args.group * args.groups
                 _alone(ctx, request, args.group)  # warm-up: connections, the statements' compiled forms
                 _together(ctx, request, args.group)
                 for _ in range(args.rounds):
@@ -54,7 +54,7 @@ def main() -> None:
             finally:
                 celery.close()
                 engine.dispose()
-    print(f"caption jobs by image_id, {args.rounds} rounds of {args.group * args.groups} jobs each way; "
+    print(f"caption jobs by image_id, {args.rounds} rounds of {jobs} jobs each way; "
           f"CPU of this process per job")  # fmt: skip
     print(f"{'round':<6} {'one at a time':>14} {f'in groups of {args.group}':>17} {'ratio':>7}")
     for n, (alone, together) in enumerate(rounds, 1):

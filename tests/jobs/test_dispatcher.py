@@ -3,6 +3,7 @@ raising (the job rows are committed already: the sweeper sends their messages la
 
 import logging
 import uuid
+from collections.abc import Iterator
 
 import pytest
 
@@ -16,20 +17,19 @@ QUEUES = ("infer.dispatch-test-a", "infer.dispatch-test-b")
 
 
 @pytest.fixture
-def dispatcher(settings: Settings, key_prefix: str):  # type: ignore[no-untyped-def]
-    app = create_celery(settings)
+def empty_queues(key_prefix: str) -> Iterator[None]:
     for queue in QUEUES:
         drain(key_prefix, queue)
-    yield Dispatcher(app)
+    yield
     for queue in QUEUES:
         drain(key_prefix, queue)
-    app.close()
 
 
 def messages(count: int) -> list[JobMessage]:
     return [JobMessage(uuid.uuid4(), QUEUES[n % 2], JobKind.CAPTION, "tiny-opt") for n in range(count)]
 
 
+@pytest.mark.usefixtures("empty_queues")
 def test_messages_sent_together_each_arrive_on_their_queue_in_order(dispatcher: Dispatcher, key_prefix: str) -> None:
     sent = messages(7)
     dispatcher.try_send_all(sent)
