@@ -19,8 +19,14 @@ samples). A job run again after its worker died (`attempts > 0`) runs alone: if 
 the worker, it takes no other job down with it.
 
 Locks, in this order: the queue's clock row (claims on one queue take turns, for milliseconds), then
-job rows with SKIP LOCKED (never waiting for a sweeper or a cancel), then the queue's share rows
-(only ever touched under the clock row). Two claims can therefore never wait for each other in a cycle.
+the job rows the claim takes, then the queue's share rows (only ever touched under the clock row).
+The jobs are chosen by plain reads: under the clock row no other claim can take them. The claim's
+UPDATE then locks them, waiting the moment a sweep (re-sending them) or a cancel holds one, and
+leaves out any no longer queued on this queue. A job held that moment is still its tenant's next:
+skipping it (SKIP LOCKED) made the tenant look idle for that claim, so another took its turn and its
+place in the fair share was lost. No cycle of waits can form: whatever else locks queued job rows
+either locks one (a cancel) or skips rows it would wait for (sweeps), and nothing else takes the
+clock row.
 """
 
 from collections.abc import Callable, Mapping
@@ -33,7 +39,7 @@ from uuid import UUID
 from sqlalchemy import CTE, ColumnElement, Exists, Select, String, bindparam, exists, func, or_, select, true
 from sqlalchemy.orm import Session, aliased
 
-from jobs.fair_share import lock_fair_share, named_tenants, save_fair_share
+from jobs.fair_share import FairShare, lock_fair_share, named_tenants, save_fair_share
 from jobs.models import Job
 from jobs.repository import claim_jobs
 from jobs.status import JobStatus, Priority
@@ -77,8 +83,7 @@ def claim_batch(session: Session, queue: str, batch_id: str, rules: BatchRules) 
         params = {"queue": queue, "limit": room, "batch_key": head.batch_key, "head": head.id, "tenants": list(heads)}
         mates = _first_per_tenant(session, mates_of, rules, **params)
         batch += share.take(mates, room, rules.cost)
-    save_fair_share(session, share)
-    return claim_jobs(session, [job.id for job in batch], batch_id)
+    return _claimed(session, share, batch, batch_id, rules)
 
 
 def claim_more(session: Session, queue: str, batch_key: str, batch_id: str, limit: int, rules: BatchRules) -> list[Job]:
@@ -90,8 +95,17 @@ def claim_more(session: Session, queue: str, batch_key: str, batch_id: str, limi
     _, mates = _first_runnable(session, _Shape(same_batch=True), rules, queue=queue, limit=limit, batch_key=batch_key)
     share.load(session, mates.keys())
     more = share.take(mates, limit, rules.cost)
+    return _claimed(session, share, more, batch_id, rules)
+
+
+def _claimed(session: Session, share: FairShare, chosen: list[Job], batch_id: str, rules: BatchRules) -> list[Job]:
+    """Claim the chosen jobs and save what the fair share charged: only for those claimed, should one
+    have been canceled or moved to another queue between the read and the claim."""
+    claimed = claim_jobs(session, share.queue, [job.id for job in chosen], batch_id)
+    if len(claimed) < len(chosen):
+        share.recharge(claimed, rules.cost)
     save_fair_share(session, share)
-    return claim_jobs(session, [job.id for job in more], batch_id)
+    return claimed
 
 
 # ---- the statements ---------------------------------------------------------------------------
@@ -143,7 +157,6 @@ def _first_per_tenant_statement(shape: _Shape) -> Select[Job]:
         .where(*_conditions(shape), Job.tenant == source.c.tenant)
         .order_by(Job.created_at, Job.id)
         .limit(bindparam("limit"))
-        .with_for_update(skip_locked=True)
         .lateral("first")
     )
     job = aliased(Job, first)
@@ -169,9 +182,8 @@ def _first_runnable(
 
 
 def _first_per_tenant(session: Session, shape: _Shape, rules: BatchRules, **params: Any) -> dict[str, list[Job]]:
-    """Each tenant's first `limit` queued jobs of `shape`, oldest first, locked (SKIP LOCKED: a job a
-    sweeper or a cancel holds is left for the next claim); of `tenants`, or of every tenant with jobs
-    queued there."""
+    """Each tenant's first `limit` queued jobs of `shape`, oldest first (read, not locked: the claim
+    locks what it takes); of `tenants`, or of every tenant with jobs queued there."""
     if params["limit"] < 1 or params.get("tenants") == []:
         return {}
     by_tenant: dict[str, list[Job]] = {}

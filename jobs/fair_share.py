@@ -42,6 +42,7 @@ class FairShare:
     weights: dict[str, int] = field(default_factory=dict)  # per tenant; 1 when absent
     charged: set[str] = field(default_factory=set)  # tenants whose finish this claim moved
     last_start: float | None = None  # the largest start tag taken, the queue's clock after the claim
+    loaded: dict[str, float] = field(default_factory=dict)  # `finish` as read, before any charge
 
     def start(self, tenant: str) -> float:
         """The start tag of the tenant's next job: never before the queue's clock (no credit for idling)."""
@@ -67,6 +68,15 @@ class FairShare:
                 del lines[tenant]
         return taken
 
+    def recharge(self, jobs: Sequence[Job], cost: Callable[[Job], int]) -> None:
+        """Undo this claim's charges and charge `jobs` instead, in their order: the jobs it did take,
+        when some of those chosen were gone by the time it claimed them."""
+        self.finish = dict(self.loaded)
+        self.charged = set()
+        self.last_start = None
+        for job in jobs:
+            self.charge(job, cost(job))
+
     def load(self, session: Session, tenants: Collection[str]) -> None:
         """Read the tenants' places in this queue and their weights (one query)."""
         if not tenants:
@@ -77,12 +87,13 @@ class FairShare:
                 self.finish[tenant] = finish
             if weight is not None:
                 self.weights[tenant] = weight
+        self.loaded = dict(self.finish)
 
 
 def lock_fair_share(session: Session, queue: str) -> FairShare:
     """The queue's fair-share state, its clock row locked until the transaction ends.
 
-    Every claim on a queue takes this lock first (and only then job rows, with SKIP LOCKED, and the
+    Every claim on a queue takes this lock first (and only then the job rows it takes, and the
     queue's share rows), so two workers claiming from one queue take turns for a few milliseconds
     instead of both charging the same virtual time, and can never wait for each other in a cycle.
     """

@@ -233,11 +233,12 @@ def claim_job(session: Session, job_id: UUID, batch_id: str | None = None) -> Jo
     return _one(_transition(session, [Job.id == job_id, Job.status == JobStatus.QUEUED], **_claim_values(batch_id)))
 
 
-def claim_jobs(session: Session, job_ids: Sequence[UUID], batch_id: str) -> list[Job]:
-    """Mark these queued jobs running as one batch; those no longer queued are left out."""
+def claim_jobs(session: Session, queue: str, job_ids: Sequence[UUID], batch_id: str) -> list[Job]:
+    """Mark these jobs, queued on `queue`, running as one batch; those no longer queued there (run,
+    canceled, moved to another queue) are left out. A row another transaction holds is waited for."""
     if not job_ids:
         return []
-    params = {"ids": list(job_ids), "batch_id": batch_id}
+    params = {"ids": list(job_ids), "batch_id": batch_id, "claim_queue": queue}
     claimed = {job.id: job for job in session.scalars(_claim_jobs_statement(), params)}
     return [claimed[job_id] for job_id in job_ids if job_id in claimed]
 
@@ -246,7 +247,11 @@ def claim_jobs(session: Session, job_ids: Sequence[UUID], batch_id: str) -> list
 def _claim_jobs_statement() -> Update:
     """`claim_jobs`, built once (workers claim several times a second): the ids bound as one array.
     The claimed rows come back whole (RETURNING), so no loaded object needs the ORM's own update."""
-    where = [Job.id == any_(bindparam("ids", type_=ARRAY(Uuid()))), Job.status == JobStatus.QUEUED]
+    where = [
+        Job.id == any_(bindparam("ids", type_=ARRAY(Uuid()))),
+        Job.status == JobStatus.QUEUED,
+        Job.queue == bindparam("claim_queue", type_=String()),
+    ]
     claim = _claim_values(None) | {"batch_id": bindparam("batch_id", type_=String())}
     statement = update(Job).where(*where).values(**claim).returning(Job)
     return statement.execution_options(populate_existing=True, synchronize_session=False)
@@ -361,11 +366,19 @@ def cancel_job(session: Session, job_id: UUID, tenant: str) -> Job:
     raise JobNotCancelable(f"job {job_id} already {finished.status.value}")
 
 
-def mark_dispatched(session: Session, job_id: UUID) -> None:
-    """Note that a message for the job was just sent (the outbox's record)."""
-    session.execute(
-        update(Job).where(Job.id == job_id).values(dispatched_at=func.now(), dispatch_count=Job.dispatch_count + 1)
-    )
+def mark_dispatched(session: Session, job_ids: Collection[UUID]) -> None:
+    """Note that a message for each of these jobs was just sent (the outbox's record). A job whose row
+    another transaction holds keeps its marks: a claim or a cancel is moving it on (and a sweep that
+    waited here while holding rows a claim waits for would deadlock with it)."""
+    if not job_ids:
+        return
+    marks = {"dispatched_at": func.now(), "dispatch_count": Job.dispatch_count + 1}
+    session.execute(update(Job).where(Job.id.in_(_unlocked(Job.id.in_(list(job_ids))))).values(**marks))
+
+
+def _unlocked(*where: ColumnElement[bool]) -> Select[UUID]:
+    """The ids of the jobs matching `where`, locked, less those another transaction holds (SKIP LOCKED)."""
+    return select(Job.id).where(*where).with_for_update(skip_locked=True)
 
 
 @dataclass(frozen=True)
@@ -382,9 +395,9 @@ def take_overdue_queued_jobs(session: Session, *, after: timedelta, limit: int) 
     as sent now by the same statement.
 
     The caller commits, then sends: no row stays locked while the messages go out, so a worker's claim,
-    which skips locked rows, never passes over the oldest jobs because a sweep is sending them (a sweep
-    of a hundred took a hundred milliseconds and more of locks, and claims meanwhile took younger
-    jobs). SKIP LOCKED and the new mark keep two sweepers from taking one job. A job whose send fails
+    which waits for the rows it takes, waits only for this statement (a sweep of a hundred sent while
+    holding its locks took a hundred milliseconds and more). SKIP LOCKED and the new mark keep two
+    sweepers from taking one job, and this statement from ever waiting. A job whose send fails
     gets its marks back (`unmark_dispatched`), so the next sweep tries it again; the doubling keeps a
     long but healthy backlog from being flooded with duplicate messages.
     """
@@ -413,14 +426,16 @@ def take_overdue_queued_jobs(session: Session, *, after: timedelta, limit: int) 
 
 def unmark_dispatched(session: Session, overdue: Overdue) -> None:
     """Give a job taken by `take_overdue_queued_jobs` its previous marks back: its message was not sent.
-    Nothing changes if the job has moved on since (claimed, canceled, or sent again)."""
+    Nothing changes if the job has moved on since (claimed, canceled, or sent again), nor while another
+    transaction holds its row (a claim or a cancel moving it on; see `mark_dispatched`)."""
+    mine = [
+        Job.id == overdue.message.job_id,
+        Job.status == JobStatus.QUEUED,
+        Job.dispatch_count == overdue.dispatch_count + 1,
+    ]
     session.execute(
         update(Job)
-        .where(
-            Job.id == overdue.message.job_id,
-            Job.status == JobStatus.QUEUED,
-            Job.dispatch_count == overdue.dispatch_count + 1,
-        )
+        .where(Job.id.in_(_unlocked(*mine)))
         .values(dispatched_at=overdue.dispatched_at, dispatch_count=overdue.dispatch_count)
     )
 

@@ -74,6 +74,5 @@ def _send(sessions: SessionFactory, dispatcher: Dispatcher, jobs: list[Job]) -> 
     sent = [job.id for job in jobs if dispatcher.try_send(JobMessage.of(job))]
     if sent:
         with session_scope(sessions) as session:
-            for job_id in sent:
-                mark_dispatched(session, job_id)
+            mark_dispatched(session, sent)
     return len(sent)

@@ -16,7 +16,7 @@ def _ran(sessions: SessionFactory, seconds: list[float]) -> None:
     with session_scope(sessions) as session:
         jobs = [add_job(session, tenant="t", kind=JobKind.CAPTION, model="m", queue="q", input={}) for _ in seconds]
     with session_scope(sessions) as session:
-        claimed = claim_jobs(session, [job.id for job in jobs], "batch")
+        claimed = claim_jobs(session, "q", [job.id for job in jobs], "batch")
         outcomes = {job.attempt: Outcome({"captions": []}, s) for job, s in zip(claimed, seconds, strict=True)}
         succeed_jobs(session, outcomes)
 
@@ -40,7 +40,7 @@ def _batch_at(sessions: SessionFactory, batch: str, claimed: float, ended: float
     with session_scope(sessions) as session:
         jobs = [add_job(session, tenant="t", kind=JobKind.CAPTION, model="m", queue="q", input={}) for _ in seconds]
     with session_scope(sessions) as session:
-        claimed_jobs = claim_jobs(session, [job.id for job in jobs], batch)
+        claimed_jobs = claim_jobs(session, "q", [job.id for job in jobs], batch)
         outcomes = {job.attempt: Outcome({"captions": []}, s) for job, s in zip(claimed_jobs, seconds, strict=True)}
         succeed_jobs(session, outcomes)
         session.execute(

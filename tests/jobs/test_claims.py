@@ -1,6 +1,7 @@
 """The claim decides which queued jobs run next: tenants in weighted fair share, interactive before
 batch priority (until a batch job has waited too long), oldest first within a tenant, batches filled
-in the same fair order; and claims on one queue at once never take a job twice."""
+in the same fair order; claims on one queue at once never take a job twice; and a job a sweep or a
+cancel holds for a moment is waited for, not passed over."""
 
 import threading
 from datetime import timedelta
@@ -14,8 +15,9 @@ from jobs.db import SessionFactory, session_scope
 from jobs.fair_share import set_tenant_weight
 from jobs.kinds import JobKind
 from jobs.models import Job
-from jobs.repository import NewJob, add_job, add_jobs
+from jobs.repository import NewJob, add_job, add_jobs, cancel_job, take_overdue_queued_jobs
 from jobs.status import JobStatus, Priority
+from tests.support.waiting import wait_until
 
 QUEUE = "infer.claims-test"
 KEY = "same-options"
@@ -170,3 +172,83 @@ def test_concurrent_claims_take_each_job_once(sessions: SessionFactory) -> None:
     every = [job_id for mine in claimed for job_id in mine]
     assert len(every) == len(set(every)), "a job was claimed twice"
     assert set(every) == queued, "a queued job was never claimed"
+
+
+def claim_in_the_background(sessions: SessionFactory) -> tuple[threading.Thread, list[list[Job]]]:
+    """A claim running in a thread of its own, and where its claimed jobs will be."""
+    result: list[list[Job]] = []
+    thread = threading.Thread(target=lambda: result.append(claim(sessions)))
+    thread.start()
+    return thread, result
+
+
+def waits_for_a_row(engine: Engine) -> bool:
+    """Whether a claim's UPDATE is waiting for a row lock (by Postgres's own account, not a clock)."""
+    query = text(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND wait_event_type = 'Lock' AND query LIKE 'UPDATE jobs%'"
+    )
+    with engine.connect() as connection:
+        return bool(connection.scalar(query))
+
+
+def test_a_job_a_sweep_holds_is_waited_for_not_skipped(sessions: SessionFactory, engine: Engine) -> None:
+    """A sweep re-sending a's oldest job holds its row for a moment. The claim then waits for it: it
+    used to pass over locked rows, so b took a's turn (and a, looking idle, lost its place)."""
+    a = queue_jobs(sessions, "a", 2)
+    queue_jobs(sessions, "b", 2)
+    with session_scope(sessions) as sweep:
+        taken = take_overdue_queued_jobs(sweep, after=timedelta(0), limit=1)
+        assert [job.message.job_id for job in taken] == [a[0]]
+        thread, result = claim_in_the_background(sessions)
+        wait_until(lambda: waits_for_a_row(engine) or not thread.is_alive(), "the claim waits or ends")
+    thread.join(timeout=60)
+    assert [job.id for job in result[0]] == [a[0]], "the claim passed over the job the sweep held"
+
+
+def test_a_job_canceled_while_the_claim_waited_is_left_out_and_not_charged(
+    sessions: SessionFactory, engine: Engine
+) -> None:
+    """The claim chose a's job and waited for its row; the cancel holding it committed. The claim
+    takes nothing, charges nobody, and the next claims keep the fair order (a, then b)."""
+    a = queue_jobs(sessions, "a", 2)
+    b = queue_jobs(sessions, "b", 2)
+    with session_scope(sessions) as cancel:
+        cancel_job(cancel, a[0], "a")
+        thread, result = claim_in_the_background(sessions)
+        wait_until(lambda: waits_for_a_row(engine) or not thread.is_alive(), "the claim waits or ends")
+    thread.join(timeout=60)
+    assert result == [[]], "a job canceled before its claim committed was claimed"
+    assert [job.id for _ in range(3) for job in claim(sessions)] == [a[1], b[0], b[1]]
+
+
+def test_claims_keep_the_weighted_order_while_sweeps_run_without_pause(sessions: SessionFactory) -> None:
+    """A sweep re-sending overdue jobs over and over (a long backlog) locks the oldest rows again and
+    again: every claim still takes a job, and the weighted order is exact (it used to be 11 of 28)."""
+    with session_scope(sessions) as session:
+        set_tenant_weight(session, "a", 3)
+    queue_jobs(sessions, "a", 60)
+    queue_jobs(sessions, "b", 60)
+    stop = threading.Event()
+    sweeps: list[int] = []
+    errors: list[BaseException] = []
+
+    def sweep() -> None:
+        try:
+            while not stop.is_set():
+                with session_scope(sessions) as session:
+                    sweeps.append(len(take_overdue_queued_jobs(session, after=timedelta(0), limit=100)))
+        except BaseException as exc:
+            errors.append(exc)
+
+    sweeper = threading.Thread(target=sweep)
+    sweeper.start()
+    try:
+        order = claim_tenants(sessions, 40)
+    finally:
+        stop.set()
+        sweeper.join(timeout=60)
+    assert not errors, errors
+    assert any(sweeps), "the sweep took no job: it could not have held any"
+    assert len(order) == 40, f"{40 - len(order)} of 40 claims took nothing with 120 jobs queued"
+    assert order == ["a", "b", "a", "a"] * 10, f"weight 3 against 1 lost its order: {order}"

@@ -4,7 +4,7 @@ from datetime import timedelta
 from uuid import uuid4
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
 from jobs.db import SessionFactory, session_scope
@@ -18,10 +18,12 @@ from jobs.repository import (
     add_jobs,
     cancel_job,
     claim_job,
+    claim_jobs,
     fail_job,
     get_job,
     heartbeat,
     list_jobs,
+    mark_dispatched,
     report_progress,
     requeue_lost_jobs,
     succeed_job,
@@ -147,8 +149,8 @@ def test_overdue_queued_jobs_back_off(sessions: SessionFactory) -> None:
 
 
 def test_a_job_whose_resend_failed_is_overdue_again_and_a_taken_one_is_not_locked(sessions: SessionFactory) -> None:
-    """Taking overdue jobs marks them sent and leaves no lock once committed (a claim skipping locked
-    rows sees them); a failed send gives the job its marks back, so the next sweep takes it again."""
+    """Taking overdue jobs marks them sent and leaves no lock once committed (a claim need not wait
+    for them); a failed send gives the job its marks back, so the next sweep takes it again."""
     job = new_job(sessions)
     with session_scope(sessions) as session:
         session.execute(
@@ -166,6 +168,42 @@ def test_a_job_whose_resend_failed_is_overdue_again_and_a_taken_one_is_not_locke
         assert (row.dispatched_at, row.dispatch_count) == (before, 1)
         [again] = take_overdue_queued_jobs(session, after=timedelta(minutes=1), limit=10)
         assert again.message.job_id == job.id
+
+
+def test_a_sweeps_marks_never_wait_for_a_row_another_transaction_holds(sessions: SessionFactory) -> None:
+    """While a claim holds a job's row, a sweep marking it sent (or giving its marks back) leaves it
+    alone instead of waiting: a sweep waiting there, holding other rows the claim waits for, would
+    deadlock with it. The job the claim does not hold is marked."""
+    held, free = new_job(sessions), new_job(sessions)
+    with session_scope(sessions) as claim:
+        claim.execute(select(Job.id).where(Job.id == held.id).with_for_update())
+        with session_scope(sessions) as sweep:
+            sweep.execute(text("SET LOCAL lock_timeout = '1ms'"))  # any wait at all fails the statement
+            mark_dispatched(sweep, [held.id, free.id])
+    with sessions() as session:
+        counts = {job_id: session.get_one(Job, job_id).dispatch_count for job_id in (held.id, free.id)}
+    assert counts == {held.id: 1, free.id: 2}
+    with session_scope(sessions) as session:
+        session.execute(update(Job).values(dispatched_at=Job.dispatched_at - timedelta(minutes=5)))
+        taken = take_overdue_queued_jobs(session, after=timedelta(minutes=1), limit=10)
+    with session_scope(sessions) as claim:
+        claim.execute(select(Job.id).where(Job.id == held.id).with_for_update())
+        with session_scope(sessions) as sweep:
+            sweep.execute(text("SET LOCAL lock_timeout = '1ms'"))
+            for overdue in taken:
+                unmark_dispatched(sweep, overdue)
+    with sessions() as session:
+        counts = {job_id: session.get_one(Job, job_id).dispatch_count for job_id in (held.id, free.id)}
+    assert counts == {held.id: 2, free.id: 2}, "the held job's marks were given back, or the free one's were not"
+
+
+def test_claiming_leaves_out_a_job_moved_to_another_queue(sessions: SessionFactory) -> None:
+    """A sweep may move a job off a dead trained model's queue between a claim's read and its UPDATE."""
+    stays, moves = new_job(sessions), new_job(sessions)
+    with session_scope(sessions) as session:
+        session.execute(update(Job).where(Job.id == moves.id).values(queue="infer.elsewhere"))
+        taken = claim_jobs(session, "infer.tiny-opt", [stays.id, moves.id], "batch")
+    assert [job.id for job in taken] == [stays.id]
 
 
 def test_a_job_with_a_fresh_heartbeat_is_not_lost(sessions: SessionFactory) -> None:

@@ -83,8 +83,8 @@ class _Watching(Dispatcher):
 def test_a_sweep_sends_with_no_row_locked_and_a_failed_send_stays_overdue(
     sessions: SessionFactory, dispatcher: Dispatcher, settings: Settings, key_prefix: str
 ) -> None:
-    """While a sweep sends, a claim (which skips locked rows) can still take the oldest jobs; a job whose
-    send failed is as overdue as before and is sent by the next sweep."""
+    """While a sweep sends, no job row is locked (a claim would wait for it); a job whose send failed
+    is as overdue as before and is sent by the next sweep."""
     drain(key_prefix, QUEUE)
     sent, failed = (unsent_job(sessions, age=timedelta(minutes=10)) for _ in range(2))
     watching = _Watching(dispatcher, sessions, failing={failed.id})
