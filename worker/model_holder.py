@@ -65,14 +65,20 @@ class ModelHolder:
         return self._load(name, tenant)
 
     def _load(self, name: str, tenant: str) -> "LoadedModel":
+        from transformers.utils import logging as hf_logging
+
         from blip2.loading import LoadOptions, load_model
 
+        # transformers' "Loading weights" bar is for a terminal: in a worker, Celery logs what it
+        # writes to stderr as WARNING lines. These two lines say what the load did, and how long it took.
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
         options = LoadOptions(device=self._options.device, dtype=self._options.dtype, quantize=self._options.quantize)
         log.info("loading model %s (%s)", name, options)
         with session_scope(self._sessions) as session:  # a model trained since start-up is served too
             registry = resolve_trained(session, self._registry, name, tenant)
         started = time.monotonic()
         model = load_model(name, data_dir=self._settings.BLIP2_DATA_DIR, options=options, registry=registry)
-        worker_metrics.model_loaded(name, time.monotonic() - started, self._registry)
-        log.info("model loaded: %s", model.describe())
+        seconds = time.monotonic() - started
+        worker_metrics.model_loaded(name, seconds, self._registry)
+        log.info("model loaded in %.1f s: %s", seconds, model.describe())
         return model

@@ -2,6 +2,7 @@
 
 import base64
 import io
+import re
 import unicodedata
 from pathlib import Path
 from uuid import uuid4
@@ -44,6 +45,17 @@ def test_a_job_runs_to_its_result(ctx: Submission) -> None:
     assert done.status is JobStatus.SUCCEEDED, done.error_message
     assert isinstance(done.result, dict) and len(done.result["captions"]) == 1
     assert done.attempts == 1 and done.started_at and done.finished_at
+
+
+def test_its_log_says_what_model_it_loaded_and_how_long_it_took_without_warnings(ctx: Submission, worker: Path) -> None:
+    """The load is two INFO lines; transformers' progress bar (which Celery logged as WARNING lines,
+    one per redraw) is off."""
+    job = submit_job(ctx, TENANT, request("caption", "tiny-opt", decoding={"max_new_tokens": 2, "num_beams": 1})).job
+    assert wait_terminal(ctx.sessions, job.id).status is JobStatus.SUCCEEDED
+    log = worker.read_text()
+    assert re.search(r"INFO/ForkPoolWorker-\d+\] model loaded in \d+\.\d s: \{'name': 'tiny-opt'", log), log[-3000:]
+    assert "Loading weights" not in log
+    assert [line for line in log.splitlines() if "WARNING/" in line and ("it/s]" in line or "%|" in line)] == []
 
 
 def test_duplicate_delivery_runs_once(ctx: Submission, dispatcher: Dispatcher, worker: Path) -> None:
