@@ -5,6 +5,7 @@ the claim takes the next jobs in fair order, whichever message triggered it. Cel
 transport; this decides what runs. Every queued job has a message of its own on its queue, and
 every message claims at least one job while any is queued, so no job is left without one. (A worker
 drops, unread, the message of a job it ran already, worker/batches.py: that job is not queued.)
+Long jobs (worker/long_jobs.py) are claimed the same way, in batches of one.
 
 Which job is next:
 - **Priority.** Batch-priority jobs run only while no interactive job of the queue is waiting; one

@@ -1,9 +1,14 @@
 """Download, train and evaluate jobs: long work on the `download` and `train` queues.
 
-Each message claims its own job and runs it to a typed output, reporting typed progress on the job
-row and stopping early when the job is canceled. Models load through the worker's holder, with the
-worker's device, dtype and quantization, as fresh copies the job does not share (training changes
-the weights) and does not keep. Files go under BLIP2_DATA_DIR, which workers on several machines share:
+Each message claims the next job on its queue and runs it to a typed output, reporting typed progress
+on the job row and stopping early when the job is canceled. Which job is next is the inference
+queues' rule (jobs/claims.py) with batches of one: interactive before batch priority, then tenants
+in turns by weight, so one tenant's twenty training jobs do not hold back another's first. (Every
+long kind has the same time limits, so a message may run a job of another kind of its queue.)
+
+Models load through the worker's holder, with the worker's device, dtype and quantization, as fresh
+copies the job does not share (training changes the weights) and does not keep. Files go under
+BLIP2_DATA_DIR, which workers on several machines share:
 
     tenants/TENANT/datasets/NAME/   a registered dataset (files + dataset.json)
     tenants/TENANT/models/NAME/     a trained model, a complete Hugging Face checkpoint
@@ -15,15 +20,18 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from uuid import UUID
 
 from celery.exceptions import SoftTimeLimitExceeded
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from blip2.errors import Blip2Error, DatasetNotFound, InvalidArgument
 from jobs.catalog import get_dataset, save_dataset, save_trained_model, tenant_data_dir
+from jobs.claims import BatchRules, claim_batch, queue_of
 from jobs.db import is_connection_error
 from jobs.errors import JobsError
 from jobs.inputs import DownloadInput, EvaluateInput, JobInput, TrainInput
@@ -38,7 +46,7 @@ from jobs.outputs import (
     TrainOutput,
     TrainProgressDetail,
 )
-from jobs.repository import claim_job, fail_job, find_job, succeed_job
+from jobs.repository import fail_job, find_job, succeed_job
 from worker.db_retry import retry_transaction
 from worker.progress import JobProgress, heartbeating
 from worker.runtime import WorkerRuntime
@@ -77,20 +85,47 @@ class LongJob(Generic[InputT]):
 
 
 def run_long_job(
-    runtime: WorkerRuntime, job_id: UUID, batch_id: str, on_claimed: Callable[[list[Job]], None] | None = None
+    runtime: WorkerRuntime,
+    message_job: UUID,
+    batch_id: str,
+    on_claimed: Callable[[list[Job]], None] | None = None,
+    queue: str | None = None,
 ) -> Job | None:
-    """Claim and run one long job; the job as it ended, or None if it was not queued (already run, canceled).
-    `on_claimed` hears of the job once it is claimed (the dashboard's events)."""
-    job = _transaction(runtime, f"claiming job {job_id}", lambda s: claim_job(s, job_id, batch_id))
-    if job is None:
-        log.info("job %s is not queued (already run, running, canceled or gone); message dropped", job_id)
+    """Claim the next long job on the message's queue (`queue`, else the queue of `message_job`) and run
+    it; the job as it ended, or None if nothing was queued there. `on_claimed` hears of the job once it
+    is claimed (the dashboard's events)."""
+
+    def claim(session: Session) -> list[Job]:
+        where = queue or queue_of(session, message_job)
+        return [] if where is None else claim_batch(session, where, batch_id, _rules(runtime))
+
+    claimed = _transaction(runtime, f"claiming the next job (message of job {message_job})", claim)
+    if not claimed:
+        log.info("nothing queued on %s (job %s already ran, or was canceled); message dropped",
+                 queue or "its queue", message_job)  # fmt: skip
         return None
+    job = claimed[0]
+    if job.id != message_job:
+        log.info("job %s runs first, its tenant's turn (message of job %s)", job.id, message_job)
     if on_claimed is not None:
         on_claimed([job])
-    long_job = LongJob(job, KINDS[job.kind].parse(job.input), runtime, JobProgress(job.attempt, runtime.sessions))
-    with heartbeating([job.attempt], runtime.sessions, runtime.settings.HEARTBEAT_INTERVAL_S):
-        _run_to_an_end(long_job)
-    return _transaction(runtime, f"reading job {job_id}", lambda s: find_job(s, job_id))
+    progress = JobProgress(job.attempt, runtime.sessions)
+    try:
+        job_input = KINDS[job.kind].parse(job.input)
+    except ValidationError as exc:  # a row written by hand, or by an older version: it fails alone
+        _fail(
+            runtime, job, "invalid_input", f"the stored input is not a {job.kind.value} input: {exc}", time.monotonic()
+        )
+    else:
+        with heartbeating([job.attempt], runtime.sessions, runtime.settings.HEARTBEAT_INTERVAL_S):
+            _run_to_an_end(LongJob(job, job_input, runtime, progress))
+    return _transaction(runtime, f"reading job {job.id}", lambda s: find_job(s, job.id))
+
+
+def _rules(runtime: WorkerRuntime) -> BatchRules:
+    """Long jobs run one at a time, each counted as one turn of its tenant, however long it runs."""
+    max_wait = timedelta(seconds=runtime.settings.BATCH_PRIORITY_MAX_WAIT_S)
+    return BatchRules(batch_size=1, cost=lambda _: 1, batch_max_wait=max_wait)
 
 
 def _run_to_an_end(long_job: LongJob[Any]) -> None:
@@ -102,14 +137,14 @@ def _run_to_an_end(long_job: LongJob[Any]) -> None:
         log.info("job %s canceled while running: %s", job.id, exc)
         return
     except (Blip2Error, JobsError) as exc:
-        return _fail(long_job, exc.code, str(exc), started)
+        return _fail(long_job.runtime, job, exc.code, str(exc), started)
     except SoftTimeLimitExceeded:
-        return _fail(long_job, "time_limit_exceeded", "the job ran past the soft time limit", started)
+        return _fail(long_job.runtime, job, "time_limit_exceeded", "the job ran past the soft time limit", started)
     except Exception as exc:
         if is_connection_error(exc):
             raise  # Postgres went away: not the job's fault; its lease runs out and it runs again
         log.exception("job %s failed unexpectedly", job.id)
-        return _fail(long_job, "internal_error", f"{type(exc).__name__}: {exc}", started)
+        return _fail(long_job.runtime, job, "internal_error", f"{type(exc).__name__}: {exc}", started)
     result, seconds = output.model_dump(mode="json"), time.monotonic() - started
     recorded = long_job.transaction(
         f"recording job {job.id}'s result", lambda s: succeed_job(s, job.attempt, result, seconds)
@@ -118,10 +153,10 @@ def _run_to_an_end(long_job: LongJob[Any]) -> None:
         log.info("job %s was canceled while it ran; its result is dropped", job.id)
 
 
-def _fail(long_job: LongJob[Any], code: str, message: str, started: float) -> None:
-    log.info("job %s failed: %s: %s", long_job.job.id, code, message)
+def _fail(runtime: WorkerRuntime, job: Job, code: str, message: str, started: float) -> None:
+    log.info("job %s failed: %s: %s", job.id, code, message)
     seconds = time.monotonic() - started
-    long_job.transaction("recording an error", lambda s: fail_job(s, long_job.job.attempt, code, message, seconds))
+    _transaction(runtime, "recording an error", lambda s: fail_job(s, job.attempt, code, message, seconds))
 
 
 # ---- download -------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """One Celery task per job kind (`blip2.caption`, `blip2.train` ...), each taking a job id.
 
-An inference message runs the next batch on its queue (worker/batches.py); a long job's message
-claims and runs that job (worker/long_jobs.py). Either way the claim is a conditional UPDATE
-(queued -> running), so a second delivery of a message, or a message for a canceled job, runs
-nothing twice. Every error fails only its job; the process lives on to take the next one.
+A message says "there is work on this queue": an inference message runs the next batch there
+(worker/batches.py), a long job's message the next long job (worker/long_jobs.py), in fair order
+either way, whichever job the message names. The claim is a conditional UPDATE (queued -> running),
+so a second delivery of a message, or a message for a canceled job, runs nothing twice. Every error
+fails only its job; the process lives on to take the next one.
 
 A task always returns: what Flower shows is each job's own state, reported by the worker as task
 events (worker/events.py), not the message's. Each run's batch size and the jobs that ended in it go
@@ -53,8 +54,7 @@ def _inference_task(runtime: WorkerRuntime) -> Callable[[Task, str], str]:
         events, started = _events(task), time.monotonic()
         # Most messages find their job already run in another's batch: the queue they came by (the
         # routing key: jobs/broker.py sends each to its job's queue) spares reading the job's row.
-        queue = (task.request.delivery_info or {}).get("routing_key")
-        ended = run_batch_for(runtime, UUID(job_id), task.request.id, events.started, queue=queue)
+        ended = run_batch_for(runtime, UUID(job_id), task.request.id, events.started, queue=_queue(task))
         events.ended(ended, time.monotonic() - started)
         worker_metrics.batch_ran(ended, task.request.id, runtime.models.registry)
         return f"{len(ended)} jobs run" if ended else "nothing queued"
@@ -65,12 +65,18 @@ def _inference_task(runtime: WorkerRuntime) -> Callable[[Task, str], str]:
 def _long_task(runtime: WorkerRuntime) -> Callable[[Task, str], str]:
     def run_long(task: Task, job_id: str) -> str:
         events, started = _events(task), time.monotonic()
-        ended = run_long_job(runtime, UUID(job_id), batch_id=task.request.id, on_claimed=events.started)
+        ended = run_long_job(runtime, UUID(job_id), task.request.id, events.started, queue=_queue(task))
         events.ended([ended] if ended else [], time.monotonic() - started)
         worker_metrics.jobs_ended([ended] if ended else [], task.request.id, runtime.models.registry)
         return ended.status.value if ended else "not queued"
 
     return run_long
+
+
+def _queue(task: Task) -> str | None:
+    """The queue the message came by: its routing key (jobs/broker.py sends each to its job's queue)."""
+    queue = (task.request.delivery_info or {}).get("routing_key")
+    return queue if isinstance(queue, str) else None
 
 
 def _events(task: Task) -> TaskEvents:

@@ -162,6 +162,46 @@ def test_a_tenants_weight_sets_its_share(ctx: Submission, worker_for: Any, image
     assert 29 <= first.count(A) <= 31, f"weight 3 should take 30 of the first 40, took {first.count(A)}: {first}"
 
 
+def test_long_jobs_take_turns_too(ctx: Submission, worker_for: Any, dispatcher: Dispatcher) -> None:
+    """A queues 6 downloads, then B queues 2: the first four to run are A's and B's in turns, not A's
+    backlog first (the order their messages came in). Each download names a host the worker may not
+    fetch, so it fails at once, reaching no network; what counts is the order the claims took them.
+    The jobs and the worker use a queue of their own, so no other long worker takes them."""
+    forbidden = {"url": "http://localhost:9/data.tar.gz", "sha256": "0" * 64, "name": "turns", "format": "jsonl"}
+    queue = "fair-long"
+    with session_scope(ctx.sessions) as session:
+        jobs = [add_job(session, tenant=tenant, kind=JobKind.DOWNLOAD, model="", queue=queue, input=forbidden)
+                for tenant in [A] * 6 + [B] * 2]  # fmt: skip
+    for job in jobs:
+        dispatcher.send(JobMessage.of(job))
+    ids = [job.id for job in jobs]
+    worker_for("fair-opt", queue=queue)
+    ended = {job_id: wait_terminal(ctx.sessions, job_id, timeout_s=300) for job_id in ids}
+    assert {(job.status, job.error_code) for job in ended.values()} == {(JobStatus.FAILED, "forbidden_url")}
+    order = "".join(job.tenant[-1] for job in sorted(ended.values(), key=lambda job: at(job.started_at)))
+    print(f"\nlong jobs, A's 6 queued before B's 2, ran in the order {order}")
+    assert order[:4].count("b") == 2, f"B's jobs waited behind A's backlog: {order}"
+
+
+def test_a_long_job_whose_stored_input_no_longer_parses_fails_alone(
+    ctx: Submission, worker_for: Any, dispatcher: Dispatcher
+) -> None:
+    """A row written by an older version (or by hand) fails with `invalid_input` at once, rather than
+    running until its lease ends and again after each; the job queued after it still runs."""
+    queue = "broken-long"
+    forbidden = {"url": "http://localhost:9/data.tar.gz", "sha256": "0" * 64, "name": "after", "format": "jsonl"}
+    with session_scope(ctx.sessions) as session:
+        jobs = [add_job(session, tenant=A, kind=JobKind.DOWNLOAD, model="", queue=queue, input=job_input)
+                for job_input in ({"url": 5, "format": "tarball"}, forbidden)]  # fmt: skip
+    for job in jobs:
+        dispatcher.send(JobMessage.of(job))
+    worker_for("fair-opt", queue=queue)
+    broken, after = (wait_terminal(ctx.sessions, job.id, timeout_s=300) for job in jobs)
+    assert (broken.status, broken.error_code, broken.attempts) == (JobStatus.FAILED, "invalid_input", 1)
+    assert "not a download input" in (broken.error_message or "")
+    assert (after.status, after.error_code) == (JobStatus.FAILED, "forbidden_url")
+
+
 # ---- priorities -----------------------------------------------------------------------------
 
 
