@@ -15,7 +15,6 @@ from typing import Any, TypeAlias, TypeVar
 from uuid import UUID
 
 import httpx
-from pydantic import TypeAdapter
 
 from blip2_jobs.errors import ApiError, WaitTimedOut
 from jobs.schemas import (
@@ -23,12 +22,12 @@ from jobs.schemas import (
     ImagePublic,
     ImagesPublic,
     JobCreateBase,
-    JobPublic,
     JobPublicBase,
     JobsBatchCreate,
     JobsBatchItem,
     JobsBatchPublic,
     JobsPublic,
+    parse_job_public,
 )
 
 DEFAULT_TIMEOUT_S = 60.0
@@ -36,7 +35,6 @@ DEFAULT_MAX_RETRIES = 8
 DEFAULT_BATCH_CHUNK = 100  # the server's default MAX_JOBS_PER_BATCH
 LONG_POLL_S = 30.0  # the server's ceiling for ?wait=
 RETRY_STATUSES = frozenset({429, 503})
-_JOB = TypeAdapter(JobPublic)
 
 
 @dataclass(frozen=True)
@@ -142,7 +140,7 @@ def submit(request: JobCreateBase, idempotency_key: str | None, wait_s: float = 
     if wait_s > 0:
         headers["Prefer"] = f"wait={min(wait_s, LONG_POLL_S):g}"
     call = Call("POST", "/v1/jobs", json_body=_request_json(request), headers=headers, timeout_s=_timeout_s(wait_s))
-    return _JOB.validate_json(checked((yield call)).content)
+    return parse_job_public(checked((yield call)).json())
 
 
 def run(request: JobCreateBase, idempotency_key: str | None, timeout_s: float | None) -> Flow[JobPublicBase]:
@@ -174,7 +172,7 @@ def _request_json(request: JobCreateBase) -> bytes:
 def get_job(job_id: UUID, wait_s: float = 0.0) -> Flow[JobPublicBase]:
     params: dict[str, str | float] = {"wait": wait_s} if wait_s > 0 else {}
     call = Call("GET", f"/v1/jobs/{job_id}", params, timeout_s=_timeout_s(wait_s))
-    return _JOB.validate_json(checked((yield call)).content)
+    return parse_job_public(checked((yield call)).json())
 
 
 def _timeout_s(wait_s: float) -> float | None:
@@ -195,11 +193,12 @@ def wait(job_id: UUID, timeout_s: float | None) -> Flow[JobPublicBase]:
 
 
 def cancel(job_id: UUID) -> Flow[JobPublicBase]:
-    return _JOB.validate_json(checked((yield Call("POST", f"/v1/jobs/{job_id}/cancel"))).content)
+    return parse_job_public(checked((yield Call("POST", f"/v1/jobs/{job_id}/cancel"))).json())
 
 
 def list_jobs(limit: int, cursor: str | None) -> Flow[JobsPublic]:
     params: dict[str, str | float] = {"limit": limit}
     if cursor:
         params["cursor"] = cursor
-    return JobsPublic.model_validate_json(checked((yield Call("GET", "/v1/jobs", params))).content)
+    page = checked((yield Call("GET", "/v1/jobs", params))).json()
+    return JobsPublic(data=[parse_job_public(job) for job in page["data"]], next_cursor=page["next_cursor"])

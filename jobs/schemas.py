@@ -5,11 +5,12 @@ request model and one response model per kind, each a member of a union discrimi
 the OpenAPI document says exactly which input and which result go with which kind.
 """
 
+import logging
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, WrapSerializer, create_model
 
 from jobs.inputs import JobInput
 from jobs.kinds import KINDS, JobKind, KindSpec
@@ -27,6 +28,7 @@ WEBHOOK_URL_LENGTH = 2000  # as the column (jobs/models.py, which this module ma
 if TYPE_CHECKING:
     from jobs.models import Job
 
+log = logging.getLogger(__name__)
 
 # ---- images ---------------------------------------------------------------------------------
 
@@ -146,12 +148,20 @@ class JobPublicBase(BaseModel):
     webhook: WebhookPublic | None = None  # None: the job has no webhook
 
 
+# A job's input, result and progress read back as stored when they no longer validate (`job_as_stored`):
+# such a value is a plain dict, written out as it is. No return type, so the field's documented schema
+# stays its own (a return type of Any would document it as anything).
+_AS_STORED = WrapSerializer(lambda value, handler: value if isinstance(value, dict) else handler(value))
+# The fields a newer version may no longer accept as stored: what the job's kind types.
+_KIND_TYPED = ("input", "result", "progress_detail")
+
+
 def _response_model(spec: KindSpec[JobInput]) -> type[JobPublicBase]:
     fields: dict[str, object] = {
         "kind": (Literal[spec.kind.value], ...),
-        "input": (spec.input, ...),
-        "result": (spec.output | None, ...),
-        "progress_detail": ((spec.progress or ProgressDetail) | None, None),
+        "input": (Annotated[spec.input, _AS_STORED], ...),
+        "result": (Annotated[spec.output | None, _AS_STORED], ...),
+        "progress_detail": (Annotated[(spec.progress or ProgressDetail) | None, _AS_STORED], None),
     }
     return create_model(  # type: ignore[call-overload, no-any-return]
         f"{_camel(spec.kind)}Job", __base__=JobPublicBase, __doc__=f"A {spec.kind.value} job.", **fields
@@ -166,30 +176,79 @@ else:
     # A job as the API returns it: `kind` says which input, result and progress it carries.
     JobPublic = Annotated[Union[tuple(JOB_PUBLIC_MODELS.values())], Field(discriminator="kind")]  # noqa: UP007
 
+_JOB_PUBLIC = TypeAdapter(JobPublic)
+
+
+class _StoredJob(JobPublicBase):
+    """A job whose kind-typed fields are taken as they are: the rest is checked as ever."""
+
+    input: Any
+    result: Any
+    progress_detail: Any = None
+
 
 def job_public(job: "Job") -> JobPublicBase:
     """The public view of a job row, its input, result and progress parsed by the job's kind."""
     error = None if job.error_code is None else JobErrorPublic(code=job.error_code, message=job.error_message or "")
-    return JOB_PUBLIC_MODELS[job.kind].model_validate(
-        {
-            "id": job.id,
-            "kind": job.kind.value,
-            "model": job.model,
-            "status": job.status,
-            "input": job.input,
-            "result": job.result,
-            "error": error,
-            "attempts": job.attempts,
-            "priority": job.priority,
-            "cached": job.cached,
-            "progress": job.progress,
-            "progress_detail": job.progress_detail,
-            "created_at": job.created_at,
-            "started_at": job.started_at,
-            "finished_at": job.finished_at,
-            "webhook": _webhook_public(job),
-        }
+    fields = {
+        "id": job.id,
+        "kind": job.kind.value,
+        "model": job.model,
+        "status": job.status,
+        "input": job.input,
+        "result": job.result,
+        "error": error,
+        "attempts": job.attempts,
+        "priority": job.priority,
+        "cached": job.cached,
+        "progress": job.progress,
+        "progress_detail": job.progress_detail,
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+        "webhook": _webhook_public(job),
+    }
+    try:
+        return JOB_PUBLIC_MODELS[job.kind].model_validate(fields)
+    except ValidationError as exc:
+        log.warning("job %s: its stored %s no longer validates, so it is answered as stored: %s", job.id,
+                    " and ".join(_invalid_fields(exc)), exc)  # fmt: skip
+        return job_as_stored(fields)
+
+
+def job_as_stored(fields: dict[str, Any]) -> JobPublicBase:
+    """A job with its input, result and progress exactly as stored, unchecked, the rest checked.
+
+    What a job written by an older version reads back as once a newer one narrows what its kind
+    accepts (a lower bound on `max_new_tokens`, a field renamed): the job as it was submitted and
+    run, rather than an error for it, and for every page of the listing it is on. A ValidationError
+    if anything else is wrong (a `kind` no longer known among them)."""
+    stored = _StoredJob.model_validate(fields)
+    model = JOB_PUBLIC_MODELS[stored.kind]
+    return model.model_construct(
+        **{name: getattr(stored, name) for name in model.model_fields} | {"kind": stored.kind.value}
     )
+
+
+def parse_job_public(data: object) -> JobPublicBase:
+    """A job from the API's JSON, decoded (the client's reading of it): typed by its kind, or as stored,
+    as the API answered it."""
+    try:
+        return _JOB_PUBLIC.validate_python(data)
+    except ValidationError as exc:
+        if not isinstance(data, dict) or not set(_invalid_fields(exc)) <= set(_KIND_TYPED):
+            raise
+        return job_as_stored(data)
+
+
+def _invalid_fields(exc: ValidationError) -> list[str]:
+    """The top-level fields a job's errors are in (a union's errors start with the member's tag)."""
+    found: list[str] = []
+    for error in exc.errors():
+        loc = [part for part in error["loc"] if part not in JOB_PUBLIC_MODELS]
+        if loc and str(loc[0]) not in found:
+            found.append(str(loc[0]))
+    return found
 
 
 def _webhook_public(job: "Job") -> WebhookPublic | None:

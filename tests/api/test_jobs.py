@@ -1,5 +1,6 @@
 """/v1/jobs over HTTP: submit, idempotency, validation, read, long-poll, list, cancel."""
 
+import logging
 import threading
 import time
 from typing import Any
@@ -7,7 +8,7 @@ from uuid import UUID
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from jobs.db import SessionFactory, session_scope
 from jobs.models import Image, Job
@@ -170,6 +171,41 @@ def test_list_newest_first_paginated_and_filtered(client: TestClient, image_id: 
     assert client.get("/v1/jobs", params={"status": "succeeded"}).json()["data"] == []
     assert client.get("/v1/jobs", params={"cursor": "garbage"}).json()["error"]["code"] == "invalid_cursor"
     assert client.get("/v1/jobs", params={"limit": 0}).json()["error"]["field"] == "limit"
+
+
+def test_a_job_stored_by_an_older_version_reads_back_as_stored(
+    client: TestClient, image_id: str, sessions: SessionFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A job whose stored input and result no longer validate (a newer version narrowed a bound, renamed
+    a field) is answered as it was stored, by itself and on its page of the listing, and the API logs
+    which fields; the jobs around it are answered as ever, and nothing is written."""
+    before = submit(client, {"kind": "caption", "input": {"image_id": image_id}}).json()
+    old = submit(client, {"kind": "caption", "input": {"image_id": image_id}}).json()
+    after = submit(client, {"kind": "caption", "input": {"image_id": image_id}}).json()
+    stored_input = old["input"] | {"decoding": {"max_new_tokens": 100_000}, "style": "terse"}
+    stored_result = {"captions": "a red circle"}  # a string where a list is now expected
+    with session_scope(sessions) as session:
+        run = claim_job(session, UUID(old["id"]))
+        assert run is not None
+        succeed_job(session, run.attempt, {"captions": ["a red circle"]})
+        session.execute(update(Job).where(Job.id == UUID(old["id"])).values(input=stored_input, result=stored_result))
+
+    with caplog.at_level(logging.WARNING, logger="jobs.schemas"):
+        read = client.get(f"/v1/jobs/{old['id']}")
+    assert read.status_code == 200, read.text
+    job = read.json()
+    assert (job["input"], job["result"], job["status"], job["kind"]) == (stored_input, stored_result, "succeeded",
+                                                                        "caption")  # fmt: skip
+    assert job["created_at"] == old["created_at"] and job["finished_at"] is not None
+    assert f"job {old['id']}: its stored input and result no longer validate" in caplog.text
+
+    listing = client.get("/v1/jobs", params={"limit": 3})
+    assert listing.status_code == 200, listing.text
+    assert [j["id"] for j in listing.json()["data"]] == [after["id"], old["id"], before["id"]]
+    assert listing.json()["data"][1] == job
+    assert listing.json()["data"][0] == client.get(f"/v1/jobs/{after['id']}").json() == after
+    with session_scope(sessions) as session:
+        assert session.scalar(select(Job.input).where(Job.id == UUID(old["id"]))) == stored_input
 
 
 def test_cancel_queued_then_409(client: TestClient, image_id: str) -> None:

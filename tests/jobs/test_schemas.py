@@ -1,13 +1,17 @@
 """Job request schemas: one discriminated union over kinds, with field-named errors."""
 
+import json
 import uuid
+import warnings
+from datetime import datetime
 
 import pytest
 from pydantic import ValidationError
 
-from jobs.inputs import EmbedInput, MatchInput
+from jobs.inputs import EmbedInput, MatchInput, TrainInput
 from jobs.kinds import JobKind, spec_of
-from jobs.schemas import JOB_CREATE_ADAPTER, JOB_CREATE_MODELS
+from jobs.schemas import JOB_CREATE_ADAPTER, JOB_CREATE_MODELS, JOB_PUBLIC_MODELS, parse_job_public
+from jobs.status import JobStatus
 from tests.support.images import png_base64, png_bytes
 
 IMAGE_ID = str(uuid.uuid4())
@@ -158,3 +162,43 @@ def test_download_options_the_format_does_not_read_are_refused(download: dict[st
     with pytest.raises(ValidationError, match=says) as caught:
         spec_of("download").parse(download)
     assert caught.value.errors()[0]["loc"][0] == "options", "the error should name the options field"
+
+
+# ---- jobs read back -------------------------------------------------------------------------
+
+
+def stored_job(**fields: object) -> dict[str, object]:
+    """A train job as the API writes it out, with its input and progress from an older version."""
+    job = {
+        "id": str(uuid.uuid4()), "kind": "train", "model": "tiny-opt", "status": "running",
+        "input": {"dataset": "shapes", "output_model": "mine", "max_steps": -3, "optimiser": "sgd"},
+        "result": None, "error": None, "attempts": 1, "priority": "interactive", "cached": False,
+        "progress": 0.5, "progress_detail": {"step": "six"}, "created_at": "2026-11-30T10:00:00Z",
+        "started_at": "2026-11-30T10:00:01Z", "finished_at": None, "webhook": None,
+    }  # fmt: skip
+    return job | fields
+
+
+def test_a_client_reads_a_job_stored_by_an_older_version_as_stored() -> None:
+    """What the API answers for such a job (jobs/schemas.py `job_as_stored`), the client reads back the
+    same way: the kind-typed fields as they are, everything else typed, and it writes out unchanged."""
+    data = stored_job()
+    job = parse_job_public(data)
+    assert isinstance(job, JOB_PUBLIC_MODELS[JobKind.TRAIN])
+    assert (job.input, job.progress_detail) == (data["input"], data["progress_detail"])
+    assert isinstance(job.id, uuid.UUID) and isinstance(job.created_at, datetime) and job.status is JobStatus.RUNNING
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # pydantic warns when it writes out a value not of the field's type
+        assert json.loads(job.model_dump_json()) == data
+
+
+def test_a_valid_job_reads_back_typed() -> None:
+    data = stored_job(input={"dataset": "shapes", "output_model": "mine"}, progress_detail=None)
+    job = parse_job_public(data)
+    assert isinstance(job.input, TrainInput) and job.input.max_steps > 0
+
+
+@pytest.mark.parametrize("fields", [{"status": "paused"}, {"id": "not-an-id"}, {"kind": "paint"}])
+def test_anything_else_wrong_with_a_job_is_still_an_error(fields: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        parse_job_public(stored_job(**fields))
