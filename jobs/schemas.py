@@ -69,8 +69,8 @@ class JobCreateBase(BaseModel):
     input: JobInput
     # Where to POST the finished job (signed; see README "Webhooks"); default: the tenant's, if any.
     webhook_url: str | None = Field(default=None, pattern=WEBHOOK_URL_PATTERN, max_length=WEBHOOK_URL_LENGTH)
-    # Batch inference jobs run only while no interactive job of their model waits (or once they waited
-    # too long); long jobs (train, evaluate, download) run one per message on their own queues.
+    # Batch jobs run only while no interactive job of their queue waits (or once they waited too long):
+    # the model's queue, or for long jobs (train, evaluate, download) the queue of their kind.
     priority: Priority = Priority.INTERACTIVE
     # False: run it even if an identical job already succeeded (true: answer from that job's result;
     # inference jobs only, never sampling without a seed).

@@ -35,7 +35,7 @@ from jobs.queues import queue_for_model, queue_for_trained
 from jobs.repository import add_job, cancel_job
 from jobs.schemas import JOB_CREATE_ADAPTER
 from jobs.settings import Settings
-from jobs.status import JobStatus
+from jobs.status import JobStatus, Priority
 from jobs.submission import Submission, submit_job
 from jobs.sweeper import sweep_once
 from tests.support.auth import TENANT
@@ -163,24 +163,29 @@ def test_a_tenants_weight_sets_its_share(ctx: Submission, worker_for: Any, image
 
 
 def test_long_jobs_take_turns_too(ctx: Submission, worker_for: Any, dispatcher: Dispatcher) -> None:
-    """A queues 6 downloads, then B queues 2: the first four to run are A's and B's in turns, not A's
-    backlog first (the order their messages came in). Each download names a host the worker may not
-    fetch, so it fails at once, reaching no network; what counts is the order the claims took them.
-    The jobs and the worker use a queue of their own, so no other long worker takes them."""
+    """B queues a batch-priority download, A 6 downloads, then B 2: the first four to run are A's and
+    B's in turns, not A's backlog first (the order their messages came in), and the batch job runs
+    last. Each download names a host the worker may not fetch, so it fails at once, reaching no
+    network; what counts is the order the claims took them. The jobs and the worker use a queue of
+    their own, so no other long worker takes them."""
     forbidden = {"url": "http://localhost:9/data.tar.gz", "sha256": "0" * 64, "name": "turns", "format": "jsonl"}
-    queue = "fair-long"
+    queue, queued = (
+        "fair-long",
+        [(B, Priority.BATCH)] + [(A, Priority.INTERACTIVE)] * 6 + [(B, Priority.INTERACTIVE)] * 2,
+    )
     with session_scope(ctx.sessions) as session:
-        jobs = [add_job(session, tenant=tenant, kind=JobKind.DOWNLOAD, model="", queue=queue, input=forbidden)
-                for tenant in [A] * 6 + [B] * 2]  # fmt: skip
+        jobs = [add_job(session, tenant=tenant, kind=JobKind.DOWNLOAD, model="", queue=queue, input=forbidden,
+                        priority=priority) for tenant, priority in queued]  # fmt: skip
     for job in jobs:
         dispatcher.send(JobMessage.of(job))
-    ids = [job.id for job in jobs]
     worker_for("fair-opt", queue=queue)
-    ended = {job_id: wait_terminal(ctx.sessions, job_id, timeout_s=300) for job_id in ids}
-    assert {(job.status, job.error_code) for job in ended.values()} == {(JobStatus.FAILED, "forbidden_url")}
-    order = "".join(job.tenant[-1] for job in sorted(ended.values(), key=lambda job: at(job.started_at)))
-    print(f"\nlong jobs, A's 6 queued before B's 2, ran in the order {order}")
+    ended = [wait_terminal(ctx.sessions, job.id, timeout_s=300) for job in jobs]
+    assert {(job.status, job.error_code) for job in ended} == {(JobStatus.FAILED, "forbidden_url")}
+    by_start = sorted(ended, key=lambda job: at(job.started_at))
+    order = "".join(job.tenant[-1] for job in by_start)
+    print(f"\nlong jobs, B's batch job, A's 6, then B's 2 queued, ran in the order {order}")
     assert order[:4].count("b") == 2, f"B's jobs waited behind A's backlog: {order}"
+    assert by_start[-1].id == jobs[0].id, f"the batch-priority job ran before interactive ones: {order}"
 
 
 def test_a_long_job_whose_stored_input_no_longer_parses_fails_alone(
