@@ -211,7 +211,7 @@ def job_public(job: "Job") -> JobPublicBase:
     try:
         return JOB_PUBLIC_MODELS[job.kind].model_validate(fields)
     except ValidationError as exc:
-        log.warning("job %s: its stored %s no longer validates, so it is answered as stored: %s", job.id,
+        log.warning("job %s: stored %s not valid in this version, answered as stored: %s", job.id,
                     " and ".join(_invalid_fields(exc)), exc)  # fmt: skip
         return job_as_stored(fields)
 

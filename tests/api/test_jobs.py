@@ -197,7 +197,7 @@ def test_a_job_stored_by_an_older_version_reads_back_as_stored(
     assert (job["input"], job["result"], job["status"], job["kind"]) == (stored_input, stored_result, "succeeded",
                                                                         "caption")  # fmt: skip
     assert job["created_at"] == old["created_at"] and job["finished_at"] is not None
-    assert f"job {old['id']}: its stored input and result no longer validate" in caplog.text
+    assert f"job {old['id']}: stored input and result not valid in this version, answered as stored" in caplog.text
 
     listing = client.get("/v1/jobs", params={"limit": 3})
     assert listing.status_code == 200, listing.text
