@@ -222,7 +222,7 @@ def job_as_stored(fields: dict[str, Any]) -> JobPublicBase:
     What a job written by an older version reads back as once a newer one narrows what its kind
     accepts (a lower bound on `max_new_tokens`, a field renamed): the job as it was submitted and
     run, rather than an error for it, and for every page of the listing it is on. A ValidationError
-    if anything else is wrong (a `kind` no longer known among them)."""
+    if anything else is wrong (an unknown `kind`, a bad status or id)."""
     stored = _StoredJob.model_validate(fields)
     model = JOB_PUBLIC_MODELS[stored.kind]
     return model.model_construct(
@@ -245,7 +245,7 @@ def _invalid_fields(exc: ValidationError) -> list[str]:
     """The top-level fields a job's errors are in (a union's errors start with the member's tag)."""
     found: list[str] = []
     for error in exc.errors():
-        loc = [part for part in error["loc"] if part not in JOB_PUBLIC_MODELS]
+        loc = error["loc"][1:] if error["loc"] and error["loc"][0] in JOB_PUBLIC_MODELS else error["loc"]
         if loc and str(loc[0]) not in found:
             found.append(str(loc[0]))
     return found

@@ -109,14 +109,13 @@ def run_long_job(
         log.info("job %s runs first, its tenant's turn (message of job %s)", job.id, message_job)
     if on_claimed is not None:
         on_claimed([job])
-    progress = JobProgress(job.attempt, runtime.sessions)
     try:
         job_input = KINDS[job.kind].parse(job.input)
     except ValidationError as exc:  # a row written by hand, or by an older version: it fails alone
-        _fail(
-            runtime, job, "invalid_input", f"the stored input is not a {job.kind.value} input: {exc}", time.monotonic()
-        )
+        message = f"the stored input is not a {job.kind.value} input: {exc}"
+        _fail(runtime, job, "invalid_input", message, started=time.monotonic())
     else:
+        progress = JobProgress(job.attempt, runtime.sessions)
         with heartbeating([job.attempt], runtime.sessions, runtime.settings.HEARTBEAT_INTERVAL_S):
             _run_to_an_end(LongJob(job, job_input, runtime, progress))
     return _transaction(runtime, f"reading job {job.id}", lambda s: find_job(s, job.id))
