@@ -273,12 +273,14 @@ def flower(
     """Serve the Flower dashboard, behind basic auth (FLOWER_USER / FLOWER_PASSWORD), /metrics included."""
     from jobs.broker import create_celery
     from jobs.flower_auth import protect_metrics
+    from jobs.flower_logs import explain_unanswered_inspections
 
     with one_line_errors():
         settings = settings_from_environment()
         celery = create_celery(settings)
     auth = f"{settings.FLOWER_USER}:{settings.FLOWER_PASSWORD}"
     protect_metrics()
+    explain_unanswered_inspections()
     celery.start([
         "flower", f"--port={port}", f"--address={address}", f"--basic-auth={auth}",
         f"--tasks-columns={FLOWER_TASK_COLUMNS}",

@@ -25,6 +25,8 @@ from playwright.sync_api import Browser, Page, expect
 from sqlalchemy import update
 
 from jobs.db import SessionFactory, session_scope
+from jobs.embedded import free_port
+from jobs.flower_logs import UNANSWERED
 from jobs.models import Job
 from jobs.queues import queue_for_model
 from jobs.settings import Settings
@@ -33,7 +35,7 @@ from tests.support.auth import bearer
 from tests.support.broker import withhold
 from tests.support.browser import offline_page
 from tests.support.jobs import damage, submit, upload
-from tests.support.processes import running_worker
+from tests.support.processes import cli_process, running_worker, wait_for_log
 from tests.support.waiting import wait_terminal, wait_until
 
 pytestmark = pytest.mark.slow
@@ -181,3 +183,14 @@ def test_screenshot_of_the_task_list(task_list: Page, tmp_path: Path) -> None:
     assert shot.stat().st_size > 10_000, "the screenshot is empty"
     if target := os.environ.get("FLOWER_SCREENSHOT"):
         shutil.copyfile(shot, target)
+
+
+def test_flower_started_before_any_worker_says_so_without_a_warning(settings: Settings, tmp_path: Path) -> None:
+    """As `blip2-jobs up` starts it: no worker answers its first inspection yet, and that is not a failure."""
+    nobody = settings.model_copy(update={"REDIS_KEY_PREFIX": f"{settings.REDIS_KEY_PREFIX}no-workers:"})
+    log = tmp_path / "flower.log"
+    with cli_process(["flower", "--port", str(free_port())], nobody, log) as process:
+        wait_for_log(log, UNANSWERED, process, timeout_s=120)
+    said = log.read_text().splitlines()
+    assert [line for line in said if line.startswith(("[W", "[E"))] == [], said
+    assert [line for line in said if "inspector" in line] == [line for line in said if UNANSWERED in line]
