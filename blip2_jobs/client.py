@@ -76,13 +76,13 @@ class Client:
         self.close()
 
     def _run(self, flow: Flow[T]) -> T:
-        call = next(flow)
+        response = None  # a flow's first step sends nothing; some (no jobs to submit) end there
         while True:
-            response = self._send(call)
             try:
                 call = flow.send(response)
             except StopIteration as done:
                 return done.value  # type: ignore[no-any-return]
+            response = self._send(call)
 
     def _send(self, call: Call) -> httpx.Response:
         attempt = 0

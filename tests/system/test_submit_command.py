@@ -105,6 +105,21 @@ def test_a_file_that_is_not_an_image_gets_its_own_line(api_url: str, api_key: st
     )
 
 
+@pytest.mark.parametrize("waiting", [[], ["--wait"]])
+def test_no_file_accepted_is_a_line_each_and_exit_1(
+    api_url: str, api_key: str, tmp_path: Path, waiting: list[str]
+) -> None:
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not an image")
+    done = submit("caption", bad, tmp_path / "missing.png", *waiting, "--model", UNSERVED, key=api_key, server=api_url)
+    assert done.returncode == 1, done.stderr
+    assert [(line["status"], line["error"]["code"]) for line in lines(done.stdout)] == [
+        ("refused", "invalid_image"),
+        ("refused", "unreadable_file"),
+    ]
+    assert "Traceback" not in done.stderr, done.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "key", "expected"),
     [
