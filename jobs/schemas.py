@@ -18,7 +18,7 @@ from jobs.outputs import JobOutput, ProgressDetail
 from jobs.settings import JOBS_PER_BATCH_CEILING
 from jobs.status import JobStatus, Priority
 
-WEBHOOK_URL_PATTERN = r"^https?://"
+WEBHOOK_URL_PATTERN = r"^https?://[^\x00-\x1f\x7f]*$"  # no control characters, as PRINTABLE_PATTERN
 # Text stored or looked up in Postgres (an Idempotency-Key, a model's name): no control characters
 # (Postgres refuses NUL in text).
 PRINTABLE_PATTERN = r"^[^\x00-\x1f\x7f]+$"

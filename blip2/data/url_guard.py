@@ -45,7 +45,9 @@ def check_url(url: str, allowed_hosts: Collection[str] = (), timeout_s: float | 
     host = (parsed.hostname or "").lower()
     if not host:
         raise ForbiddenUrl(f"{url}: the URL names no host")
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    port = parsed.port if parsed.port is not None else (443 if parsed.scheme == "https" else 80)
+    if port == 0:
+        raise ValueError("port 0 is not one a connection can be made to")
     try:
         return checked_addresses(host, port, _normalised(allowed_hosts), timeout_s)
     except ForbiddenUrl as exc:

@@ -208,6 +208,7 @@ _NUL_INPUTS = [
     ({"kind": "vqa", "input": {"question": "q", "examples": _EXAMPLES}}, "input.examples.0.answer"),
     ({"kind": "download", "input": _DOWNLOAD}, "input.url"),
     ({"kind": "download", "input": {"dataset": "coco\u0000"}}, "input.dataset"),
+    ({"kind": "caption", "input": {}, "webhook_url": "http://8.8.8.8/hook\u0000x"}, "webhook_url"),
 ]
 
 
@@ -237,3 +238,19 @@ def test_nul_in_any_text_of_an_input_is_422_and_stores_nothing(
 def _jobs(engine: Engine) -> int:
     with engine.connect() as connection:
         return connection.scalar(select(func.count()).select_from(Job)) or 0
+
+
+def test_a_webhook_url_to_port_0_is_refused(client: TestClient, engine: Engine) -> None:
+    """Port 0 is no port a delivery could reach (it used to be checked as port 80, then accepted)."""
+    status, image = upload(client, png_bytes())
+    assert status in (200, 201), image
+    before = _jobs(engine)
+    body = {"kind": "caption", "input": {"image_id": image["id"]}, "webhook_url": "http://8.8.8.8:0/hook"}
+    response = client.post("/v1/jobs", json=body)
+    assert response.status_code == 422, response.text
+    assert (response.json()["error"]["code"], response.json()["error"]["field"]) == (
+        "invalid_webhook_url",
+        "webhook_url",
+    )
+    assert "port 0" in response.json()["error"]["message"]
+    assert _jobs(engine) == before
