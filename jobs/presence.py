@@ -85,8 +85,11 @@ def reroute_orphaned_jobs(session: Session, registry: Registry, limit: int) -> l
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
-    moved = list(session.scalars(orphaned))
-    for job in moved:
-        job.queue = KINDS[job.kind].queue(serving_model(session, registry, job.model, job.tenant))
+    moved = []
+    for job in session.scalars(orphaned):
+        queue = KINDS[job.kind].queue(serving_model(session, registry, job.model, job.tenant))
+        if queue != job.queue:  # never: no model's queue is a trained model's; else it would be re-sent each sweep
+            job.queue = queue
+            moved.append(job)
     session.flush()
     return moved

@@ -10,7 +10,8 @@ from enum import StrEnum
 
 INFERENCE_QUEUE_PREFIX = "infer."
 # A tenant's trained model served by workers of its own (`worker --model NAME --tenant TENANT`). No
-# model queue starts so: a hub id's "/" becomes "_", and no registry name starts with "tenant.".
+# model queue starts so: no registry name starts with "tenant.", and a hub id or path that would
+# (`tenant.a/b.mine` -> `tenant.a_b.mine`, tenant `a_b`'s model `mine`) is escaped with a leading "_".
 TRAINED_QUEUE_PREFIX = INFERENCE_QUEUE_PREFIX + "tenant."
 _UNSAFE_QUEUE_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -28,8 +29,12 @@ DOWNLOAD_QUEUE = Lane.DOWNLOAD.value
 
 
 def queue_for_model(model: str) -> str:
-    """The inference queue of a model name (a hub id or a path is made queue-name safe)."""
-    return INFERENCE_QUEUE_PREFIX + _UNSAFE_QUEUE_CHARS.sub("_", model)
+    """The inference queue of a model name (a hub id or a path is made queue-name safe), never a
+    trained model's own queue."""
+    queue = INFERENCE_QUEUE_PREFIX + _UNSAFE_QUEUE_CHARS.sub("_", model)
+    if queue.startswith(TRAINED_QUEUE_PREFIX):
+        return INFERENCE_QUEUE_PREFIX + "_" + queue.removeprefix(INFERENCE_QUEUE_PREFIX)
+    return queue
 
 
 def queue_for_trained(tenant: str, name: str) -> str:

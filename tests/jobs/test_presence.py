@@ -12,7 +12,7 @@ from jobs.catalog import save_trained_model
 from jobs.db import SessionFactory, session_scope
 from jobs.models import Job, TrainedModel, WorkerPresence
 from jobs.presence import PresenceCache, announce, is_served, withdraw
-from jobs.queues import queue_for_trained
+from jobs.queues import TRAINED_QUEUE_PREFIX, queue_for_model, queue_for_trained
 from jobs.repository import get_job
 from jobs.schemas import JOB_CREATE_ADAPTER
 from jobs.settings import Settings
@@ -95,3 +95,37 @@ def test_jobs_stranded_on_a_dead_queue_go_to_the_base_models_workers(
         jobs = [get_job(session, job_id) for job_id in ids]
     assert [(job.queue, job.status) for job in jobs] == [(BASE_QUEUE, JobStatus.QUEUED)] * 2
     assert set(waiting_job_ids(key_prefix, BASE_QUEUE)) == {str(job_id) for job_id in ids}
+
+
+def test_a_hub_id_named_like_a_trained_model_keeps_off_its_queue(
+    sessions: SessionFactory, dispatcher: Dispatcher, settings: Settings, key_prefix: str
+) -> None:
+    """`tenant.a/b.mine` made queue-safe reads `tenant.a_b.mine`: tenant `a_b`'s model `mine`. Its jobs
+    must not reach that tenant's workers, nor be "moved" to the same queue (and re-sent) every sweep."""
+    hub_id = "tenant.a/b.mine"
+    assert queue_for_model(hub_id) != queue_for_trained("a_b", "mine")
+    assert not queue_for_model(hub_id).startswith(TRAINED_QUEUE_PREFIX)
+    body = {"kind": "caption", "model": hub_id, "input": {"image": png_base64()}, "cache": False}
+    ctx = submission(sessions, dispatcher, settings)
+    job = submit_job(ctx, TENANT, JOB_CREATE_ADAPTER.validate_python(body)).job
+    assert job.queue == queue_for_model(hub_id)
+    drain(key_prefix, job.queue)
+    assert sweep_once(sessions, dispatcher, settings).rerouted == 0
+    assert waiting_job_ids(key_prefix, job.queue) == []
+
+
+def test_a_job_stored_on_a_trained_queue_by_a_hub_id_is_moved_once(
+    sessions: SessionFactory, dispatcher: Dispatcher, settings: Settings, key_prefix: str
+) -> None:
+    """A job queued before the escape, on the queue its hub id used to share: moved to its own, once."""
+    hub_id = "tenant.a/b.mine"
+    body = {"kind": "caption", "model": hub_id, "input": {"image": png_base64()}, "cache": False}
+    job = submit_job(submission(sessions, dispatcher, settings), TENANT, JOB_CREATE_ADAPTER.validate_python(body)).job
+    drain(key_prefix, job.queue)
+    with session_scope(sessions) as session:
+        session.execute(update(Job).where(Job.id == job.id).values(queue=queue_for_trained("a_b", "mine")))
+    assert sweep_once(sessions, dispatcher, settings).rerouted == 1
+    assert sweep_once(sessions, dispatcher, settings).rerouted == 0
+    with session_scope(sessions) as session:
+        assert get_job(session, job.id).queue == queue_for_model(hub_id)
+    assert waiting_job_ids(key_prefix, queue_for_model(hub_id)) == [str(job.id)]
