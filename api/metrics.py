@@ -27,7 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from blip2.registry import Registry
 from jobs.db import SessionFactory
-from jobs.metrics import exposition, model_label
+from jobs.metrics import exposition, model_label, queue_label
 from jobs.models import Job
 from jobs.status import JobStatus
 
@@ -125,15 +125,16 @@ def _families(rows: Sequence[JobRow], registry: Registry) -> list[Metric]:
     failed = [row for row in rows if row.status == JobStatus.FAILED.value]
     for key, count in _sum_by(failed, lambda row: labels(row, row.error_code or "")).items():
         failures.add_metric(list(key), count)
-    return [jobs, failures, _queue_depth(rows)]
+    return [jobs, failures, _queue_depth(rows, registry)]
 
 
-def _queue_depth(rows: Sequence[JobRow]) -> Metric:
+def _queue_depth(rows: Sequence[JobRow], registry: Registry) -> Metric:
     """Queued jobs by queue: every queue that has jobs, at 0 when none waits (a series that vanished
     would read as "no data", not as an empty queue)."""
     depth = GaugeMetricFamily("blip2_queue_depth", "Queued jobs by queue", labels=["queue"])
-    queued = _sum_by([row for row in rows if row.status == JobStatus.QUEUED.value], lambda row: row.queue)
-    for queue in dict.fromkeys(row.queue for row in rows):
+    label = lambda row: queue_label(registry, row.queue)  # noqa: E731
+    queued = _sum_by([row for row in rows if row.status == JobStatus.QUEUED.value], label)
+    for queue in dict.fromkeys(map(label, rows)):
         depth.add_metric([queue], queued.get(queue, 0))
     return depth
 

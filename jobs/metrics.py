@@ -13,17 +13,25 @@ from prometheus_client.registry import Collector
 
 from blip2.registry import Registry
 from jobs.metrics_dir import metrics_are_shared
+from jobs.queues import Lane, queue_for_model
 
 log = logging.getLogger(__name__)
 
 # A job's model as a label: a registry name, or this for anything else (a tenant's trained model,
-# whose name is that tenant's business, or an ad hoc hub id, of which there is no end).
+# whose name is that tenant's business, or an ad hoc hub id, of which there is no end); its queue too.
 OTHER_MODEL = "other"
 
 
 def model_label(registry: Registry, name: str) -> str:
     """The `model` label of a job on `name`: bounded, and never another tenant's model name."""
     return name if name in {spec.name for spec in registry.specs()} else OTHER_MODEL
+
+
+def queue_label(registry: Registry, queue: str) -> str:
+    """The `queue` label of a job on `queue`: a registry model's queue or a long-job lane, else
+    `other` (a trained model's own queue names its tenant and model; a hub id's has no end)."""
+    known = {queue_for_model(spec.name) for spec in registry.specs()} | {lane.value for lane in Lane}
+    return queue if queue in known else OTHER_MODEL
 
 
 def exposition(recorded: CollectorRegistry, *live: Collector) -> bytes:

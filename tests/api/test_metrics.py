@@ -11,6 +11,7 @@ from sqlalchemy import Engine, text
 from api.main import create_app
 from jobs.db import SessionFactory, session_scope
 from jobs.kinds import JobKind
+from jobs.queues import queue_for_model, queue_for_trained
 from jobs.repository import add_job, claim_job, fail_job
 from jobs.settings import Settings
 from tests.support.auth import TENANT, bearer
@@ -105,12 +106,17 @@ def test_a_queue_that_drained_reads_zero(client: TestClient, sessions: SessionFa
 
 
 def test_models_outside_the_registry_share_one_label(client: TestClient, sessions: SessionFactory) -> None:
-    """A tenant's trained model is named by that tenant: other tenants' keys must not read it here."""
+    """A tenant's trained model is named by that tenant: other tenants' keys must not read it here, in
+    the model label or in the queue of its own workers; nor does each hub id add a series."""
     with session_scope(sessions) as session:
         job_input = {"image_id": str(uuid4())}
-        add_job(
-            session, tenant=TENANT, kind=JobKind.CAPTION, model="acme-private-captioner", queue=QUEUE, input=job_input
-        )
+        own_queue = queue_for_trained(TENANT, "acme-private-captioner")
+        for model, queue in (
+            ("acme-private-captioner", own_queue),
+            ("someone/ad-hoc", queue_for_model("someone/ad-hoc")),
+        ):
+            add_job(session, tenant=TENANT, kind=JobKind.CAPTION, model=model, queue=queue, input=job_input)
     text = scrape(client)
-    assert "acme-private-captioner" not in text
-    assert sample(text, "blip2_jobs", {"status": "queued", "kind": "caption", "model": "other"}) == 1
+    assert "acme-private-captioner" not in text and "ad-hoc" not in text
+    assert sample(text, "blip2_jobs", {"status": "queued", "kind": "caption", "model": "other"}) == 2
+    assert sample(text, "blip2_queue_depth", {"queue": "other"}) == 2
