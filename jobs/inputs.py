@@ -320,7 +320,9 @@ class DownloadInput(JobInput):
     model_config = ConfigDict(
         json_schema_extra=exactly_one(
             _all_of(
-                _given("dataset"), _absent("url", "sha256", "format"), {"properties": {"options": {"maxProperties": 0}}}
+                _given("dataset"),
+                _absent("url", "sha256", "name", "format"),
+                {"properties": {"options": {"maxProperties": 0}}},
             ),
             _all_of(_given("url", "sha256", "name", "format"), _absent("dataset")),
         )
@@ -356,18 +358,12 @@ class DownloadInput(JobInput):
     @model_validator(mode="after")
     def _one_source(self) -> Self:
         if self.dataset is not None:
-            if self.url is not None or self.sha256 is not None or self.format is not None:
+            # A manifest entry is registered under its own name: a `name` beside it would be ignored.
+            if self.url is not None or self.sha256 is not None or self.name is not None or self.format is not None:
                 raise ValueError("give either dataset, or url with sha256, name and format")
         elif self.url is None or self.sha256 is None or self.name is None or self.format is None:
             raise ValueError("a url download needs url, sha256, name and format")
         return self
-
-    @property
-    def registered_name(self) -> str:
-        """The name the dataset is registered under."""
-        name = self.name or self.dataset
-        assert name is not None  # _one_source: one of them is always set
-        return name
 
 
 class TrainInput(JobInput):
@@ -394,7 +390,7 @@ class TrainInput(JobInput):
     checkpoint_every: int = Field(default=100, ge=1)
     # Which parts train; default as BLIP-2: vision encoder and language model frozen.
     train: list[Component] = Field(default_factory=lambda: _BLIP2_TRAINED_PARTS.copy(), min_length=1)
-    seed: int = 0
+    seed: int = Field(default=0, ge=LIMITS["seed"].low, le=LIMITS["seed"].high)  # as decoding's
     start_from: str | None = Field(
         default=None,
         min_length=1,

@@ -83,3 +83,16 @@ def test_the_schema_accepts_what_the_model_accepts(model: type[BaseModel], data:
 def test_the_cases_cover_both_answers() -> None:
     answers = {accepted_by_model(model, data) for model, data in CASES}
     assert answers == {True, False}
+
+
+def test_a_manifest_download_takes_no_name() -> None:
+    """A manifest entry is registered under its own name: a `name` beside it was accepted and ignored."""
+    assert accepted_by_model(DownloadInput, {"dataset": "shapes"})
+    assert not accepted_by_model(DownloadInput, {"dataset": "shapes", "name": "mine"})
+
+
+@pytest.mark.parametrize(("seed", "accepted"), [(0, True), (2**32 - 1, True), (2**32, False), (-1, False)])
+def test_a_training_seed_is_bounded_as_a_decoding_seed(seed: int, accepted: bool) -> None:
+    """Past 2**63 / 1,000,003 the seed overflowed torch's generator once the model had loaded."""
+    assert accepted_by_model(TrainInput, TRAIN | {"seed": seed}) == accepted
+    assert accepted_by_schema(TrainInput, TRAIN | {"seed": seed}) == accepted
