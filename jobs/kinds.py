@@ -102,6 +102,10 @@ class KindSpec(Generic[InputT]):
         """Why a model of `family` cannot run this input, or None."""
         return None if family is None or self.refuse is None else self.refuse(family, job_input)
 
+    def needs_retrieval_model(self, job_input: JobInput) -> bool:
+        """Whether only a retrieval model (family itm) can run this input, as the refusals say."""
+        return self.refusal(Family.ITM, job_input) is None and self.refusal(Family.OPT, job_input) is not None
+
     def batch_cost(self, job_input: JobInput) -> int:
         """How many rows of a batch this job takes: the sequences it generates side by side (beams or samples)."""
         if isinstance(job_input, GeneratingInput):

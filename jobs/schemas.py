@@ -60,7 +60,8 @@ class ImagesPublic(BaseModel):
 
 
 class JobCreateBase(BaseModel):
-    """Fields every job request shares; `model` defaults to BLIP2_DEFAULT_MODEL."""
+    """Fields every job request shares; `model` defaults to BLIP2_DEFAULT_MODEL, or to
+    BLIP2_DEFAULT_MATCH_MODEL for a job only a retrieval model can run (match, text embeddings)."""
 
     model_config = ConfigDict(extra="forbid")
 

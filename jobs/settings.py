@@ -38,6 +38,9 @@ class Settings(BaseSettings):
 
     # Trained by this project on `shapes` (blip2/pretrained/): real captions and answers offline.
     BLIP2_DEFAULT_MODEL: str = "shapes-blip2"
+    # For jobs that name no model and only a retrieval model (family itm) can run: match, text and
+    # multimodal embeddings, training and evaluation of a match task.
+    BLIP2_DEFAULT_MATCH_MODEL: str = "shapes-itm"
     BLIP2_DATA_DIR: Path = Path("./data")
     # A user registry file adding model names to the built-in ones.
     BLIP2_MODELS_FILE: Path | None = None

@@ -378,7 +378,13 @@ def _checkpoint_fingerprint(session: Session, tenant: str, target: _Target) -> s
 
 
 def _model_name(ctx: Submission, request: JobCreateBase) -> str:
-    return "" if request.kind == JobKind.DOWNLOAD else request.model or ctx.settings.BLIP2_DEFAULT_MODEL
+    if request.kind == JobKind.DOWNLOAD:
+        return ""
+    if request.model:
+        return request.model
+    if KINDS[request.kind].needs_retrieval_model(request.input):
+        return ctx.settings.BLIP2_DEFAULT_MATCH_MODEL
+    return ctx.settings.BLIP2_DEFAULT_MODEL
 
 
 def _resolve_target(session: Session, registry: Registry, tenant: str, name: str, field: str = "model") -> _Target:

@@ -153,3 +153,27 @@ def _the_default_as_each_job_is_inserted(ctx: Submission, by_id: JobCreateBase) 
         later.id: "https://hooks.example/second",
     }
     assert (own_job.webhook_url, later.webhook_url) == ("http://127.0.0.1:9/own", "https://hooks.example/second")
+
+
+@pytest.mark.parametrize(
+    ("kind", "job_input", "model"),
+    [
+        ("caption", {}, "tiny-opt"),
+        ("embed", {"mode": "image"}, "tiny-opt"),
+        ("embed", {"mode": "text", "text": "a red circle"}, "tiny-itm"),
+        ("embed", {"mode": "multimodal", "text": "a red circle"}, "tiny-itm"),
+        ("match", {"texts": ["a red circle", "a blue square"]}, "tiny-itm"),
+    ],
+)
+def test_a_job_naming_no_model_gets_one_that_can_run_it(
+    ctx: Submission, key_prefix: str, kind: str, job_input: dict[str, object], model: str
+) -> None:
+    """BLIP2_DEFAULT_MODEL generates; what only a retrieval model can run takes BLIP2_DEFAULT_MATCH_MODEL
+    (before, a match job naming no model was refused: the default could not match)."""
+    settings = ctx.settings.model_copy(update={"BLIP2_DEFAULT_MATCH_MODEL": "tiny-itm"})
+    assert settings.BLIP2_DEFAULT_MODEL == "tiny-opt"
+    image = {} if job_input.get("mode") == "text" else {"image": png_base64()}
+    request = JOB_CREATE_ADAPTER.validate_python({"kind": kind, "input": image | job_input})
+    job = submit_job(replace(ctx, settings=settings), TENANT, request).job
+    assert (job.model, job.queue) == (model, f"infer.{model}")
+    drain(key_prefix, job.queue)
