@@ -98,7 +98,12 @@ PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
 
 
 def _pretrained(name: str, family: Family, description: str) -> ModelSpec:
-    return ModelSpec(name=name, checkpoint=str(PRETRAINED_DIR / name), family=family, description=description)
+    # Trained on the shapes grammar without a prompt, whose captions already name every shape, its
+    # colour and place: a "detailed" caption is that one (a prompt it never saw garbles it).
+    plain = FAMILY_TEMPLATES[family]
+    templates = Templates(plain.vqa, plain.short_caption, plain.short_caption)
+    return ModelSpec(name=name, checkpoint=str(PRETRAINED_DIR / name), family=family, description=description,
+                     templates=templates)  # fmt: skip
 
 
 # The tiny checkpoints' OPT reads this many positions, 8 of them image tokens; the small ones' 128,

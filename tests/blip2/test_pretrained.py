@@ -81,6 +81,16 @@ def test_captions_of_held_out_images_are_sentences_of_the_grammar(captioner: Loa
     assert all(_PHRASES.fullmatch(r.captions[0]) for r in said), [r.captions[0] for r in said]
 
 
+def test_a_detailed_caption_is_the_full_one(captioner: LoadedModel, shapes_test: object) -> None:
+    """Its captions already say every shape, colour and place: a "detailed" caption is the same (a prompt
+    it was never trained with gave "square at square at the top")."""
+    records = shapes_test.captions(Split.TEST)[:8]  # type: ignore[attr-defined]
+    images = [load_image_file(r.image_path) for r in records]
+    detailed = caption(captioner, images, style="detailed", decoding={"num_beams": 3})
+    assert [r.captions for r in detailed] == [r.captions for r in caption(captioner, images, decoding={"num_beams": 3})]
+    assert sum(r.captions[0] == record.captions[0] for r, record in zip(detailed, records, strict=True)) >= 7
+
+
 def test_answers_to_held_out_questions_are_single_words(captioner: LoadedModel, shapes_test: object) -> None:
     records = shapes_test.questions(Split.TEST)[:200]  # type: ignore[attr-defined]
     images = [load_image_file(r.image_path) for r in records]
