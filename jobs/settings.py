@@ -148,7 +148,8 @@ class Settings(BaseSettings):
     def broker_visibility_timeout_s(self) -> int:
         """Longer than the inference hard time limit, so Redis does not re-deliver a job still running.
 
-        Long jobs outlive it; a re-delivery of one finds it running with a fresh heartbeat and is dropped.
+        Long jobs outlive it; a re-delivery of one, like any message, claims the next job queued on its
+        queue (a job runs once whichever message claims it), and ends at once when none is.
         """
         return self.TASK_HARD_TIME_LIMIT_S + 300
 

@@ -59,8 +59,8 @@ def batch_ran(jobs: list[Job], batch_id: str, registry: Registry) -> None:
 
 
 def jobs_ended(jobs: Iterable[Job], batch_id: str, registry: Registry) -> None:
-    """Count and time the jobs that reached an end in this run (`batch_id`: the claim's task id); a job
-    taken for lost and run again elsewhere is the other run's to count."""
+    """Count and time the jobs that reached an end in this run (`batch_id`: its claim's, `claim_id`); a
+    job taken for lost and run again elsewhere is the other run's to count."""
     for job in jobs:
         if not job.status.is_terminal or job.batch_id != batch_id:
             continue

@@ -26,6 +26,7 @@ from worker.ended_here import DropEndedHere
 from worker.events import TaskEvents
 from worker.long_jobs import run_long_job
 from worker.runtime import WorkerRuntime
+from worker.time_limits import claim_id
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +55,10 @@ def _inference_task(runtime: WorkerRuntime) -> Callable[[Task, str], str]:
         events, started = _events(task), time.monotonic()
         # Most messages find their job already run in another's batch: the queue they came by (the
         # routing key: jobs/broker.py sends each to its job's queue) spares reading the job's row.
-        ended = run_batch_for(runtime, UUID(job_id), task.request.id, events.started, queue=_queue(task))
+        claim = claim_id(task.request.hostname or "", task.request.id)
+        ended = run_batch_for(runtime, UUID(job_id), claim, events.started, queue=_queue(task))
         events.ended(ended, time.monotonic() - started)
-        worker_metrics.batch_ran(ended, task.request.id, runtime.models.registry)
+        worker_metrics.batch_ran(ended, claim, runtime.models.registry)
         return f"{len(ended)} jobs run" if ended else "nothing queued"
 
     return run_inference
@@ -65,9 +67,10 @@ def _inference_task(runtime: WorkerRuntime) -> Callable[[Task, str], str]:
 def _long_task(runtime: WorkerRuntime) -> Callable[[Task, str], str]:
     def run_long(task: Task, job_id: str) -> str:
         events, started = _events(task), time.monotonic()
-        ended = run_long_job(runtime, UUID(job_id), task.request.id, events.started, queue=_queue(task))
+        claim = claim_id(task.request.hostname or "", task.request.id)
+        ended = run_long_job(runtime, UUID(job_id), claim, events.started, queue=_queue(task))
         events.ended([ended] if ended else [], time.monotonic() - started)
-        worker_metrics.jobs_ended([ended] if ended else [], task.request.id, runtime.models.registry)
+        worker_metrics.jobs_ended([ended] if ended else [], claim, runtime.models.registry)
         return ended.status.value if ended else "not queued"
 
     return run_long

@@ -4,9 +4,14 @@ At the soft limit the jobs' own process raises SoftTimeLimitExceeded and records
 (worker/batches.py). A batch deaf to it (stuck in a native call, a frozen process) is killed at the
 hard limit by the worker's main process, which acknowledges the message (Celery's acks_on_timeout),
 and nothing in the killed process is left to write. So the main process fails every job the task's
-claim took (`batch_id` is the task id), on Celery's `task_failure` signal. Without it the rows would
+claim took (its `batch_id`: below), on Celery's `task_failure` signal. Without it the rows would
 stay `running` until their lease ran out and the sweeper would run them again, each run killed at
 the same limit, until MAX_ATTEMPTS turned them into `worker_lost` failures.
+
+A claim's `batch_id` is its message's task id and the worker's node name (`claim_id`): a task id
+alone is the job's id, which a message sent again (by the sweeper, or redelivered by Redis after
+its visibility timeout) shares with the first, and the two may run at once on two workers, each
+claiming a batch of its own. Killing one must not fail the other's.
 
 The write runs in a thread of its own with a short-lived engine: the main process must not block
 its event loop on Postgres, nor hold connections across the forks of new children. If the write
@@ -40,15 +45,22 @@ _WRITING = threading.Lock()
 os.register_at_fork(before=_WRITING.acquire, after_in_parent=_WRITING.release, after_in_child=_WRITING.release)
 
 
+def claim_id(node: str, task_id: str) -> str:
+    """The `batch_id` of the claim a task's run makes: its task id on this worker node."""
+    return f"{task_id}@{node}"
+
+
 def record_hard_time_limits(app: Celery, settings: Settings) -> None:
     """Fail the job of any of `app`'s tasks killed at its hard time limit (connect once per worker app)."""
 
     last_task_id = ""  # Celery signals one hard timeout twice (on the timeout, then on the failed result)
+    node = ""
     events = TaskEvents(app, hostname="")
 
     def on_setup(sender: str = "", **_: Any) -> None:
-        nonlocal events
-        events = TaskEvents(app, hostname=sender)  # the worker's node name, for the dashboard's events
+        nonlocal events, node
+        node = sender  # the worker's node name: the claims' and the dashboard's events'
+        events = TaskEvents(app, hostname=sender)
 
     def on_task_failure(
         sender: Any = None, task_id: str = "", exception: BaseException | None = None, args: Any = (), **_: Any
@@ -60,7 +72,8 @@ def record_hard_time_limits(app: Celery, settings: Settings) -> None:
             return
         last_task_id = task_id
         limit = exception.args[0] if exception.args else "?"
-        thread = threading.Thread(target=_fail, args=(settings, events, task_id, limit), name=f"time-limit-{task_id}")
+        batch_id = claim_id(node, task_id)
+        thread = threading.Thread(target=_fail, args=(settings, events, batch_id, limit), name=f"time-limit-{task_id}")
         thread.start()
 
     task_failure.connect(on_task_failure, weak=False)

@@ -5,7 +5,7 @@ import threading
 
 import pytest
 from celery.exceptions import TimeLimitExceeded
-from celery.signals import task_failure
+from celery.signals import celeryd_after_setup, task_failure
 
 from jobs.broker import create_celery
 from jobs.db import SessionFactory, session_scope
@@ -18,7 +18,9 @@ from jobs.status import JobStatus
 from tests.support.auth import TENANT
 from tests.support.waiting import wait_terminal
 from worker import time_limits
-from worker.time_limits import record_hard_time_limits
+from worker.time_limits import claim_id, record_hard_time_limits
+
+NODE = "celery@node-a"
 
 
 def noop(job_id: str) -> None:
@@ -40,8 +42,11 @@ def test_a_hard_timeout_fails_the_job_once(sessions: SessionFactory, settings: S
     app = create_celery(settings)
     task = app.task(name="test.time_limits")(noop)
     record_hard_time_limits(app, settings)
-    batch = [running_job(sessions, "t-1") for _ in range(2)]
-    bystander = running_job(sessions, "t-other")
+    celeryd_after_setup.send(sender=NODE, instance=None, conf=app.conf)
+    batch = [running_job(sessions, claim_id(NODE, "t-1")) for _ in range(2)]
+    bystander = running_job(sessions, claim_id(NODE, "t-other"))
+    # The same message sent again (the sweeper) or redelivered (Redis), its run's claim on another worker.
+    twin = running_job(sessions, claim_id("celery@node-b", "t-1"))
     for _ in range(2):  # Celery signals a hard timeout twice
         task_failure.send(sender=task, task_id="t-1", exception=TimeLimitExceeded(2), args=[str(batch[0].id)])
     for job in batch:
@@ -51,6 +56,7 @@ def test_a_hard_timeout_fails_the_job_once(sessions: SessionFactory, settings: S
         assert failed.worker_seconds is not None and failed.worker_seconds >= 0, "the killed batch's time was lost"
     with session_scope(sessions) as session:
         assert get_job(session, bystander.id).status is JobStatus.RUNNING  # another batch's job is left alone
+        assert get_job(session, twin.id).status is JobStatus.RUNNING, "a run of the same message elsewhere was failed"
 
 
 def test_other_failures_and_other_apps_are_left_alone(sessions: SessionFactory, settings: Settings) -> None:
@@ -58,7 +64,8 @@ def test_other_failures_and_other_apps_are_left_alone(sessions: SessionFactory, 
     task = app.task(name="test.time_limits")(noop)
     other_task = other.task(name="test.time_limits")(noop)
     record_hard_time_limits(app, settings)
-    job = running_job(sessions, "t-2")
+    celeryd_after_setup.send(sender=NODE, instance=None, conf=app.conf)
+    job = running_job(sessions, claim_id(NODE, "t-2"))
     task_failure.send(sender=task, task_id="t-2", exception=RuntimeError("boom"), args=[str(job.id)])
     task_failure.send(sender=other_task, task_id="t-2", exception=TimeLimitExceeded(2), args=[str(job.id)])
     # Whatever the handler started to fail the batch has finished (however slow the machine), and
