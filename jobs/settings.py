@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     MAX_IMAGE_PIXELS: int = Field(default=40_000_000, gt=0)
     # A worker keeps the images it decoded lately, up to this many pixels (3 bytes each; 0: none).
     WORKER_IMAGE_CACHE_PIXELS: int = Field(default=16_000_000, ge=0)
+    # A worker holds this many of its tenants' trained models, the least recently used let go first.
+    WORKER_MAX_TRAINED_MODELS: int = Field(default=4, ge=1)
     # The most images or texts one job may carry (match), and the largest batch a worker runs.
     MAX_BATCH_SIZE: int = Field(default=32, gt=0)
     LONG_POLL_MAX_S: float = Field(default=30.0, ge=0, le=30)

@@ -7,6 +7,7 @@ CUDA must not be initialised in a process that forks afterwards.
 import logging
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -35,8 +36,10 @@ class ModelLoadOptions:
 class ModelHolder:
     """The models of one process, each loaded on first use and then held.
 
-    Registry models are shared by every tenant; a trained model is held per tenant, since two
-    tenants may each have trained a model of the same name.
+    Registry models are shared by every tenant, and held for good (the operator names them: there are
+    so many). A trained model is held per tenant, since two tenants may each have trained a model of
+    the same name, and tenants train without end: the WORKER_MAX_TRAINED_MODELS used last are held,
+    the least recently used let go when another loads (loaded again on its next job).
     """
 
     def __init__(self, settings: Settings, options: ModelLoadOptions, sessions: SessionFactory) -> None:
@@ -44,16 +47,34 @@ class ModelHolder:
         self._options = options
         self._sessions = sessions
         self._registry = Registry.load(settings.BLIP2_MODELS_FILE)
-        self._models: dict[tuple[str, str], LoadedModel] = {}
+        self._models: dict[str, LoadedModel] = {}
+        self._trained: OrderedDict[tuple[str, str], LoadedModel] = OrderedDict()  # least recently used first
         self._lock = threading.Lock()
 
     def get(self, name: str, tenant: str) -> "LoadedModel":
         """The loaded model; raises blip2's errors (ModelNotFound, CheckpointUnavailable ...) if it cannot load."""
-        key = ("", name) if self._registry.is_known(name) else (tenant, name)
         with self._lock:
-            if key not in self._models:
-                self._models[key] = self._load(name, tenant)
-            return self._models[key]
+            if self._registry.is_known(name):
+                if name not in self._models:
+                    self._models[name] = self._load(name, tenant)
+                return self._models[name]
+            return self._get_trained((tenant, name))
+
+    def held(self) -> list[tuple[str, str]]:
+        """(tenant, name) of the models held ("" for a registry model's tenant), the trained ones least
+        recently used first."""
+        return [("", name) for name in self._models] + list(self._trained)
+
+    def _get_trained(self, key: tuple[str, str]) -> "LoadedModel":
+        if key in self._trained:
+            self._trained.move_to_end(key)
+            return self._trained[key]
+        while len(self._trained) >= self._settings.WORKER_MAX_TRAINED_MODELS:
+            (tenant, name), _ = self._trained.popitem(last=False)
+            log.info("model %s of tenant %s let go (WORKER_MAX_TRAINED_MODELS=%d)", name, tenant,
+                     self._settings.WORKER_MAX_TRAINED_MODELS)  # fmt: skip
+        self._trained[key] = self._load(key[1], key[0])
+        return self._trained[key]
 
     @property
     def registry(self) -> Registry:
