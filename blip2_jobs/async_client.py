@@ -76,13 +76,16 @@ class AsyncClient:
         await self.close()
 
     async def _run(self, flow: Flow[T]) -> T:
-        response = None  # a flow's first step sends nothing; some (no jobs to submit) end there
+        try:
+            call = next(flow)
+        except StopIteration as done:  # nothing to send (submit_many of no jobs)
+            return done.value  # type: ignore[no-any-return]
         while True:
+            response = await self._send(call)
             try:
                 call = flow.send(response)
             except StopIteration as done:
                 return done.value  # type: ignore[no-any-return]
-            response = await self._send(call)
 
     async def _send(self, call: Call) -> httpx.Response:
         attempt = 0
