@@ -1,4 +1,5 @@
-"""`blip2-jobs keys create|list|revoke`: API keys, against the database DATABASE_URL names.
+"""`blip2-jobs keys create|list|revoke`: API keys, against the database DATABASE_URL names (unset:
+the embedded PostgreSQL under BLIP2_DATA_DIR, the one `blip2-jobs up` runs).
 
 blip2-jobs keys create --tenant acme --name ci     # prints the key, once
 blip2-jobs keys list [--tenant acme]
@@ -9,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from cli.service_commands import one_line_errors, sessions_from_environment
+from cli.service_commands import database_sessions, one_line_errors
 
 keys = typer.Typer(help="Create, list and revoke API keys (only a hash of each key is stored).", no_args_is_help=True)
 
@@ -27,7 +28,7 @@ def create(
     from jobs.api_keys import create_key
     from jobs.db import session_scope
 
-    with one_line_errors(), session_scope(sessions_from_environment()) as session:
+    with one_line_errors(), database_sessions() as sessions, session_scope(sessions) as session:
         created = create_key(session, tenant=tenant, name=name)
     typer.echo(created.secret)
     typer.echo(f"created key {created.row.prefix}… (id {created.row.id}) for tenant {tenant}", err=True)
@@ -38,7 +39,7 @@ def list_(tenant: Annotated[str | None, typer.Option(help="Only this tenant's ke
     """Every key: id, tenant, shown prefix, name, created, revoked."""
     from jobs.api_keys import list_keys
 
-    with one_line_errors(), sessions_from_environment()() as session:
+    with one_line_errors(), database_sessions() as sessions, sessions() as session:
         rows = list_keys(session, tenant)
     typer.echo("id\ttenant\tprefix\tname\tcreated\trevoked")
     for row in rows:
@@ -53,6 +54,6 @@ def revoke(key: Annotated[str, typer.Argument(help="The key's id, or its prefix 
     from jobs.api_keys import revoke_key
     from jobs.db import session_scope
 
-    with one_line_errors(), session_scope(sessions_from_environment()) as session:
+    with one_line_errors(), database_sessions() as sessions, session_scope(sessions) as session:
         row = revoke_key(session, key)
     typer.echo(f"revoked key {row.prefix}… (id {row.id}) of tenant {row.tenant}")

@@ -56,10 +56,20 @@ def one_line_errors() -> Iterator[None]:
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
         _fail(problems)
-    except (MissingSetting, Blip2Error, JobsError) as exc:
+    except MissingSetting as exc:
+        _fail(f"{exc}{_SERVERS_HINT}")
+    except (Blip2Error, JobsError) as exc:
         _fail(str(exc))
     except DBAPIError as exc:
         _fail(f"database: {database_error_summary(exc)} (is DATABASE_URL right, and `blip2-jobs migrate` run?)")
+
+
+# An unset URL stops only the processes that need Redis too (api, worker, flower): the database-only
+# commands fall back on the embedded PostgreSQL, and `up` starts both embedded servers.
+_SERVERS_HINT = (
+    " (set DATABASE_URL and REDIS_URL to your servers, e.g. those `blip2-jobs up` prints,"
+    " or run the whole system with `blip2-jobs up`)"
+)
 
 
 def _fail(message: str) -> None:
@@ -73,19 +83,41 @@ def settings_from_environment() -> "Settings":
     return Settings()
 
 
-def sessions_from_environment() -> "SessionFactory":
-    """Sessions on the database DATABASE_URL names (for the operator commands: keys, tenants)."""
+@contextmanager
+def database_settings() -> Iterator["Settings"]:
+    """The settings, for a command that needs only the database (keys, tenants, usage, migrate).
+
+    With DATABASE_URL unset that is the embedded PostgreSQL under BLIP2_DATA_DIR, as `up` runs it:
+    the server `up` is running, or one started here and stopped again on exit (jobs/embedded.py).
+    """
+    from jobs.embedded import database_for
+
+    configured = settings_from_environment()
+    with database_for(configured) as settings:
+        if not configured.DATABASE_URL:
+            typer.echo(f"database: embedded PostgreSQL, {settings.DATABASE_URL} (DATABASE_URL is not set)", err=True)
+        yield settings
+
+
+@contextmanager
+def database_sessions() -> Iterator["SessionFactory"]:
+    """Sessions on the database of `database_settings`, its connections closed on exit."""
     from jobs.db import create_db_engine, create_session_factory
 
-    return create_session_factory(create_db_engine(settings_from_environment()))
+    with database_settings() as settings:
+        engine = create_db_engine(settings)
+        try:
+            yield create_session_factory(engine)
+        finally:
+            engine.dispose()
 
 
 def migrate() -> None:
     """Upgrade the database schema to the latest migration."""
     from jobs.schema_migrations import upgrade
 
-    with one_line_errors():
-        upgrade(settings_from_environment())
+    with one_line_errors(), database_settings() as settings:
+        upgrade(settings)
     typer.echo("database schema is up to date")
 
 
@@ -304,6 +336,7 @@ def up(
         settings = settings_from_environment()
     with services_for(settings) as running:
         upgrade(running)  # migrations before anything starts, as compose's one-shot `migrate` service
+        _announce_embedded(settings, running)
         _announce_key(settings, running)
         env = os.environ | {"DATABASE_URL": str(running.DATABASE_URL), "REDIS_URL": str(running.REDIS_URL)}
         served = _served_models(models, running.BLIP2_DEFAULT_MODEL)
@@ -335,6 +368,17 @@ def up_processes(host: str, port: int, flower_port: int, served: list[str], flow
         UpProcess("flower", f"Flower   http://{host}:{flower_port} (user {flower_user})",
                   ["flower", f"--address={host}", f"--port={flower_port}"]),
     ]  # fmt: skip
+
+
+def _announce_embedded(configured: "Settings", running: "Settings") -> None:
+    """The URLs of the embedded servers, for other tools (psql, redis-cli, a second API) to export.
+
+    A configured URL is not repeated: it may carry a password, and whoever set it knows it.
+    """
+    if not configured.DATABASE_URL:
+        typer.echo(f"Postgres  {running.DATABASE_URL}  (embedded: the DATABASE_URL for other tools)")
+    if not configured.REDIS_URL:
+        typer.echo(f"Redis     {running.REDIS_URL}  (embedded: the REDIS_URL for other tools)")
 
 
 def _announce_key(configured: "Settings", running: "Settings") -> None:

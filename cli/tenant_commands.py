@@ -1,5 +1,5 @@
 """`blip2-jobs tenants set|list` and `blip2-jobs usage`: tenants' fair-share weights and their usage,
-against the database DATABASE_URL names.
+against the database DATABASE_URL names (unset: the embedded PostgreSQL, as for `keys`).
 
 blip2-jobs tenants set acme --weight 2      # twice the share of a tenant of weight 1 on every queue
 blip2-jobs tenants list
@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cli.service_commands import one_line_errors, sessions_from_environment
+from cli.service_commands import database_sessions, one_line_errors
 
 if TYPE_CHECKING:
     from jobs.schemas import UsagePublic
@@ -35,7 +35,7 @@ def set_(
     from jobs.db import session_scope
     from jobs.fair_share import set_tenant_weight
 
-    with one_line_errors(), session_scope(sessions_from_environment()) as session:
+    with one_line_errors(), database_sessions() as sessions, session_scope(sessions) as session:
         row = set_tenant_weight(session, check_tenant(tenant), weight)
     typer.echo(f"tenant {row.name}: weight {row.weight}")
 
@@ -45,7 +45,7 @@ def list_() -> None:
     """Tenants with a weight of their own (every other tenant weighs 1)."""
     from jobs.fair_share import list_tenants
 
-    with one_line_errors(), sessions_from_environment()() as session:
+    with one_line_errors(), database_sessions() as sessions, sessions() as session:
         rows = list_tenants(session)
     typer.echo("tenant\tweight")
     for row in rows:
@@ -64,7 +64,7 @@ def usage(
 
     with one_line_errors():
         window = UsageWindow(_moment(start, "--from"), _moment(end, "--to"))
-        with sessions_from_environment()() as session:
+        with database_sessions() as sessions, sessions() as session:
             report = tenant_usage(session, check_tenant(tenant), window)
     typer.echo(report.model_dump_json(by_alias=True, indent=2) if as_json else _text(report))
 

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from cli.service_commands import one_line_errors, sessions_from_environment, settings_from_environment
+from cli.service_commands import database_sessions, one_line_errors, settings_from_environment
 
 TenantArgument = Annotated[str, typer.Argument(help="The tenant, as its API keys name it.")]
 
@@ -36,10 +36,10 @@ def webhook(
 
     if (url is None) == (not clear):
         raise typer.BadParameter("give a URL, or --clear")
-    settings = settings_from_environment()
     with one_line_errors():
+        settings = settings_from_environment()
         checked = None if url is None else check_webhook_url(url, settings.fetch_allowed_hosts, field="url")
-        with session_scope(sessions_from_environment()) as session:
+        with database_sessions() as sessions, session_scope(sessions) as session:
             secret = set_default_url(session, check_tenant(tenant), checked)
     typer.echo(secret)
     typer.echo(f"default webhook of tenant {tenant}: {checked or 'none'}", err=True)
@@ -54,7 +54,7 @@ def webhook_secret(
     from jobs.db import session_scope
     from jobs.webhooks import ensure_secret, rotate_secret
 
-    with one_line_errors(), session_scope(sessions_from_environment()) as session:
+    with one_line_errors(), database_sessions() as sessions, session_scope(sessions) as session:
         secret = (rotate_secret if rotate else ensure_secret)(session, check_tenant(tenant))
     typer.echo(secret)
     typer.echo(f"{'new ' if rotate else ''}webhook signing secret of tenant {tenant}", err=True)

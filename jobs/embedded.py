@@ -4,13 +4,17 @@
 are not set, and stops them on exit. Redis is bound to 127.0.0.1 on a free port (the API, the worker
 and Flower are separate processes, so they need a TCP URL), and is shut down explicitly: its server
 process would otherwise outlive Python.
+
+The commands that need only the database (keys, tenants, usage, migrate) use the same PostgreSQL
+(`database_for`): pgserver keeps a list of the processes using a data directory, so a command
+attaches to the server `up` runs, or starts one, and only the last process out stops it.
 """
 
 import logging
 import socket
 import warnings
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 
 from jobs.settings import Settings
@@ -27,7 +31,12 @@ def free_port() -> int:
 
 @contextmanager
 def embedded_postgres(data_dir: Path) -> Iterator[str]:
-    """A PostgreSQL server on a Unix socket in `data_dir`; yields its postgresql:// URL."""
+    """A PostgreSQL server on a Unix socket in `data_dir`; yields its postgresql:// URL.
+
+    The server another process runs on `data_dir` if there is one, else one started here. pgserver
+    records each user's pid in `data_dir` (under a lock all of them take), and cleanup() stops the
+    server only when it removes the last of them, so leaving never stops a server another process uses.
+    """
     with warnings.catch_warnings():
         # pgserver keeps a lock file under the user's runtime directory, read at import; without
         # XDG_RUNTIME_DIR (a root shell, a container) that is /tmp/runtime-<uid>, with a warning no one can act on.
@@ -57,16 +66,23 @@ def embedded_redis(data_dir: Path) -> Iterator[str]:
 
 
 @contextmanager
+def database_for(settings: Settings) -> Iterator[Settings]:
+    """`settings` with DATABASE_URL filled in by the embedded PostgreSQL where it is unset."""
+    if settings.DATABASE_URL:
+        yield settings
+        return
+    with embedded_postgres(settings.BLIP2_DATA_DIR.resolve() / "postgres") as url:
+        log.info("embedded PostgreSQL: %s", url)
+        yield settings.model_copy(update={"DATABASE_URL": url})
+
+
+@contextmanager
 def services_for(settings: Settings) -> Iterator[Settings]:
     """`settings` with DATABASE_URL and REDIS_URL filled in by embedded servers where they are unset."""
-    with ExitStack() as stack:
-        updates: dict[str, str] = {}
-        if not settings.DATABASE_URL:
-            updates["DATABASE_URL"] = stack.enter_context(
-                embedded_postgres(settings.BLIP2_DATA_DIR.resolve() / "postgres")
-            )
-            log.info("embedded PostgreSQL: %s", updates["DATABASE_URL"])
-        if not settings.REDIS_URL:
-            updates["REDIS_URL"] = stack.enter_context(embedded_redis(settings.BLIP2_DATA_DIR.resolve() / "redis"))
-            log.info("embedded Redis: %s", updates["REDIS_URL"])
-        yield settings.model_copy(update=updates)
+    with database_for(settings) as with_database:
+        if with_database.REDIS_URL:
+            yield with_database
+            return
+        with embedded_redis(settings.BLIP2_DATA_DIR.resolve() / "redis") as url:
+            log.info("embedded Redis: %s", url)
+            yield with_database.model_copy(update={"REDIS_URL": url})
