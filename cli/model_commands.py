@@ -54,7 +54,8 @@ ModelsFile = Annotated[
 ]
 DefaultModel = Annotated[str, typer.Option(envvar="BLIP2_DEFAULT_MODEL", hidden=True)]
 DEFAULT_MODEL = "shapes-blip2"  # captions and answers, trained by this project (blip2/pretrained/)
-DEFAULT_MATCH_MODEL = "shapes-itm"
+DEFAULT_MATCH_MODEL = "shapes-itm"  # matching and embeddings, as the API's BLIP2_DEFAULT_MATCH_MODEL
+DefaultMatchModel = Annotated[str, typer.Option(envvar="BLIP2_DEFAULT_MATCH_MODEL", hidden=True)]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 Texts = Annotated[list[str] | None, typer.Option("--text", "-t", help="A text (repeat for several).")]
 
@@ -222,11 +223,12 @@ def embed(
     data_dir: DataDir = Path("data"),
     models_file: ModelsFile = None,
     json_output: Json = False,
+    default_model: DefaultMatchModel = DEFAULT_MATCH_MODEL,
 ) -> None:
     """Embed images, texts, or image-text pairs."""
     paths, texts = images or [], text or []
     pictures = _read_images(paths) if paths else []
-    loader = Loader(model or DEFAULT_MATCH_MODEL, quantize, device, dtype, data_dir, models_file)
+    loader = Loader(model or default_model, quantize, device, dtype, data_dir, models_file)
     from blip2.features import extract_features
 
     lm = loader.load()
@@ -249,10 +251,11 @@ def match(
     data_dir: DataDir = Path("data"),
     models_file: ModelsFile = None,
     json_output: Json = False,
+    default_model: DefaultMatchModel = DEFAULT_MATCH_MODEL,
 ) -> None:
     """Rank texts for each image (or, with one text and several images, images for the text)."""
     pictures = _read_images(images)
-    loader = Loader(model or DEFAULT_MATCH_MODEL, quantize, device, dtype, data_dir, models_file)
+    loader = Loader(model or default_model, quantize, device, dtype, data_dir, models_file)
     from blip2.matching import rank_images, rank_texts
 
     lm = loader.load()

@@ -13,8 +13,8 @@ from PIL import Image
 EXE = shutil.which("blip2-jobs", path=str(Path(sys.executable).parent)) or "blip2-jobs"
 
 
-def run(args: list[str], data_dir: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "BLIP2_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1"}
+def run(args: list[str], data_dir: Path, **env_vars: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "BLIP2_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1", **env_vars}
     return subprocess.run([EXE, *args], capture_output=True, text=True, env=env, timeout=300)
 
 
@@ -58,6 +58,13 @@ def test_instruct_embed_and_match_print_lines(tiny_data_dir: Path, photo_files: 
     scores = json.loads(matched.stdout)["results"][0]["scores"]
     assert sorted(s["label"] for s in scores) == ["a cat", "an astronaut"]
     assert scores[0]["itm"] >= scores[1]["itm"]
+
+
+def test_match_takes_the_default_match_model_the_api_takes(tiny_data_dir: Path, photo_files: dict[str, Path]) -> None:
+    image = str(photo_files["astronaut"])
+    done = run(["match", image, "--text", "a cat", "--json"], tiny_data_dir, BLIP2_DEFAULT_MATCH_MODEL="tiny-itm")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["model"]["name"] == "tiny-itm"
 
 
 def test_one_text_many_images_ranks_images(tiny_data_dir: Path, photo_files: dict[str, Path]) -> None:
