@@ -784,6 +784,16 @@ def save_trained_model(lm: LoadedModel, output_dir: Path, losses: list[float], m
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
 
+def move_trained_model(saved: Path, output_dir: Path) -> None:
+    """Move a model that `save_trained_model` wrote to `saved` onto `output_dir`, in the same directory,
+    replacing whatever is there: a caller that saves each run under a name of its own moves the model
+    under its public name only once that name is its to take.
+
+    What it replaces is moved aside first and removed last, as `.NAME.old`: `NAME.old` may be another model.
+    """
+    _swap_in(saved, output_dir, aside=output_dir.with_name(f".{output_dir.name}.old"))
+
+
 def plot_loss_curve(losses: list[float], path: Path) -> None:
     from matplotlib.figure import Figure  # no pyplot: no global figure state, safe in a worker thread
 
@@ -825,12 +835,16 @@ class _staging(AbstractContextManager[Path]):
         if exc_type is not None:
             shutil.rmtree(self.path, ignore_errors=True)
             return
-        aside = _aside(self.target)
-        shutil.rmtree(aside, ignore_errors=True)
-        if self.target.exists():
-            self.target.rename(aside)
-        self.path.rename(self.target)
-        shutil.rmtree(aside, ignore_errors=True)
+        _swap_in(self.path, self.target, aside=_aside(self.target))
+
+
+def _swap_in(source: Path, target: Path, *, aside: Path) -> None:
+    """Rename `source` onto `target`, the old `target` (if any) renamed to `aside` first and removed last."""
+    shutil.rmtree(aside, ignore_errors=True)
+    if target.exists():
+        target.rename(aside)
+    source.rename(target)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _aside(target: Path) -> Path:

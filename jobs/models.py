@@ -99,6 +99,11 @@ class Attempt:
     number: int
 
 
+# The unique index a second unfinished training job of the same tenant and `output_model` violates
+# (migration 0009): the submission answers model_name_taken.
+TRAINING_NAME_INDEX = "uq_jobs_training_output_model"
+
+
 class Job(Base):
     """One unit of work: its typed input, where it is in its lifecycle, and its result or error.
 
@@ -126,6 +131,14 @@ class Job(Base):
         ),
         Index("ix_jobs_cache_key", "cache_key", postgresql_where=text("status = 'succeeded'")),
         Index("ix_jobs_tenant_finished_at", "tenant", "finished_at"),  # usage: worker-seconds by time
+        # A tenant's queued or running training jobs each make a model of a name of its own.
+        Index(
+            TRAINING_NAME_INDEX,
+            "tenant",
+            text("(input ->> 'output_model')"),
+            unique=True,
+            postgresql_where=text("kind = 'train' AND status IN ('queued', 'running')"),
+        ),
     )
     # Server defaults (created_at ...) come back with the INSERT itself (RETURNING), not a second query.
     __mapper_args__ = {"eager_defaults": True}  # noqa: RUF012
@@ -261,7 +274,7 @@ class TrainedModel(Base):
     base_model: Mapped[str] = mapped_column(String(500))
     task: Mapped[str] = mapped_column(String(16))
     dataset: Mapped[str] = mapped_column(String(64))
-    metrics: Mapped[dict[str, float]] = mapped_column(JSONB)
+    metrics: Mapped[dict[str, float | None]] = mapped_column(JSONB)
     job_id: Mapped[UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = _now_column()
 

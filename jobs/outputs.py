@@ -1,6 +1,21 @@
 """What each kind of job gives back (its result), and what a long job reports while it runs (its progress)."""
 
-from pydantic import BaseModel
+import math
+from collections.abc import Mapping
+from typing import Annotated
+
+from pydantic import BaseModel, PlainSerializer
+
+
+def null_unless_finite(value: float | None) -> float | None:
+    """A number as JSON can hold it: NaN and infinities become None."""
+    return value if value is None or math.isfinite(value) else None
+
+
+# A measured number that can come out undefined: the loss of a diverging training, a metric over
+# nothing. JSON (and so Postgres's jsonb) has no NaN or infinity: such a number is stored and returned
+# as null. An embedding or a score that is NaN is a broken model's output, and stays unstorable.
+Measure = Annotated[float | None, PlainSerializer(null_unless_finite)]
 
 
 class JobOutput(BaseModel):
@@ -61,8 +76,8 @@ class TrainOutput(JobOutput):
 
     model: str
     steps: int
-    final_loss: float | None
-    metrics: dict[str, float]
+    final_loss: Measure
+    metrics: Mapping[str, Measure]  # a dict; Mapping takes blip2's dict[str, float] as one
     loss_curve: str  # path of the PNG, under BLIP2_DATA_DIR
     resumed_from_step: int = 0  # > 0 when a worker died and the job went on from its last checkpoint
 
@@ -70,7 +85,7 @@ class TrainOutput(JobOutput):
 class EvaluateOutput(JobOutput):
     """An evaluation job's result: metrics by name (bleu_4, cider, vqa_accuracy, recall@1 ...)."""
 
-    metrics: dict[str, float]
+    metrics: Mapping[str, Measure]  # a dict; Mapping takes blip2's dict[str, float] as one
     records: int
 
 
@@ -96,9 +111,9 @@ class TrainProgressDetail(ProgressDetail):
     step: int
     max_steps: int
     epoch: int
-    loss: float | None
+    loss: Measure
     lr: float
-    val_loss: float | None = None  # on the steps where one was computed
+    val_loss: Measure = None  # on the steps where one was computed
     elapsed_s: float | None = None  # wall time since this run (or resumed run) started
 
 

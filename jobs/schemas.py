@@ -335,7 +335,7 @@ class ModelPublic(BaseModel):
     checkpoint: str
     description: str
     trained: bool  # produced by a training job of this service
-    metrics: dict[str, float] | None = None
+    metrics: dict[str, float | None] | None = None  # null: a metric that came out NaN or infinite
 
 
 class ModelsPublic(BaseModel):

@@ -56,7 +56,7 @@ from jobs.fetch import with_fetched_image
 from jobs.image_store import ImageHashes, store_image
 from jobs.inputs import EvaluateInput, GeneratingInput, ImageFields, JobInput, MatchInput, TrainInput
 from jobs.kinds import KINDS, JobKind, batch_key
-from jobs.models import IdempotencyKey, Job
+from jobs.models import TRAINING_NAME_INDEX, IdempotencyKey, Job
 from jobs.presence import PresenceCache
 from jobs.queues import queue_for_trained
 from jobs.repository import NewJob, add_jobs, get_job
@@ -280,9 +280,11 @@ def _record_one(
             with session.begin_nested():
                 job = _record(ctx, session, tenant, prepared)
     except DBAPIError as exc:
-        if not is_tenant_queue_full(exc):
-            raise
-        raise _queue_full(ctx.settings) from exc
+        if is_tenant_queue_full(exc):
+            raise _queue_full(ctx.settings) from exc
+        if _is_name_in_training(exc):
+            raise _name_in_training(prepared.request) from exc
+        raise
     except _KeyTakenMeanwhile:
         if alone:
             session.rollback()
@@ -411,6 +413,7 @@ def _check_request(session: Session, ctx: Submission, tenant: str, request: JobC
         # Named by the client like the job's model, so resolved by the same rules (no paths).
         _resolve_target(session, ctx.registry, tenant, job_input.start_from, field="input.start_from")
     if isinstance(job_input, TrainInput):
+        # A name a queued or running training job will take is refused as the row is written (`_record_one`).
         name = job_input.output_model
         if ctx.registry.is_known(name) or get_trained_model(session, tenant, name) is not None:
             raise ModelNameTaken(f"a model named {name!r} already exists", field="input.output_model")
@@ -433,6 +436,22 @@ def _check_model_fits(spec: ModelSpec, kind: JobKind, job_input: JobInput) -> No
             f" image tokens); {requested} asked",
             field="input.decoding.max_new_tokens",
         )
+
+
+def _is_name_in_training(exc: DBAPIError) -> bool:
+    """True when the jobs table refused the row because another unfinished training job of the tenant
+    makes a model of the same name (its unique index, migration 0009)."""
+    return getattr(getattr(exc.orig, "diag", None), "constraint_name", None) == TRAINING_NAME_INDEX
+
+
+def _name_in_training(request: JobCreateBase) -> ModelNameTaken:
+    """The training job's output_model is the name another of the tenant's queued or running training
+    jobs will register. The index decides, not a read before the insert: of two submissions at once,
+    or two jobs of one batch or group, exactly one is accepted."""
+    assert isinstance(request.input, TrainInput)  # the index holds training jobs only
+    name = request.input.output_model
+    message = f"a model named {name!r} is already being trained (by a queued or running job of this tenant)"
+    return ModelNameTaken(message, field="input.output_model")
 
 
 def _queue_full(settings: Settings) -> TenantQueueFull:

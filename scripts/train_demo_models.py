@@ -151,7 +151,8 @@ def _run(http: httpx.Client, label: str, body: dict[str, Any]) -> dict[str, Any]
 def _progress_line(label: str, job: dict[str, Any]) -> str:
     detail = job.get("progress_detail") or {}
     if "step" in detail:
-        return f"{label}: step {detail['step']}/{detail['max_steps']} loss {detail['loss']:.4f}"
+        loss = "n/a" if detail.get("loss") is None else f"{detail['loss']:.4f}"  # null: NaN or infinite
+        return f"{label}: step {detail['step']}/{detail['max_steps']} loss {loss}"
     return f"{label}: {job['status']} {round(100 * (job.get('progress') or 0))}%"
 
 

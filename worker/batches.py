@@ -279,19 +279,35 @@ def _execute(runtime: WorkerRuntime, batch: Batch) -> None:
     if not ready:
         return
     head = ready[0].job
-    try:
-        model = runtime.models.get(head.model, head.tenant)
-    except Blip2Error as exc:  # the model cannot load: every job of the batch needs it
-        _fail_unfinished(batch, JobError.of(exc))
+    if (model := _loaded(runtime, batch, head)) is None:
         return
     started = time.monotonic()
     try:
-        _fit(runtime, model, ready)
-        _run_isolating(head.kind, model, ready)
+        if _fitted(runtime, batch, model, ready):
+            _run_isolating(head.kind, model, ready)
     finally:  # a soft time limit too: the time was spent
         seconds = time.monotonic() - started
         _share_time(runtime, ready, seconds)
         runtime.last_pass_s[(head.model, head.kind.value)] = seconds
+
+
+def _loaded(runtime: WorkerRuntime, batch: Batch, head: Job) -> Any:
+    """The batch's model; None, every job failed, if it will not load (every job needs it)."""
+    try:
+        return runtime.models.get(head.model, head.tenant)
+    except Exception as exc:
+        _fail_every_job(batch, f"loading model {head.model}", exc)
+        return None
+
+
+def _fitted(runtime: WorkerRuntime, batch: Batch, model: Any, items: Sequence[Item]) -> bool:
+    """`_fit`; False, every job failed, if it failed (every job needs its images)."""
+    try:
+        _fit(runtime, model, items)
+    except Exception as exc:
+        _fail_every_job(batch, "resizing the batch's images", exc)
+        return False
+    return True
 
 
 def _fit(runtime: WorkerRuntime, model: Any, items: Sequence[Item]) -> None:
@@ -372,6 +388,20 @@ def _release_memory() -> None:
 
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def _fail_every_job(batch: Batch, step: str, exc: Exception) -> None:
+    """A step every job of the batch needs failed: each unfinished job fails at once, saying which step
+    and why, rather than staying running until its lease ends, to fail the same way on every attempt and
+    end as `worker_lost`. A time limit, and Postgres out of reach (not the jobs' fault: they run again
+    after their lease), go up as they came."""
+    if isinstance(exc, SoftTimeLimitExceeded) or is_connection_error(exc):
+        raise exc
+    error = JobError.of(exc)
+    if not isinstance(exc, Blip2Error | JobsError):
+        log.exception("batch %s: %s failed; failing its %d jobs", batch.batch_id, step, len(batch.items))
+        error = JobError(error.code, f"{step} failed: {type(exc).__name__}: {exc}")
+    _fail_unfinished(batch, error)
 
 
 def _fail_unfinished(batch: Batch, error: JobError) -> None:

@@ -10,9 +10,10 @@ Models load through the worker's holder, with the worker's device, dtype and qua
 copies the job does not share (training changes the weights) and does not keep. Files go under
 BLIP2_DATA_DIR, which workers on several machines share:
 
-    tenants/TENANT/datasets/NAME/   a registered dataset (files + dataset.json)
-    tenants/TENANT/models/NAME/     a trained model, a complete Hugging Face checkpoint
-    training/JOB_ID/                a training job's last checkpoint, for resuming after a worker dies
+    tenants/TENANT/datasets/NAME/         a registered dataset (files + dataset.json)
+    tenants/TENANT/models/NAME/           a trained model, a complete Hugging Face checkpoint
+    tenants/TENANT/models/.NAME.JOB_ID/   a training job's model, until it registers NAME as its own
+    training/JOB_ID/                      a training job's last checkpoint, for resuming after a worker dies
 """
 
 import logging
@@ -27,10 +28,11 @@ from uuid import UUID
 
 from celery.exceptions import SoftTimeLimitExceeded
 from pydantic import ValidationError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from blip2.errors import Blip2Error, DatasetNotFound, InvalidArgument
-from jobs.catalog import get_dataset, save_dataset, save_trained_model, tenant_data_dir
+from jobs.catalog import get_dataset, get_trained_model, save_dataset, save_trained_model, tenant_data_dir
 from jobs.claims import BatchRules, claim_batch, queue_of
 from jobs.db import is_connection_error
 from jobs.errors import JobsError
@@ -45,6 +47,7 @@ from jobs.outputs import (
     JobOutput,
     TrainOutput,
     TrainProgressDetail,
+    null_unless_finite,
 )
 from jobs.repository import fail_job, find_job, succeed_job
 from worker.db_retry import retry_transaction
@@ -145,9 +148,15 @@ def _run_to_an_end(long_job: LongJob[Any]) -> None:
         log.exception("job %s failed unexpectedly", job.id)
         return _fail(long_job.runtime, job, "internal_error", f"{type(exc).__name__}: {exc}", started)
     result, seconds = output.model_dump(mode="json"), time.monotonic() - started
-    recorded = long_job.transaction(
-        f"recording job {job.id}'s result", lambda s: succeed_job(s, job.attempt, result, seconds)
-    )
+    try:
+        recorded = long_job.transaction(
+            f"recording job {job.id}'s result", lambda s: succeed_job(s, job.attempt, result, seconds)
+        )
+    except DBAPIError as exc:  # as an inference job's (worker/batches.py): it fails now, not after its lease
+        if is_connection_error(exc):
+            raise
+        message = f"the result could not be stored: {exc.orig}"
+        return _fail(long_job.runtime, job, "result_not_storable", message, started)
     if recorded is None:
         log.info("job %s was canceled while it ran; its result is dropped", job.id)
 
@@ -228,32 +237,67 @@ def run_train(long_job: LongJob[TrainInput]) -> TrainOutput:
                                      val_loss=p.val_loss, elapsed_s=p.elapsed_s)  # fmt: skip
         progress.report(p.step / p.max_steps, detail, force=p.step == p.max_steps)
 
-    output_dir = long_job.data_dir / "models" / job_input.output_model
     work_dir = long_job.runtime.settings.BLIP2_DATA_DIR / "training" / str(job.id)
     train_records, val_records = _records(dataset, job_input.task, "train"), _records(dataset, job_input.task, "val")
-    result = train(lm, train_records, val_records, config, output_dir=output_dir, work_dir=work_dir,
+    result = train(lm, train_records, val_records, config, output_dir=_saved_dir(long_job), work_dir=work_dir,
                    on_progress=on_progress, should_stop=progress.should_stop)  # fmt: skip
     if result.stopped:
         raise JobCanceled(f"training stopped at step {result.steps}; the last checkpoint is in {work_dir}")
-    _register_trained(long_job, lm.family.value, output_dir, result.metrics)
+    metrics = _register_trained(long_job, lm.family.value, result.metrics)
     shutil.rmtree(work_dir, ignore_errors=True)  # the finished model replaces the resume checkpoint
     return TrainOutput(
         model=job_input.output_model,
         steps=result.steps,
         final_loss=result.final_loss,
-        metrics=result.metrics,
-        loss_curve=str(output_dir / "loss_curve.png"),
+        metrics=metrics,
+        loss_curve=str(_output_dir(long_job) / "loss_curve.png"),
         resumed_from_step=result.resumed_from,
     )
 
 
-def _register_trained(long_job: LongJob[TrainInput], family: str, output_dir: Path, metrics: dict[str, float]) -> None:
+def _output_dir(long_job: LongJob[TrainInput]) -> Path:
+    """Where the job's model is served from once it is registered under its output_model."""
+    return long_job.data_dir / "models" / long_job.input.output_model
+
+
+def _saved_dir(long_job: LongJob[TrainInput]) -> Path:
+    """Where the job saves its model until the name is its own: a directory no other job writes (and no
+    model is named: names never start with ".")."""
+    return _output_dir(long_job).with_name(f".{long_job.input.output_model}.{long_job.job.id}")
+
+
+def _register_trained(
+    long_job: LongJob[TrainInput], family: str, measured: dict[str, float]
+) -> dict[str, float | None]:
+    """Register the model under the job's output_model and move its files there, in one transaction:
+    a concurrent registration of the name waits for it to end, and one that ended first keeps its model
+    and files as they are, while this job fails. The registered model's metrics."""
+    from blip2.training import move_trained_model
+
     job, job_input = long_job.job, long_job.input
+    saved, output_dir = _saved_dir(long_job), _output_dir(long_job)
+    metrics = {name: null_unless_finite(value) for name, value in measured.items()}  # jsonb holds no NaN
     row = TrainedModel(tenant=job.tenant, name=job_input.output_model, family=family, path=str(output_dir),
                        base_model=job.model, task=job_input.task, dataset=job_input.dataset, metrics=metrics,
                        job_id=job.id)  # fmt: skip
-    if not long_job.transaction("registering a trained model", lambda s: save_trained_model(s, row)):
-        raise InvalidArgument(f"a model named {job_input.output_model!r} was registered while this job ran")
+
+    def claim(session: Session) -> dict[str, float | None] | None:
+        if save_trained_model(session, row):
+            if saved.exists():  # else a try whose commit was lost moved it, and what it moved is this job's
+                move_trained_model(saved, output_dir)
+            return metrics
+        holder = get_trained_model(session, job.tenant, row.name)
+        # A run of this job registered it (and moved its files) before it stopped: that model stays.
+        return holder.metrics if holder is not None and holder.job_id == job.id else None
+
+    registered = long_job.transaction("registering a trained model", claim)
+    shutil.rmtree(saved, ignore_errors=True)  # gone already once moved
+    if registered is None:
+        raise InvalidArgument(
+            f"a model named {job_input.output_model!r} is registered by another job; that model is kept as it"
+            " was, and this job's is discarded"
+        )
+    return registered
 
 
 # ---- evaluate -------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ Long jobs report progress every step; writes are throttled so a fast loop does n
 Postgres. Every write is also a heartbeat, and answers whether the job is still running: a
 cancel turns the next answer to False, and the job stops at its next step. While Postgres is
 unreachable these writes are skipped and the job goes on: a blip in the database must not fail or
-orphan a job that is otherwise running fine.
+orphan a job that is otherwise running fine. So is a report Postgres refuses: a lost report costs
+one step's numbers, never the job (NaN and infinite losses are stored as null: jobs/outputs.py).
 """
 
 import logging
@@ -14,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session
 
 from jobs.db import SessionFactory, database_error_summary, is_connection_error, session_scope
@@ -54,10 +56,14 @@ class JobProgress:
         return not self._running
 
     def _write(self, write: Callable[[Session], bool]) -> None:
-        """One progress write or cancel check; skipped, keeping the last answer, while Postgres is unreachable."""
+        """One progress write or cancel check; skipped, keeping the last answer, while Postgres is unreachable,
+        or when it refuses a value of the report (a report is lost, not the job)."""
         try:
             with self._lock, session_scope(self.sessions) as session:
                 self._running = write(session)
+        except DataError as exc:
+            summary = database_error_summary(exc)
+            log.warning("job %s: progress not recorded, Postgres refused it (%s)", self.attempt.job_id, summary)
         except Exception as exc:
             if not is_connection_error(exc):
                 raise

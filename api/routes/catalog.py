@@ -25,7 +25,7 @@ def read_models(session: SessionDep, context: ContextDep, principal: CurrentPrin
     return ModelsPublic(data=registry + trained)
 
 
-def _public(spec: ModelSpec, *, trained: bool, metrics: dict[str, float] | None = None) -> ModelPublic:
+def _public(spec: ModelSpec, *, trained: bool, metrics: dict[str, float | None] | None = None) -> ModelPublic:
     family = spec.family.value if spec.family else None
     return ModelPublic(
         name=spec.name,
