@@ -4,7 +4,8 @@ blip2-jobs tenants webhook acme https://hooks.acme.example/blip2   # jobs naming
 blip2-jobs tenants webhook acme --clear                             # no default any more
 blip2-jobs tenants webhook-secret acme [--rotate]                   # the whsec_... receivers verify with
 
-Each prints the tenant's signing secret alone on stdout (for scripts) and what it did on stderr.
+Setting a webhook or asking for the secret prints the tenant's signing secret alone on stdout (for
+scripts); every command says what it did on stderr.
 """
 
 from typing import Annotated
@@ -41,7 +42,8 @@ def webhook(
         checked = None if url is None else check_webhook_url(url, settings.fetch_allowed_hosts, field="url")
         with database_sessions() as sessions, session_scope(sessions) as session:
             secret = set_default_url(session, check_tenant(tenant), checked)
-    typer.echo(secret)
+    if checked is not None:  # the secret its deliveries are signed with (`webhook-secret` prints it too)
+        typer.echo(secret)
     typer.echo(f"default webhook of tenant {tenant}: {checked or 'none'}", err=True)
 
 

@@ -154,6 +154,7 @@ def default_webhook(settings: Settings, url: str) -> Iterator[None]:
     finally:
         cleared = tenants_cli(settings, "webhook", TENANT, "--clear")
         assert cleared.returncode == 0, cleared.stderr
+        assert cleared.stdout == "", "a cleared webhook printed a secret"
 
 
 def test_the_tenant_default_webhook(http: httpx.Client, image_id: str, settings: Settings) -> None:
