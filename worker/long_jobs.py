@@ -50,6 +50,7 @@ from jobs.outputs import (
     null_unless_finite,
 )
 from jobs.repository import fail_job, find_job, succeed_job
+from worker.batches import is_out_of_memory
 from worker.db_retry import retry_transaction
 from worker.progress import JobProgress, heartbeating
 from worker.runtime import WorkerRuntime
@@ -145,6 +146,12 @@ def _run_to_an_end(long_job: LongJob[Any]) -> None:
     except Exception as exc:
         if is_connection_error(exc):
             raise  # Postgres went away: not the job's fault; its lease runs out and it runs again
+        if is_out_of_memory(exc):  # as an inference job's: a code the client can act on
+            log.warning("job %s ran out of memory: %s", job.id, exc)
+            message = (
+                f"out of memory: {exc} (a smaller batch_size, with grad_accum_steps to make up for it, needs less)"
+            )
+            return _fail(long_job.runtime, job, "out_of_memory", message, started)
         log.exception("job %s failed unexpectedly", job.id)
         return _fail(long_job.runtime, job, "internal_error", f"{type(exc).__name__}: {exc}", started)
     result, seconds = output.model_dump(mode="json"), time.monotonic() - started

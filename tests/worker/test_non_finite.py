@@ -16,6 +16,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
+import torch
 from sqlalchemy.exc import DataError
 
 from jobs.catalog import get_trained_model
@@ -162,3 +163,17 @@ def test_a_trained_model_with_a_nan_metric_is_registered_with_null(
     with session_scope(runtime.sessions) as session:
         registered = get_trained_model(session, TENANT, name)
         assert registered is not None and registered.metrics == {"val_loss": None, "cider": 2.0}
+
+
+def test_a_long_job_out_of_memory_fails_as_out_of_memory(
+    runtime: WorkerRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A training too large for its device gets the code an inference job gets (it was internal_error).
+    A CUDA device cannot run out here: its error stands in."""
+
+    def too_large(_: LongJob[Any]) -> JobOutput:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    ended = evaluated_as(runtime, monkeypatch, too_large)
+    assert (ended.status, ended.error_code) == (JobStatus.FAILED, "out_of_memory"), ended.error_message
+    assert ended.error_message is not None and "batch_size" in ended.error_message
