@@ -258,6 +258,9 @@ def _decoded(runtime: WorkerRuntime, key: tuple[UUID, str], data: bytes) -> "Ima
         image = decode_image(data, max_pixels=runtime.settings.MAX_IMAGE_PIXELS)
     except Blip2Error as exc:
         return JobError.of(exc)
+    except Exception as exc:  # a decoder's own bug or out of memory: still this image's jobs' alone
+        log.exception("image %s: decoding failed unexpectedly", key[0])
+        return JobError.of(exc)
     runtime.images.put(key, image)
     return image
 

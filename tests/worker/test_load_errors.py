@@ -123,3 +123,31 @@ def test_a_time_limit_while_loading_is_left_to_the_time_limits_handling() -> Non
     with pytest.raises(SoftTimeLimitExceeded):
         _fail_every_job(batch, "loading model big", SoftTimeLimitExceeded())
     assert batch.items[0].error is None, "a time limit was recorded as the model's failure"
+
+
+def test_an_image_whose_decoder_breaks_fails_its_own_jobs_only(
+    runtime: WorkerRuntime, photos: dict[str, Image.Image], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not an invalid image but the decoder itself failing (out of host memory, a decoder's bug): the job
+    of that image fails, its neighbour in the batch runs. (It used to escape the task, every job with it.)"""
+    from worker import batches
+
+    first, second = list(photos.values())[:2]
+    broken_id, fine_id = (uploaded(runtime.sessions, runtime.settings, picture) for picture in (first, second))
+    buffer = io.BytesIO()
+    first.save(buffer, format="PNG")  # the broken image's stored bytes, as `uploaded` stores them
+    real_decode = batches.decode_image
+
+    def decode(data: bytes, max_pixels: int) -> Image.Image:
+        if data == buffer.getvalue():
+            raise MemoryError("cannot allocate the decoded pixels")
+        return real_decode(data, max_pixels=max_pixels)
+
+    monkeypatch.setattr(batches, "decode_image", decode)
+    queue = f"test-load-errors-{uuid4().hex[:8]}"
+    [broken] = queued_captions(runtime.sessions, "tiny-opt", queue, broken_id, 1)
+    [fine] = queued_captions(runtime.sessions, "tiny-opt", queue, fine_id, 1)
+    ended = {job.id: job for job in run_batch_for(runtime, broken, "decode-errors", queue=queue)}
+    assert set(ended) == {broken, fine}, "the two jobs did not run as one batch"
+    assert (ended[broken].status, ended[broken].error_code) == (JobStatus.FAILED, "out_of_memory")
+    assert ended[fine].status is JobStatus.SUCCEEDED, ended[fine].error_message
