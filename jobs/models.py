@@ -23,6 +23,7 @@ from sqlalchemy import (
     Index,
     LargeBinary,
     String,
+    Text,
     UniqueConstraint,
     func,
     text,
@@ -165,7 +166,7 @@ class Job(Base):
     # Refreshed by the worker while the job runs; a stale one means the worker is gone.
     heartbeat_at: Mapped[datetime | None] = _now_column(nullable=True)
     batch_key: Mapped[str | None] = mapped_column(String(32))
-    batch_id: Mapped[str | None] = mapped_column(String(64))
+    batch_id: Mapped[str | None] = mapped_column(Text)  # task id @ node name (worker/time_limits.py claim_id)
     # Where the job's outcome is POSTed once it is terminal (the request's, or its tenant's default).
     # FetchedValue: a submission sets it to a subquery of its INSERT (the tenant's default), and the
     # INSERT's RETURNING gives it back (eager_defaults) instead of a SELECT when it is read.

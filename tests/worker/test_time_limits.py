@@ -20,7 +20,9 @@ from tests.support.waiting import wait_terminal
 from worker import time_limits
 from worker.time_limits import claim_id, record_hard_time_limits
 
-NODE = "celery@node-a"
+# As long as node names come: a GPU worker of a tenant's model on a host with a long name (the claim once
+# was 64 characters at most, and a long name failed every claim).
+NODE = "infer.tenant.acme-research.my-captioner-v2-gpu0@" + "gpu-node-a.cluster.example.internal"
 
 
 def noop(job_id: str) -> None:
