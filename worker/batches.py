@@ -50,6 +50,7 @@ from jobs.models import Attempt, Job
 from jobs.outputs import JobOutput
 from jobs.recent_jobs import RecentJobs
 from jobs.repository import Outcome, fail_job, succeed_jobs
+from worker import soft_limit
 from worker.db_retry import retry_transaction
 from worker.decoded_images import Key
 from worker.handlers import Work, run_batch
@@ -143,6 +144,7 @@ def run_batch_for(
         try:
             _prepare(runtime, batch)
             _execute(runtime, batch)
+            soft_limit.check()  # it fired, and whatever ran then swallowed it (worker/soft_limit.py)
         except SoftTimeLimitExceeded as exc:
             _fail_unfinished(batch, JobError.of(exc))
     try:
@@ -355,6 +357,7 @@ def _run_isolating(kind: JobKind, model: Any, items: Sequence[Item]) -> None:
     alone, so only the jobs at fault fail."""
     try:
         outputs = run_batch(kind, model, [item.work for item in items if item.work is not None])
+        soft_limit.check()  # a pass that ended after the limit fails as one stopped by it
     except SoftTimeLimitExceeded:
         raise
     except Exception as exc:

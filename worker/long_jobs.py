@@ -50,6 +50,7 @@ from jobs.outputs import (
     null_unless_finite,
 )
 from jobs.repository import fail_job, find_job, succeed_job
+from worker import soft_limit
 from worker.batches import is_out_of_memory
 from worker.db_retry import retry_transaction
 from worker.progress import JobProgress, heartbeating
@@ -136,6 +137,7 @@ def _run_to_an_end(long_job: LongJob[Any]) -> None:
     job, started = long_job.job, time.monotonic()
     try:
         output = LONG_HANDLERS[job.kind](long_job)
+        soft_limit.check()  # it fired, and whatever ran then swallowed it (worker/soft_limit.py)
     except JobCanceled as exc:
         log.info("job %s canceled while running: %s", job.id, exc)
         return

@@ -22,6 +22,7 @@ from jobs.db import SessionFactory, database_error_summary, is_connection_error,
 from jobs.models import Attempt
 from jobs.outputs import ProgressDetail
 from jobs.repository import heartbeat, report_progress
+from worker import soft_limit
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,9 @@ class JobProgress:
         self._last_report = self._last_check = now
 
     def should_stop(self) -> bool:
-        """True once the job was canceled (asks Postgres at most once a second)."""
+        """True once the job was canceled (asks Postgres at most once a second). Raises the soft time
+        limit if it fired in the last step, swallowed there (worker/soft_limit.py)."""
+        soft_limit.check()
         now = time.monotonic()
         if now - self._last_check >= self.min_interval_s:
             self._write(lambda session: bool(heartbeat(session, [self.attempt])))

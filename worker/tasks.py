@@ -21,6 +21,7 @@ from celery import Celery, Task
 
 from jobs.kinds import KINDS
 from worker import metrics as worker_metrics
+from worker import soft_limit
 from worker.batches import run_batch_for
 from worker.ended_here import DropEndedHere
 from worker.events import TaskEvents
@@ -52,10 +53,11 @@ def register_tasks(app: Celery, runtime: WorkerRuntime) -> None:
 
 def _inference_task(runtime: WorkerRuntime) -> Callable[[Task, str], str]:
     def run_inference(task: Task, job_id: str) -> str:
+        soft_limit.arm()
         events, started = _events(task), time.monotonic()
         # Most messages find their job already run in another's batch: the queue they came by (the
         # routing key: jobs/broker.py sends each to its job's queue) spares reading the job's row.
-        claim = claim_id(task.request.hostname or "", task.request.id)
+        claim = _claim(task)
         ended = run_batch_for(runtime, UUID(job_id), claim, events.started, queue=_queue(task))
         events.ended(ended, time.monotonic() - started)
         worker_metrics.batch_ran(ended, claim, runtime.models.registry)
@@ -66,14 +68,20 @@ def _inference_task(runtime: WorkerRuntime) -> Callable[[Task, str], str]:
 
 def _long_task(runtime: WorkerRuntime) -> Callable[[Task, str], str]:
     def run_long(task: Task, job_id: str) -> str:
+        soft_limit.arm()
         events, started = _events(task), time.monotonic()
-        claim = claim_id(task.request.hostname or "", task.request.id)
+        claim = _claim(task)
         ended = run_long_job(runtime, UUID(job_id), claim, events.started, queue=_queue(task))
         events.ended([ended] if ended else [], time.monotonic() - started)
         worker_metrics.jobs_ended([ended] if ended else [], claim, runtime.models.registry)
         return ended.status.value if ended else "not queued"
 
     return run_long
+
+
+def _claim(task: Task) -> str:
+    """The `batch_id` of this run's claim: the message's task id on this worker node."""
+    return claim_id(task.request.hostname or "", task.request.id)
 
 
 def _queue(task: Task) -> str | None:
