@@ -334,7 +334,7 @@ def up(
 
     with one_line_errors():
         settings = settings_from_environment()
-    with services_for(settings) as running:
+    with one_line_errors(), services_for(settings) as running:
         upgrade(running)  # migrations before anything starts, as compose's one-shot `migrate` service
         _announce_embedded(settings, running)
         _announce_key(settings, running)

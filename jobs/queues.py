@@ -31,10 +31,10 @@ DOWNLOAD_QUEUE = Lane.DOWNLOAD.value
 def queue_for_model(model: str) -> str:
     """The inference queue of a model name (a hub id or a path is made queue-name safe), never a
     trained model's own queue."""
-    queue = INFERENCE_QUEUE_PREFIX + _UNSAFE_QUEUE_CHARS.sub("_", model)
-    if queue.startswith(TRAINED_QUEUE_PREFIX):
-        return INFERENCE_QUEUE_PREFIX + "_" + queue.removeprefix(INFERENCE_QUEUE_PREFIX)
-    return queue
+    safe = _UNSAFE_QUEUE_CHARS.sub("_", model)
+    if (INFERENCE_QUEUE_PREFIX + safe).startswith(TRAINED_QUEUE_PREFIX):
+        safe = "_" + safe
+    return INFERENCE_QUEUE_PREFIX + safe
 
 
 def queue_for_trained(tenant: str, name: str) -> str:

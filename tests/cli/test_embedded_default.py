@@ -179,3 +179,21 @@ def test_keys_made_beside_a_running_up_work_on_its_api(data: Path, models_dir: P
         stop(up, timeout_s=60)
     assert up.returncode == 0, log.read_text()[-3000:]
     wait_until(lambda: not postgres_of(data), "the embedded PostgreSQL to stop with `up`")
+
+
+def test_an_embedded_server_that_cannot_start_says_so_in_one_line(tmp_path: Path) -> None:
+    """A data directory that cannot be made (here under a file): `up` and a database command say which
+    server did not start, why and what to set instead, in one line on stderr, and exit 2."""
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    data = blocker / "data"
+    for args in (["keys", "list"], ["up", f"--port={free_port()}", f"--flower-port={free_port()}"]):
+        done = subprocess.run(
+            [*CLI, *args], env=embedded_env(data), cwd=tmp_path, capture_output=True, text=True, timeout=300
+        )
+        command = " ".join(args)
+        assert done.returncode == 2, f"`{command}` exited {done.returncode}: {done.stderr}"
+        assert done.stderr.splitlines() == [
+            f"error: the embedded PostgreSQL did not start in {data / 'postgres'} (NotADirectoryError: "
+            f"[Errno 20] Not a directory: '{data / 'postgres'}'); set DATABASE_URL to a server of your own"
+        ], f"`{command}`: {done.stderr}"
