@@ -157,10 +157,12 @@ def _run_to_an_end(long_job: LongJob[Any]) -> None:
         log.exception("job %s failed unexpectedly", job.id)
         return _fail(long_job.runtime, job, "internal_error", f"{type(exc).__name__}: {exc}", started)
     result, seconds = output.model_dump(mode="json"), time.monotonic() - started
+    what = f"recording job {job.id}'s result"
     try:
-        recorded = long_job.transaction(
-            f"recording job {job.id}'s result", lambda s: succeed_job(s, job.attempt, result, seconds)
-        )
+        try:
+            recorded = long_job.transaction(what, lambda s: succeed_job(s, job.attempt, result, seconds))
+        except SoftTimeLimitExceeded:  # it fired while the result was being written: the result is known
+            recorded = long_job.transaction(what, lambda s: succeed_job(s, job.attempt, result, seconds))
     except DBAPIError as exc:  # as an inference job's (worker/batches.py): it fails now, not after its lease
         if is_connection_error(exc):
             raise

@@ -27,13 +27,15 @@ from jobs.db import SessionFactory, session_scope
 from jobs.image_store import store_image
 from jobs.inputs import CaptionInput
 from jobs.kinds import JobKind, batch_key
-from jobs.models import Attempt
+from jobs.models import Attempt, Job
+from jobs.outputs import EvaluateOutput
 from jobs.repository import add_job
 from jobs.settings import Settings
 from jobs.status import JobStatus
 from tests.support.auth import TENANT
-from worker import soft_limit
+from worker import long_jobs, soft_limit
 from worker.batches import run_batch_for
+from worker.long_jobs import run_long_job
 from worker.model_holder import ModelLoadOptions
 from worker.progress import JobProgress
 from worker.runtime import WorkerRuntime
@@ -144,3 +146,56 @@ def test_arming_leaves_a_handler_other_than_the_pools_alone(pool_child: None) ->
     sum(range(10))
     soft_limit.check()  # no limit: nothing raised
     assert not soft_limit.passed()
+
+
+@pytest.fixture
+def long_runtime(worker_settings: Settings) -> WorkerRuntime:
+    return WorkerRuntime(settings=worker_settings, preload=None)
+
+
+def evaluated_as(runtime: WorkerRuntime, monkeypatch: pytest.MonkeyPatch, handler: Any) -> Job:
+    """An evaluate job run by the worker's long-job path, `handler` standing in for the model's scoring."""
+    monkeypatch.setitem(long_jobs.LONG_HANDLERS, JobKind.EVALUATE, handler)
+    queue = f"test-soft-limit-{uuid4().hex[:8]}"
+    with session_scope(runtime.sessions) as session:
+        job = add_job(session, tenant=TENANT, kind=JobKind.EVALUATE, model="tiny-opt", queue=queue,
+                      input={"dataset": "squares"})  # fmt: skip
+    soft_limit.arm()  # as each task does
+    ended = run_long_job(runtime, job.id, f"b-{job.id}", queue=queue)  # nothing escapes the task
+    assert ended is not None and ended.id == job.id
+    return ended
+
+
+def test_a_long_job_that_swallowed_its_limit_fails_when_it_returns(
+    pool_child: None, long_runtime: WorkerRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def scoring_that_swallows(_: object) -> EvaluateOutput:
+        try:
+            os.kill(os.getpid(), signal.SIGUSR1)
+            sum(range(10))
+        except Exception:
+            pass
+        return EvaluateOutput(metrics={"exact_match": 1.0}, records=1)
+
+    ended = evaluated_as(long_runtime, monkeypatch, scoring_that_swallows)
+    assert (ended.status, ended.error_code) == (JobStatus.FAILED, "time_limit_exceeded"), ended.result
+
+
+def test_a_limit_during_a_long_jobs_result_write_keeps_the_result(
+    pool_child: None, long_runtime: WorkerRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The work was done before the limit: the write is done again, and the job succeeds. (The limit
+    used to escape the task, the job left running until its lease ended, then run again.)"""
+    real_write, writes = long_jobs.succeed_job, []
+
+    def write_interrupted_once(*args: Any) -> Any:
+        writes.append(args)
+        if len(writes) == 1:
+            os.kill(os.getpid(), signal.SIGUSR1)  # lands in the write's transaction
+        return real_write(*args)
+
+    monkeypatch.setattr(long_jobs, "succeed_job", write_interrupted_once)
+    ended = evaluated_as(long_runtime, monkeypatch, lambda _: EvaluateOutput(metrics={"exact_match": 1.0}, records=1))
+    assert len(writes) == 2, "the limit did not land in the first write"
+    assert (ended.status, ended.attempts) == (JobStatus.SUCCEEDED, 1), ended.error_message
+    assert ended.result == {"metrics": {"exact_match": 1.0}, "records": 1}
