@@ -29,7 +29,7 @@ from jobs.inputs import CaptionInput
 from jobs.kinds import JobKind, batch_key
 from jobs.models import Attempt, Job
 from jobs.outputs import EvaluateOutput
-from jobs.repository import add_job
+from jobs.repository import add_job, succeed_job
 from jobs.settings import Settings
 from jobs.status import JobStatus
 from tests.support.auth import TENANT
@@ -186,13 +186,13 @@ def test_a_limit_during_a_long_jobs_result_write_keeps_the_result(
 ) -> None:
     """The work was done before the limit: the write is done again, and the job succeeds. (The limit
     used to escape the task, the job left running until its lease ended, then run again.)"""
-    real_write, writes = long_jobs.succeed_job, []
+    writes: list[Any] = []
 
     def write_interrupted_once(*args: Any) -> Any:
         writes.append(args)
         if len(writes) == 1:
             os.kill(os.getpid(), signal.SIGUSR1)  # lands in the write's transaction
-        return real_write(*args)
+        return succeed_job(*args)
 
     monkeypatch.setattr(long_jobs, "succeed_job", write_interrupted_once)
     ended = evaluated_as(long_runtime, monkeypatch, lambda _: EvaluateOutput(metrics={"exact_match": 1.0}, records=1))
