@@ -14,6 +14,9 @@ BLIP2_DATA_DIR, which workers on several machines share:
     tenants/TENANT/models/NAME/           a trained model, a complete Hugging Face checkpoint
     tenants/TENANT/models/.NAME.JOB_ID/   a training job's model, until it registers NAME as its own
     training/JOB_ID/                      a training job's last checkpoint, for resuming after a worker dies
+
+A job's two directories go when it succeeds, and when it ends any other way, after the next training
+job (worker/leftovers.py).
 """
 
 import logging
@@ -53,6 +56,7 @@ from jobs.repository import fail_job, find_job, succeed_job
 from worker import soft_limit
 from worker.batches import is_out_of_memory
 from worker.db_retry import retry_transaction
+from worker.leftovers import remove_ended_training_files
 from worker.progress import JobProgress, heartbeating
 from worker.runtime import WorkerRuntime
 
@@ -123,7 +127,18 @@ def run_long_job(
         progress = JobProgress(job.attempt, runtime.sessions)
         with heartbeating([job.attempt], runtime.sessions, runtime.settings.HEARTBEAT_INTERVAL_S):
             _run_to_an_end(LongJob(job, job_input, runtime, progress))
-    return _transaction(runtime, f"reading job {job.id}", lambda s: find_job(s, job.id))
+    ended = _transaction(runtime, f"reading job {job.id}", lambda s: find_job(s, job.id))
+    if job.kind is JobKind.TRAIN:
+        _remove_ended_training_files(runtime)
+    return ended
+
+
+def _remove_ended_training_files(runtime: WorkerRuntime) -> None:
+    """This job's training files if it did not succeed, and those of any other that ended (worker/leftovers.py)."""
+    try:
+        remove_ended_training_files(runtime.settings.BLIP2_DATA_DIR, runtime.sessions)
+    except Exception as exc:  # they are removed after the next training job instead
+        log.warning("training files of ended jobs not removed: %s: %s", type(exc).__name__, exc)
 
 
 def _rules(runtime: WorkerRuntime) -> BatchRules:
@@ -253,7 +268,7 @@ def run_train(long_job: LongJob[TrainInput]) -> TrainOutput:
     result = train(lm, train_records, val_records, config, output_dir=_saved_dir(long_job), work_dir=work_dir,
                    on_progress=on_progress, should_stop=progress.should_stop)  # fmt: skip
     if result.stopped:
-        raise JobCanceled(f"training stopped at step {result.steps}; the last checkpoint is in {work_dir}")
+        raise JobCanceled(f"training stopped at step {result.steps}")
     metrics = _register_trained(long_job, lm.family.value, result.metrics)
     shutil.rmtree(work_dir, ignore_errors=True)  # the finished model replaces the resume checkpoint
     return TrainOutput(
