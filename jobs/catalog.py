@@ -6,6 +6,7 @@ per tenant (two tenants may each have a `mine`); registry names are everyone's a
 Their files live in the tenant's own directory, `tenant_data_dir`.
 """
 
+import re
 from pathlib import Path
 
 from sqlalchemy import select
@@ -13,7 +14,12 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from blip2.registry import Family, ModelSpec, Registry
+from jobs.errors import LossCurveNotFound
+from jobs.inputs import NAME_PATTERN
 from jobs.models import Dataset, TrainedModel
+
+# What a training run saves beside its model (blip2/training.py), the demo models' too.
+LOSS_CURVE_FILE = "loss_curve.png"
 
 
 def tenant_data_dir(data_dir: Path, tenant: str) -> Path:
@@ -84,3 +90,29 @@ def serving_model(session: Session, registry: Registry, name: str, tenant: str) 
             return name
         name = model.base_model
     return name
+
+
+def loss_curve_url(name: str) -> str:
+    """Where the API serves a model's loss curve (api/routes/catalog.py)."""
+    return f"/v1/models/{name}/loss-curve"
+
+
+def loss_curve_file(checkpoint: str) -> Path | None:
+    """The loss curve saved beside a local checkpoint, if it has one (a hub id has none)."""
+    path = Path(checkpoint) / LOSS_CURVE_FILE
+    return path if path.is_file() else None
+
+
+def loss_curve_path(session: Session, registry: Registry, tenant: str, name: str) -> Path:
+    """The PNG of the training run that made model `name`: a model of the tenant trained here, or a
+    registry model with one (the demo models). Never a path a client names: those are the operator's."""
+    spec = next((spec for spec in registry.specs() if spec.name == name), None)
+    trainable = re.match(NAME_PATTERN, name) is not None  # what no training job could be named is not looked up
+    trained = get_trained_model(session, tenant, name) if spec is None and trainable else None
+    checkpoint = spec.checkpoint if spec is not None else trained.path if trained is not None else None
+    found = None if checkpoint is None else loss_curve_file(checkpoint)
+    if found is None:
+        raise LossCurveNotFound(
+            f"model {name!r} has no loss curve: only models trained by this service, and the demo models, have one"
+        )
+    return found

@@ -58,6 +58,12 @@ class BatchTooLarge(JobsError):
     code = "batch_too_large"
 
 
+class LossCurveNotFound(JobsError):
+    """No model of this name that the tenant may read has a loss curve."""
+
+    code = "loss_curve_not_found"
+
+
 class EmbeddedServerFailed(JobsError):
     """The embedded PostgreSQL or Redis (jobs/embedded.py) did not start."""
 

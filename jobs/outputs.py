@@ -78,7 +78,8 @@ class TrainOutput(JobOutput):
     steps: int
     final_loss: Measure
     metrics: Mapping[str, Measure]  # a dict; Mapping takes blip2's dict[str, float] as one
-    loss_curve: str  # path of the PNG, under BLIP2_DATA_DIR
+    loss_curve: str  # path of the PNG on the workers' and the API's disk, under BLIP2_DATA_DIR
+    loss_curve_url: str | None = None  # where the API serves it (absent from results older than the field)
     resumed_from_step: int = 0  # > 0 when a worker died and the job went on from its last checkpoint
 
 

@@ -336,6 +336,7 @@ class ModelPublic(BaseModel):
     description: str
     trained: bool  # produced by a training job of this service
     metrics: dict[str, float | None] | None = None  # null: a metric that came out NaN or infinite
+    loss_curve_url: str | None = None  # its training's loss curve (a PNG), where it has one
 
 
 class ModelsPublic(BaseModel):

@@ -35,7 +35,15 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from blip2.errors import Blip2Error, DatasetNotFound, InvalidArgument
-from jobs.catalog import get_dataset, get_trained_model, save_dataset, save_trained_model, tenant_data_dir
+from jobs.catalog import (
+    LOSS_CURVE_FILE,
+    get_dataset,
+    get_trained_model,
+    loss_curve_url,
+    save_dataset,
+    save_trained_model,
+    tenant_data_dir,
+)
 from jobs.claims import BatchRules, claim_batch, queue_of
 from jobs.db import is_connection_error
 from jobs.errors import JobsError
@@ -276,7 +284,8 @@ def run_train(long_job: LongJob[TrainInput]) -> TrainOutput:
         steps=result.steps,
         final_loss=result.final_loss,
         metrics=metrics,
-        loss_curve=str(_output_dir(long_job) / "loss_curve.png"),
+        loss_curve=str(_output_dir(long_job) / LOSS_CURVE_FILE),
+        loss_curve_url=loss_curve_url(job_input.output_model),
         resumed_from_step=result.resumed_from,
     )
 

@@ -54,6 +54,9 @@ def test_train_then_serve_and_evaluate_the_new_model(http: httpx.Client, shapes:
     assert result["model"] == "shapes-test-captioner" and result["steps"] == 12
     assert {"bleu_4", "cider"} <= set(result["metrics"]) and Path(result["loss_curve"]).is_file()
     assert trained["progress_detail"]["step"] == 12 and trained["progress"] == pytest.approx(1.0)
+    curve = http.get(result["loss_curve_url"])  # the PNG the worker saved, served by the API
+    assert curve.status_code == 200 and curve.headers["content-type"] == "image/png", curve.text
+    assert curve.content == Path(result["loss_curve"]).read_bytes()
 
     models = {m["name"]: m for m in http.get("/v1/models").json()["data"]}
     assert models["shapes-test-captioner"]["trained"] and models["shapes-test-captioner"]["family"] == "opt"
