@@ -376,6 +376,16 @@ def mark_dispatched(session: Session, job_ids: Collection[UUID]) -> None:
     session.execute(update(Job).where(Job.id.in_(_unlocked(Job.id.in_(list(job_ids))))).values(**marks))
 
 
+def send_again_if_queued(session: Session, job_id: UUID) -> JobMessage | None:
+    """The message of the job, marked as sent again, if it is still queued; else None. For a job whose
+    message ran a batch of other jobs that came first in fair order (worker/batches.py)."""
+    job = session.scalar(select(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED))
+    if job is None:
+        return None
+    mark_dispatched(session, [job.id])
+    return JobMessage.of(job)
+
+
 def _unlocked(*where: ColumnElement[bool]) -> Select[UUID]:
     """The ids of the jobs matching `where`, locked, less those another transaction holds (SKIP LOCKED)."""
     return select(Job.id).where(*where).with_for_update(skip_locked=True)

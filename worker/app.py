@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from celery import Celery
 from celery.signals import worker_process_init, worker_process_shutdown
 
-from jobs.broker import create_celery
+from jobs.broker import Dispatcher, create_celery
 from jobs.queues import queue_for_model, queue_for_trained
 from jobs.settings import Settings
 from worker import metrics as worker_metrics
@@ -77,6 +77,7 @@ def create_worker_app(settings: Settings, options: WorkerOptions) -> Celery:
         tenant=options.tenant,
         announced=[options.own_queue] if serves_own and options.tenant else [],
         ended_here=EndedHere(),
+        dispatcher=Dispatcher(app),
     )
     register_tasks(app, runtime)
     record_hard_time_limits(app, settings)

@@ -7,7 +7,8 @@
    most of them before they get here (worker/ended_here.py).
 1. **Claim** the next batch on the message's queue (jobs/claims.py): the head job (interactive before
    batch priority, tenants in fair share) and the queued jobs that may share its forward pass, in the
-   same fair order, as many as fit `--batch-size`.
+   same fair order, as many as fit `--batch-size`. A message whose own job was passed over sends it a
+   message again.
 2. **Gather**: while the batch has room, wait up to `--batch-wait-ms` for more to arrive.
 3. **Prepare** each job: its typed input and its images, each distinct image decoded once. A job
    whose image will not decode fails alone; the rest of the batch goes on.
@@ -40,6 +41,7 @@ from sqlalchemy.orm import Session
 from blip2 import fitting
 from blip2.errors import Blip2Error
 from blip2.images import decode_image
+from jobs.broker import JobMessage
 from jobs.claims import BatchRules, claim_batch, claim_more, queue_of
 from jobs.db import is_connection_error
 from jobs.errors import JobsError
@@ -49,7 +51,7 @@ from jobs.kinds import KINDS, JobKind
 from jobs.models import Attempt, Job
 from jobs.outputs import JobOutput
 from jobs.recent_jobs import RecentJobs
-from jobs.repository import Outcome, fail_job, succeed_jobs
+from jobs.repository import Outcome, fail_job, send_again_if_queued, succeed_jobs
 from worker import soft_limit
 from worker.db_retry import retry_transaction
 from worker.decoded_images import Key
@@ -65,7 +67,7 @@ _PARSED_KEPT = 4096  # jobs whose parsed input is kept: a few batches' worth, an
 _PARSED: dict[UUID, "JobInput | JobError"] = {}
 # Jobs that ended in a batch of this process: their own messages, which mostly arrive after the batch
 # that ran them, then return at once. An ended job never runs again (no state leads back to queued),
-# and every job still queued has a message of its own, so such a message has nothing to start.
+# and every job still queued has a message of its own (`_claim`), so such a message has nothing to start.
 _ENDED = RecentJobs(4096)
 
 
@@ -196,11 +198,26 @@ def _parsed(job: Job) -> "JobInput | JobError":
 
 
 def _claim(runtime: WorkerRuntime, message_job: UUID, batch_id: str, message_queue: str | None) -> Batch:
-    def claim(session: Session) -> list[Job]:
-        queue = message_queue or queue_of(session, message_job)
-        return [] if queue is None else claim_batch(session, queue, batch_id, _rules(runtime))
+    """Claim the next batch. If it is of other jobs (they come first in fair order: interactive before
+    batch priority, another tenant's turn) and the message's own job is still queued, that job gets a
+    message again: its own was spent on this batch, and the messages of the jobs this batch runs are
+    dropped unread once they end here. Every queued job keeps a message of its own, so none waits for
+    the sweeper (a job stranded so waited QUEUED_TOO_LONG_S). Each such message goes with a batch run,
+    so none loops."""
+    dispatcher = runtime.dispatcher
 
-    return Batch(batch_id, [Item(job) for job in _transaction(runtime, "claiming a batch", claim)])
+    def claim(session: Session) -> tuple[list[Job], JobMessage | None]:
+        queue = message_queue or queue_of(session, message_job)
+        jobs = [] if queue is None else claim_batch(session, queue, batch_id, _rules(runtime))
+        passed_over = bool(jobs) and all(job.id != message_job for job in jobs)
+        again = send_again_if_queued(session, message_job) if passed_over and dispatcher is not None else None
+        return jobs, again
+
+    jobs, again = _transaction(runtime, "claiming a batch", claim)
+    if again is not None and dispatcher is not None:
+        log.info("job %s waits behind the jobs its message ran; it has a message again", message_job)
+        dispatcher.try_send(again)
+    return Batch(batch_id, [Item(job) for job in jobs])
 
 
 def _gather(runtime: WorkerRuntime, batch: Batch) -> None:

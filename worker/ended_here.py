@@ -10,8 +10,9 @@ So the job process tells the main process, through a pipe opened before the pool
 ended in its batches (`EndedHere.tell`), and the main process's strategy for inference tasks
 (`DropEndedHere`, Celery's `Task.Strategy`) acknowledges their messages as they arrive, unread. That is
 safe for the same reason as in the job process (worker/batches.py): an ended job is never queued again,
-and every queued job has a message of its own. Whatever the pipe could not carry (it is full when the
-main process falls behind) reaches the job process as before, which drops it there.
+and every queued job has a message of its own (one whose message ran other jobs first is sent
+another). Whatever the pipe could not carry (it is full when the main process falls behind) reaches
+the job process as before, which drops it there.
 """
 
 import logging

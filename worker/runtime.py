@@ -17,6 +17,7 @@ from worker.presence import Presence
 
 if TYPE_CHECKING:
     from blip2.loading import LoadedModel
+    from jobs.broker import Dispatcher
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,9 @@ class WorkerRuntime:
     # Opened in the worker's main process before its pool forks: the jobs that ended in the child, told
     # to the main process, which drops their messages (worker/ended_here.py). None: nobody to tell.
     ended_here: EndedHere | None = None
+    # Sends a message again for a job whose own message ran other jobs first (worker/batches.py). None:
+    # no broker to send to (a runtime driven directly, in tests).
+    dispatcher: "Dispatcher | None" = None
     _sessions: SessionFactory | None = None
     _models: ModelHolder | None = None
     _presence: Presence | None = None
