@@ -377,12 +377,14 @@ def mark_dispatched(session: Session, job_ids: Collection[UUID]) -> None:
 
 
 def send_again_if_queued(session: Session, job_id: UUID) -> JobMessage | None:
-    """The message of the job, marked as sent again, if it is still queued; else None. For a job whose
-    message ran a batch of other jobs that came first in fair order (worker/batches.py)."""
+    """The message of the job, marked as sent now, if it is still queued; else None. For a job whose
+    message ran a batch of other jobs that came first in fair order (worker/batches.py). Its count of
+    messages stays: the one it had was spent, so this one is no duplicate to back off from
+    (`take_overdue_queued_jobs`)."""
     job = session.scalar(select(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED))
     if job is None:
         return None
-    mark_dispatched(session, [job.id])
+    session.execute(update(Job).where(Job.id.in_(_unlocked(Job.id == job.id))).values(dispatched_at=func.now()))
     return JobMessage.of(job)
 
 

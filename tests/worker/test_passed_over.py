@@ -73,7 +73,10 @@ def test_a_passed_over_job_is_sent_again_and_runs_on_that_message(
     assert ran.id == urgent.id and ran.status is JobStatus.SUCCEEDED, ran.error_message
     assert waiting_job_ids(key_prefix, queue) == [str(bulk.id)], "the passed-over job was not sent a message again"
     with session_scope(runtime.sessions) as session:
-        assert get_job(session, bulk.id).dispatch_count == bulk.dispatch_count + 1
+        marked = get_job(session, bulk.id)
+    assert marked.dispatched_at is not None and bulk.dispatched_at is not None
+    assert marked.dispatched_at > bulk.dispatched_at, "the sweeper was not told of the message sent again"
+    assert marked.dispatch_count == bulk.dispatch_count, "one message spent, one sent: no duplicate to back off from"
 
     # The interactive job's own message: it ended here, and the message is dropped unread.
     assert run_batch_for(runtime, urgent.id, "passed-over-2", queue=queue) == []
