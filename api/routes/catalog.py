@@ -40,7 +40,10 @@ def read_models(session: SessionDep, context: ContextDep, principal: CurrentPrin
     "/models/{name}/loss-curve",
     operation_id="read_loss_curve",
     response_class=FileResponse,
-    responses={200: {"content": {"image/png": {}}, "description": "The loss curve, a PNG"}, **error_responses(404)},
+    responses={
+        200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}, "description": "A PNG"},
+        **error_responses(404),
+    },
 )
 def read_loss_curve(name: str, session: SessionDep, context: ContextDep, principal: CurrentPrincipal) -> FileResponse:
     """The training loss, step by step, of a model this service trained (or a demo model), as a PNG."""

@@ -19,6 +19,7 @@ USE_IT = """
 import io, json, sys, time
 from blip2_generated_client import AuthenticatedClient
 from blip2_generated_client.api.images import upload_image
+from blip2_generated_client.api.catalog import read_loss_curve
 from blip2_generated_client.api.jobs import create_job, read_job
 from blip2_generated_client.models import BodyUploadImage, CaptionInput, CaptionJob, CaptionJobCreate, DecodingInput
 from blip2_generated_client.types import File
@@ -35,7 +36,9 @@ for _ in range(20):
     if job.status.value in ("succeeded", "failed", "canceled"):
         break
 assert isinstance(job, CaptionJob), type(job)
-print(json.dumps({"image_id": str(image.id), "status": job.status.value, "captions": job.result.captions}))
+curve = read_loss_curve.sync("shapes-blip2", client=client).payload.read()
+print(json.dumps({"image_id": str(image.id), "status": job.status.value, "captions": job.result.captions,
+                  "curve_bytes": len(curve), "curve_is_png": curve.startswith(b"\\x89PNG")}))
 """
 
 
@@ -43,7 +46,11 @@ def test_a_generated_client_runs_a_caption_job(api_url: str, worker: Path, api_k
     schema = tmp_path / "openapi.json"
     schema.write_text(httpx.get(f"{api_url}/openapi.json").text)
     config = tmp_path / "config.json"
-    config.write_text(json.dumps({"post_hooks": [], "package_name_override": PACKAGE}))
+    # The generator reads binary answers as application/octet-stream only: a loss curve's PNG is one.
+    overrides = {"image/png": "application/octet-stream"}
+    config.write_text(
+        json.dumps({"post_hooks": [], "package_name_override": PACKAGE, "content_type_overrides": overrides})
+    )
     generated = subprocess.run(
         [GENERATOR, "generate", "--path", schema, "--meta", "none", "--output-path", tmp_path / PACKAGE,
          "--config", config],
@@ -60,3 +67,4 @@ def test_a_generated_client_runs_a_caption_job(api_url: str, worker: Path, api_k
     assert used.returncode == 0, used.stderr
     job = json.loads(used.stdout)
     assert job["status"] == "succeeded" and len(job["captions"]) == 1
+    assert job["curve_is_png"] and job["curve_bytes"] > 1000, job  # GET /v1/models/{name}/loss-curve, as bytes
