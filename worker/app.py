@@ -16,6 +16,7 @@ hard time limit is failed by the main process (worker/time_limits.py), not run a
 
 from dataclasses import dataclass, field
 
+import billiard.pool
 from celery import Celery
 from celery.signals import worker_process_init, worker_process_shutdown
 
@@ -51,8 +52,18 @@ class WorkerOptions:
         return self.queues or [self.own_queue]
 
 
+# billiard makes a job process told to exit wait, up to 300 x 0.1 s, until the main process has read
+# its last result. A warm shutdown (SIGTERM) that lands as a task ends never reads it: the main process
+# is already joining the pool. Such a stop took 30 s more (py-spy: the child in
+# `_ensure_messages_consumed`, the main process in `Pool.join`), twice in one run of the tests, and a
+# deploy's `docker stop` would have killed it first. An unread result costs nothing here: the job's
+# outcome is in Postgres, and its message, restored to the queue, finds the job ended (worker/batches.py).
+_EXIT_WAIT_FOR_RESULT_READ = 10  # x 0.1 s
+
+
 def create_worker_app(settings: Settings, options: WorkerOptions) -> Celery:
     """The Celery app of one worker, its task registered and its model loaded in the child on start."""
+    billiard.pool.GUARANTEE_MESSAGE_CONSUMPTION_RETRY_LIMIT = _EXIT_WAIT_FOR_RESULT_READ  # inherited by the pool
     app = create_celery(settings)
     app.conf.update(
         task_acks_late=True,
