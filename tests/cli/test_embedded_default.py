@@ -2,28 +2,23 @@
 `tenants` and `usage` use the embedded PostgreSQL under BLIP2_DATA_DIR, the one `blip2-jobs up` runs.
 
 Nothing running: the command starts that server and stops it when it ends. A server another process
-holds (`up`): the command uses it and leaves it running.
+holds (`up`): the command uses it and leaves it running (tests/system/test_up.py runs a real `up`).
 """
 
-import os
-import re
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
-import psutil
 import pytest
 
 from jobs.api_keys import authenticate
 from jobs.db import create_db_engine, create_session_factory
 from jobs.embedded import free_port
 from jobs.settings import Settings
-from tests.support.auth import bearer
-from tests.support.processes import CLI, stop, wait_for_http, wait_for_log
+from tests.support.embedded import blip2_jobs, embedded_env, fresh_data_dir, postgres_of, said_embedded
+from tests.support.processes import CLI, stop
 from tests.support.waiting import wait_until
 
 # What `up` does for the database, in a process of its own: holds the embedded server until stdin closes.
@@ -40,41 +35,8 @@ with database_for(Settings()) as settings:
 
 @pytest.fixture
 def data() -> Iterator[Path]:
-    """A data directory of its own, not yet made, outside pytest's temporary root: as root, pgserver runs
-    PostgreSQL as a user of its own and opens the path's folders to it, and each pytest run that starts
-    on this machine closes that root to its owner again, which the server then cannot reach."""
-    with tempfile.TemporaryDirectory(prefix="blip2-embedded-") as parent:
-        yield Path(parent) / "data"
-
-
-def embedded_env(data_dir: Path) -> dict[str, str]:
-    """The environment of a fresh clone: no server URLs, data under `data_dir`."""
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-    return env | {"BLIP2_DATA_DIR": str(data_dir)}
-
-
-def blip2_jobs(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """`blip2-jobs <args>`, run beside `data_dir` (no .env there), as an operator runs it."""
-    done = subprocess.run(
-        [*CLI, *args], env=embedded_env(data_dir), cwd=data_dir.parent, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, f"blip2-jobs {' '.join(args)}: {done.stderr}"
-    return done
-
-
-def postgres_of(data_dir: Path) -> list[int]:
-    """PostgreSQL processes running on `data_dir` (the postmaster names it, its children work in it)."""
-    found = []
-    for process in psutil.process_iter(["pid", "name", "cmdline", "cwd", "status"]):
-        text = " ".join(process.info["cmdline"] or []) + " " + str(process.info["cwd"] or "")
-        if process.info["name"] == "postgres" and str(data_dir) in text and process.info["status"] != "zombie":
-            found.append(process.info["pid"])
-    return found
-
-
-def said_embedded(done: subprocess.CompletedProcess[str], url: str) -> bool:
-    """Whether the command said, in one line on stderr, that it used the embedded database at `url`."""
-    return f"database: embedded PostgreSQL, {url} (DATABASE_URL is not set)" in done.stderr.splitlines()
+    with fresh_data_dir() as path:
+        yield path
 
 
 def key_works(database_url: str, secret: str, tenant: str) -> bool:
@@ -142,43 +104,6 @@ def test_commands_use_the_server_another_process_holds_and_leave_it_running(data
         assert key_works(url, created.stdout.strip(), "acme"), "the holder's server does not answer with the new key"
         assert "\tacme\t" in listed.stdout
     wait_until(lambda: not postgres_of(data), "the server to stop when its last user, the holder, leaves")
-
-
-@pytest.mark.slow
-def test_keys_made_beside_a_running_up_work_on_its_api(data: Path, models_dir: Path, tmp_path: Path) -> None:
-    """`up` prints the embedded URLs; `keys create` uses its database, and `up`'s API takes the key."""
-    data.mkdir()
-    for entry in models_dir.iterdir():  # the built tiny checkpoints, for the worker
-        (data / entry.name).symlink_to(entry)
-    port = free_port()
-    log = tmp_path / "up.log"
-    with log.open("wb") as out:
-        up = subprocess.Popen(
-            [*CLI, "up", f"--port={port}", f"--flower-port={free_port()}", "--models=tiny-opt"],
-            env=embedded_env(data),
-            cwd=data.parent,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_for_log(log, "API key", up, timeout_s=300)
-        banner = log.read_text()
-        url = re.search(r"^Postgres\s+(postgresql://\S+)\s+\(embedded", banner, re.MULTILINE)
-        assert url and url.group(1) == f"postgresql://postgres:@/postgres?host={data / 'postgres'}", banner
-        assert re.search(r"^Redis\s+redis://127\.0\.0\.1:\d+/0\s+\(embedded", banner, re.MULTILINE), banner
-        server = postgres_of(data)
-
-        created = blip2_jobs(data, "keys", "create", "--tenant", "acme")
-        assert said_embedded(created, url.group(1)), created.stderr
-        assert postgres_of(data) == server, "`keys create` stopped or replaced the server `up` runs"
-        api = f"http://127.0.0.1:{port}"
-        wait_for_http(f"{api}/healthz", up, timeout_s=300)
-        answer = httpx.get(f"{api}/v1/usage", headers=bearer(created.stdout.strip()), timeout=30)
-        assert answer.status_code == 200 and answer.json()["tenant"] == "acme", answer.text
-    finally:
-        stop(up, timeout_s=60)
-    assert up.returncode == 0, log.read_text()[-3000:]
-    wait_until(lambda: not postgres_of(data), "the embedded PostgreSQL to stop with `up`")
 
 
 def test_an_embedded_server_that_cannot_start_says_so_in_one_line(tmp_path: Path) -> None:
