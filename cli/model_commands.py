@@ -68,10 +68,12 @@ class Loader:
     """
 
     def __init__(self, model: str, quantize: str, device: str, dtype: str, data_dir: Path, models_file: Path | None):
+        from blip2.quantization import QuantizationPlan
         from blip2.registry import Registry
 
         self.registry = Registry.load(models_file)
         self.spec = self.registry.resolve(model)
+        QuantizationPlan.parse(quantize)  # a bad plan fails here, not after torch is imported
         self.model, self.quantize, self.device, self.dtype, self.data_dir = model, quantize, device, dtype, data_dir
 
     def load(self) -> "LoadedModel":
