@@ -9,9 +9,9 @@ process's real SIGUSR1 handler, as billiard installs it in a pool's child.
 """
 
 import io
-import os
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 from typing import Any
 from uuid import UUID, uuid4
@@ -41,6 +41,12 @@ from worker.progress import JobProgress
 from worker.runtime import WorkerRuntime
 
 GREEDY = {"num_beams": 1, "max_new_tokens": 8}
+
+
+def to_this_thread(signum: int) -> None:
+    """Send this (the main) thread a signal: delivered before the call returns, where a signal to the
+    process may go to another of its threads (the heartbeat's) and reach Python later, anywhere."""
+    signal.pthread_kill(threading.get_ident(), signum)
 
 
 @pytest.fixture
@@ -74,7 +80,7 @@ class LimitInDynamoCheck:
             self.calls_after += 1
         elif sys._getframe(1).f_code is import_utils.is_torchdynamo_compiling.__code__:
             self.signalled = True
-            os.kill(os.getpid(), signal.SIGUSR1)  # the handler runs at the next line: here
+            to_this_thread(signal.SIGUSR1)  # the handler runs at the next line: here
         return self.real()
 
 
@@ -126,7 +132,7 @@ def test_a_training_step_after_a_swallowed_limit_stops_at_its_next_check(
 
     swallowed: list[Any] = []
     try:
-        os.kill(os.getpid(), signal.SIGUSR1)
+        to_this_thread(signal.SIGUSR1)
         sum(range(10))  # the handler has run by here
     except Exception as exc:  # what library code does to it
         swallowed.append(exc)
@@ -142,7 +148,7 @@ def test_arming_leaves_a_handler_other_than_the_pools_alone(pool_child: None) ->
     signal.signal(signal.SIGUSR1, cry)
     soft_limit.arm()
     assert signal.getsignal(signal.SIGUSR1) is cry
-    os.kill(os.getpid(), signal.SIGUSR1)
+    to_this_thread(signal.SIGUSR1)
     sum(range(10))
     soft_limit.check()  # no limit: nothing raised
     assert not soft_limit.passed()
@@ -171,7 +177,7 @@ def test_a_long_job_that_swallowed_its_limit_fails_when_it_returns(
 ) -> None:
     def scoring_that_swallows(_: object) -> EvaluateOutput:
         try:
-            os.kill(os.getpid(), signal.SIGUSR1)
+            to_this_thread(signal.SIGUSR1)
             sum(range(10))
         except Exception:
             pass
@@ -191,7 +197,7 @@ def test_a_limit_during_a_long_jobs_result_write_keeps_the_result(
     def write_interrupted_once(*args: Any) -> Any:
         writes.append(args)
         if len(writes) == 1:
-            os.kill(os.getpid(), signal.SIGUSR1)  # lands in the write's transaction
+            to_this_thread(signal.SIGUSR1)  # lands in the write's transaction
         return succeed_job(*args)
 
     monkeypatch.setattr(long_jobs, "succeed_job", write_interrupted_once)
