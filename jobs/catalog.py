@@ -107,9 +107,10 @@ def loss_curve_path(session: Session, registry: Registry, tenant: str, name: str
     """The PNG of the training run that made model `name`: a model of the tenant trained here, or a
     registry model with one (the demo models). Never a path a client names: those are the operator's."""
     spec = next((spec for spec in registry.specs() if spec.name == name), None)
-    trainable = re.match(NAME_PATTERN, name) is not None  # what no training job could be named is not looked up
-    trained = get_trained_model(session, tenant, name) if spec is None and trainable else None
-    checkpoint = spec.checkpoint if spec is not None else trained.path if trained is not None else None
+    checkpoint = spec.checkpoint if spec is not None else None
+    if spec is None and re.match(NAME_PATTERN, name):  # a name no training job could have is not looked up
+        trained = get_trained_model(session, tenant, name)
+        checkpoint = trained.path if trained is not None else None
     found = None if checkpoint is None else loss_curve_file(checkpoint)
     if found is None:
         raise LossCurveNotFound(

@@ -380,12 +380,12 @@ def send_again_if_queued(session: Session, job_id: UUID) -> JobMessage | None:
     """The message of the job, marked as sent now, if it is still queued; else None. For a job whose
     message ran a batch of other jobs that came first in fair order (worker/batches.py). Its count of
     messages stays: the one it had was spent, so this one is no duplicate to back off from
-    (`take_overdue_queued_jobs`)."""
-    job = session.scalar(select(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED))
-    if job is None:
-        return None
-    session.execute(update(Job).where(Job.id.in_(_unlocked(Job.id == job.id))).values(dispatched_at=func.now()))
-    return JobMessage.of(job)
+    (`take_overdue_queued_jobs`). A row another transaction holds is left alone: a claim, a cancel or
+    a sweep is moving it on (the sweep sends a message of its own)."""
+    marked = update(Job).where(Job.id.in_(_unlocked(Job.id == job_id, Job.status == JobStatus.QUEUED)))
+    returning = marked.values(dispatched_at=func.now()).returning(Job.id, Job.queue, Job.kind, Job.model)
+    row = session.execute(returning, execution_options={"synchronize_session": False}).one_or_none()
+    return None if row is None else JobMessage(*row)
 
 
 def _unlocked(*where: ColumnElement[bool]) -> Select[UUID]:

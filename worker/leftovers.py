@@ -27,7 +27,7 @@ from jobs.status import JobStatus
 
 log = logging.getLogger(__name__)
 
-_ENDED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED)
+_ENDED = [status for status in JobStatus if status.is_terminal]
 
 
 def remove_ended_training_files(data_dir: Path, sessions: SessionFactory) -> list[Path]:

@@ -181,11 +181,15 @@ def _run_to_an_end(long_job: LongJob[Any]) -> None:
         return _fail(long_job.runtime, job, "internal_error", f"{type(exc).__name__}: {exc}", started)
     result, seconds = output.model_dump(mode="json"), time.monotonic() - started
     what = f"recording job {job.id}'s result"
+
+    def record(session: Session) -> Job | None:
+        return succeed_job(session, job.attempt, result, seconds)
+
     try:
         try:
-            recorded = long_job.transaction(what, lambda s: succeed_job(s, job.attempt, result, seconds))
+            recorded = long_job.transaction(what, record)
         except SoftTimeLimitExceeded:  # it fired while the result was being written: the result is known
-            recorded = long_job.transaction(what, lambda s: succeed_job(s, job.attempt, result, seconds))
+            recorded = long_job.transaction(what, record)
     except DBAPIError as exc:  # as an inference job's (worker/batches.py): it fails now, not after its lease
         if is_connection_error(exc):
             raise

@@ -27,12 +27,9 @@ router = APIRouter(
 @router.get("/models")
 def read_models(session: SessionDep, context: ContextDep, principal: CurrentPrincipal) -> ModelsPublic:
     """Registry models, then the tenant's trained ones, oldest first."""
-    registry = [_public(spec, trained=False, curve=_has_curve(spec)) for spec in context.registry.specs()]
+    registry = [_public(spec, trained=False) for spec in context.registry.specs()]
     trained_models = list_trained_models(session, principal.tenant)
-    trained = [
-        _public(trained_spec(m), trained=True, metrics=m.metrics, curve=_has_curve(trained_spec(m)))
-        for m in trained_models
-    ]
+    trained = [_public(trained_spec(m), trained=True, metrics=m.metrics) for m in trained_models]
     return ModelsPublic(data=registry + trained)
 
 
@@ -51,13 +48,7 @@ def read_loss_curve(name: str, session: SessionDep, context: ContextDep, princip
     return FileResponse(path, media_type="image/png", headers={"Cache-Control": "private, no-cache"})
 
 
-def _has_curve(spec: ModelSpec) -> bool:
-    return loss_curve_file(spec.checkpoint) is not None
-
-
-def _public(
-    spec: ModelSpec, *, trained: bool, metrics: dict[str, float | None] | None = None, curve: bool = False
-) -> ModelPublic:
+def _public(spec: ModelSpec, *, trained: bool, metrics: dict[str, float | None] | None = None) -> ModelPublic:
     family = spec.family.value if spec.family else None
     return ModelPublic(
         name=spec.name,
@@ -66,7 +57,7 @@ def _public(
         description=spec.description,
         trained=trained,
         metrics=metrics,
-        loss_curve_url=loss_curve_url(spec.name) if curve else None,
+        loss_curve_url=loss_curve_url(spec.name) if loss_curve_file(spec.checkpoint) else None,
     )
 
 
