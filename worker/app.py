@@ -113,4 +113,18 @@ def worker_argv(options: WorkerOptions) -> list[str]:
 
 def run_worker(settings: Settings, options: WorkerOptions) -> None:
     """Run a worker in this process until it is stopped (SIGTERM: finish the current job, then exit)."""
-    create_worker_app(settings, options).worker_main(worker_argv(options))
+    app = create_worker_app(settings, options)
+    import_model_libraries()
+    app.worker_main(worker_argv(options))
+
+
+def import_model_libraries() -> None:
+    """Import torch and transformers' BLIP-2 code here, in the main process, before the pool forks.
+
+    Every job process inherits them instead of importing them itself: 7 of the 8 s a new job process
+    took to be ready on a 2-core machine, with a tiny model. A worker's first process is ready no
+    sooner, but one that replaces it (after a hard time limit, a crash or an out-of-memory kill) is,
+    by those 7 s. Importing starts no threads and touches no GPU, so forking afterwards is safe; the
+    model itself is still loaded in the job process, after the fork.
+    """
+    import blip2.loading  # noqa: F401  (torch, transformers' models and processors)
