@@ -51,11 +51,8 @@ def extract_features(
     """One `Features` per image (image mode), per text (text mode) or per pair (multimodal)."""
     chosen = _mode(mode)
     images, texts = list(images or []), list(texts or [])
-    if chosen is not FeatureMode.IMAGE and lm.family is not Family.ITM:
-        raise UnsupportedOperation(
-            f"{chosen.value} features need a retrieval model (blip2-itm-vit-g, tiny-itm); "
-            f"{lm.name!r} is {lm.family.value}"
-        )
+    if (refusal := lm.family.cannot_embed(chosen.value)) is not None:
+        raise UnsupportedOperation(f"model {lm.name!r}: {refusal}")
     with torch.inference_mode():
         if chosen is FeatureMode.IMAGE:
             return _image_features(lm, _need(images, "images", chosen))
@@ -78,8 +75,6 @@ def _need(items: list, what: str, mode: FeatureMode) -> list:  # type: ignore[ty
 
 
 def _image_features(lm: LoadedModel, images: list[Image]) -> list[Features]:
-    if lm.family is Family.INSTRUCT:
-        raise UnsupportedOperation("InstructBLIP's Q-Former reads the instruction; use a BLIP-2 model for features")
     queries = image_queries(lm, images).queries
     projected = image_projection(lm, queries)
     pooled = F.normalize(projected.mean(dim=1), dim=-1)

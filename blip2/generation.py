@@ -31,8 +31,8 @@ def generate_texts(
     decoding: DecodingOptions,
 ) -> list[list[str]]:
     """For each (image, prompt), `decoding.num_captions` generated continuations of the prompt."""
-    if not lm.family.generates:
-        raise UnsupportedOperation(f"model {lm.name!r} is a retrieval model and cannot generate text")
+    if (refusal := lm.family.cannot_generate()) is not None:
+        raise UnsupportedOperation(f"model {lm.name!r}: {refusal}")
     require_same_length(images, prompts, "prompts")
     if not images:
         return []

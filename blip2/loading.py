@@ -7,8 +7,6 @@ built into `data_dir` on first use and then load through the same `from_pretrain
 the real ones. A checkpoint that cannot be had fails at once with what to do about it.
 """
 
-import socket
-import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,10 +21,10 @@ from transformers import (
     ProcessorMixin,
 )
 
-from blip2.errors import CheckpointUnavailable, InvalidArgument, InvalidCheckpoint, ModelNotFound
+from blip2.checkpoints import locate_checkpoint
+from blip2.errors import CheckpointUnavailable, InvalidArgument, InvalidCheckpoint
 from blip2.quantization import Precision, QuantizationPlan, bnb_config, quantize_remaining
 from blip2.registry import (
-    PRETRAINED_DIR,
     Family,
     ModelSpec,
     Registry,
@@ -35,7 +33,6 @@ from blip2.registry import (
     family_of_config,
     is_checkpoint_dir,
 )
-from blip2.tiny import ensure_tiny_checkpoint
 
 MODEL_CLASSES: dict[Family, type[PreTrainedModel]] = {
     Family.OPT: Blip2ForConditionalGeneration,
@@ -133,48 +130,6 @@ def _input_device(model: PreTrainedModel, device: torch.device) -> torch.device:
     """Where inputs go: the vision encoder's device (the first of several when the model is split)."""
     vision: torch.nn.Module = model.vision_model  # type: ignore[assignment]
     return next(vision.parameters()).device if hasattr(model, "hf_device_map") else device
-
-
-def locate_checkpoint(spec: ModelSpec, data_dir: Path) -> str:
-    """A local directory holding the checkpoint, or a hub id that is cached or reachable."""
-    if spec.tiny:
-        return str(ensure_tiny_checkpoint(spec.checkpoint, data_dir))
-    path = Path(spec.checkpoint).expanduser()
-    if is_checkpoint_dir(path):
-        return str(path)
-    if path.is_absolute() or spec.checkpoint.startswith((".", "~")):
-        hint = "; `make demo-models` trains it" if path.parent == PRETRAINED_DIR else ""
-        raise ModelNotFound(
-            f"model {spec.name!r}: no checkpoint at {path} (expected a directory with config.json){hint}"
-        )
-    _require_hub_access(spec)
-    return spec.checkpoint
-
-
-def _require_hub_access(spec: ModelSpec) -> None:
-    """Fail at once, with advice, when a hub checkpoint is neither cached nor downloadable."""
-    from huggingface_hub import constants, try_to_load_from_cache
-
-    if isinstance(try_to_load_from_cache(spec.checkpoint, "config.json"), str):
-        return
-    if constants.HF_HUB_OFFLINE or not _reachable(constants.ENDPOINT):
-        why = "offline mode is on (HF_HUB_OFFLINE=1)" if constants.HF_HUB_OFFLINE else "the hub is unreachable"
-        raise CheckpointUnavailable(
-            f"model {spec.name!r} ({spec.checkpoint}) is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) "
-            f"and {why}: download it where there is network (`hf download {spec.checkpoint}`) and copy the "
-            "cache here (set HF_HOME), or pass a local checkpoint directory as the model"
-        )
-
-
-def _reachable(endpoint: str, timeout_s: float = 3.0) -> bool:
-    # One quick TCP connect instead of transformers' five retries with back-off (about 30 s).
-    url = urllib.parse.urlparse(endpoint)
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((url.hostname or "", port), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
 
 
 def _family_of(source: str) -> Family:

@@ -23,7 +23,6 @@ from blip2.errors import InvalidArgument, UnsupportedOperation
 from blip2.features import image_projection, text_embeddings
 from blip2.loading import LoadedModel
 from blip2.qformer import EncodedTexts, image_queries, joint_queries, text_tokens
-from blip2.registry import Family
 
 T = TypeVar("T")
 
@@ -192,10 +191,8 @@ def _identity(value: object) -> object:
 
 
 def _require_itm(lm: LoadedModel) -> None:
-    if lm.family is not Family.ITM:
-        raise UnsupportedOperation(
-            f"matching needs a retrieval model (blip2-itm-vit-g, tiny-itm); {lm.name!r} is {lm.family.value}"
-        )
+    if (refusal := lm.family.cannot_match()) is not None:
+        raise UnsupportedOperation(f"model {lm.name!r}: {refusal}")
 
 
 def _require_items(items: Sequence[object], what: str) -> None:

@@ -41,6 +41,25 @@ class Family(StrEnum):
     def generates(self) -> bool:
         return self is not Family.ITM
 
+    # Why a model of this family cannot run an operation, or None: one wording for the library, which
+    # checks a loaded model, and for what refuses a model before loading it (the API, the CLI).
+
+    def cannot_generate(self) -> str | None:
+        return None if self.generates else f"a {self.value} model is a retrieval model and cannot generate text"
+
+    def cannot_match(self) -> str | None:
+        if self is Family.ITM:
+            return None
+        return f"matching needs a retrieval model (family itm); this model is {self.value}"
+
+    def cannot_embed(self, mode: str) -> str | None:
+        """`mode`: image, text or multimodal features."""
+        if mode != "image" and self is not Family.ITM:
+            return f"{mode} embeddings need a retrieval model (family itm); this model is {self.value}"
+        if self is Family.INSTRUCT:
+            return "InstructBLIP's Q-Former reads the instruction; use a BLIP-2 model for embeddings"
+        return None
+
 
 @dataclass(frozen=True)
 class Templates:

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from blip2.decoding import resolve
-from blip2.errors import Blip2Error
-from blip2.registry import ModelSpec, is_checkpoint_dir
+from blip2.errors import Blip2Error, UnsupportedOperation
+from blip2.registry import Family, ModelSpec, is_checkpoint_dir
 
 if TYPE_CHECKING:
     from blip2.loading import LoadedModel
@@ -63,17 +63,32 @@ Texts = Annotated[list[str] | None, typer.Option("--text", "-t", help="A text (r
 class Loader:
     """The options every model command shares, and the one way they become a loaded model.
 
-    The registry lookup is torch-free, so an unknown model or a bad option fails in a
-    fraction of a second, before torch and transformers are imported.
+    What can be checked without torch is checked first, so that an unknown model, a checkpoint that
+    cannot be had, a model that cannot run the command (`refuse`: why a family cannot, or None) or
+    a bad option fails in a fraction of a second, before torch and transformers are imported.
     """
 
-    def __init__(self, model: str, quantize: str, device: str, dtype: str, data_dir: Path, models_file: Path | None):
+    def __init__(
+        self,
+        model: str,
+        quantize: str,
+        device: str,
+        dtype: str,
+        data_dir: Path,
+        models_file: Path | None,
+        refuse: Callable[[Family], str | None],
+    ):
+        from blip2.checkpoints import require_checkpoint
         from blip2.quantization import QuantizationPlan
         from blip2.registry import Registry
 
         self.registry = Registry.load(models_file)
         self.spec = self.registry.resolve(model)
-        QuantizationPlan.parse(quantize)  # a bad plan fails here, not after torch is imported
+        if self.spec.family is not None and (refusal := refuse(self.spec.family)) is not None:
+            raise UnsupportedOperation(f"model {self.spec.name!r}: {refusal}")
+        if not self.spec.tiny:  # a tiny checkpoint is built on first use, with torch
+            require_checkpoint(self.spec)
+        QuantizationPlan.parse(quantize)
         self.model, self.quantize, self.device, self.dtype, self.data_dir = model, quantize, device, dtype, data_dir
 
     def load(self) -> "LoadedModel":
@@ -145,7 +160,7 @@ def caption(
 ) -> None:
     """Caption images."""
     pictures = _read_images(images)
-    loader = Loader(model or default_model, quantize, device, dtype, data_dir, models_file)
+    loader = Loader(model or default_model, quantize, device, dtype, data_dir, models_file, Family.cannot_generate)
     decoding = resolve(loader.spec.caption_defaults, dict(
         max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, num_beams=num_beams,
         use_nucleus_sampling=sample or None, top_p=top_p, temperature=temperature,
@@ -179,7 +194,7 @@ def vqa(
     """Answer a question about each image."""
     pictures = _read_images(images)
     examples = [_parse_example(e) for e in example or []]
-    loader = Loader(model or default_model, quantize, device, dtype, data_dir, models_file)
+    loader = Loader(model or default_model, quantize, device, dtype, data_dir, models_file, Family.cannot_generate)
     decoding = resolve(loader.spec.vqa_defaults, {"max_new_tokens": max_new_tokens, "num_beams": num_beams})
     from blip2.vqa import answer
 
@@ -204,7 +219,7 @@ def instruct(
 ) -> None:
     """Follow an instruction about each image (InstructBLIP models pass it to the Q-Former too)."""
     pictures = _read_images(images)
-    loader = Loader(model or "tiny-instruct", quantize, device, dtype, data_dir, models_file)
+    loader = Loader(model or "tiny-instruct", quantize, device, dtype, data_dir, models_file, Family.cannot_generate)
     decoding = resolve(loader.spec.instruct_defaults, {"max_new_tokens": max_new_tokens, "num_beams": num_beams})
     from blip2.instruct import instruct as run
 
@@ -230,7 +245,8 @@ def embed(
     """Embed images, texts, or image-text pairs."""
     paths, texts = images or [], text or []
     pictures = _read_images(paths) if paths else []
-    loader = Loader(model or default_model, quantize, device, dtype, data_dir, models_file)
+    loader = Loader(model or default_model, quantize, device, dtype, data_dir, models_file,
+                    lambda family: family.cannot_embed(mode.value))  # fmt: skip
     from blip2.features import extract_features
 
     lm = loader.load()
@@ -257,7 +273,7 @@ def match(
 ) -> None:
     """Rank texts for each image (or, with one text and several images, images for the text)."""
     pictures = _read_images(images)
-    loader = Loader(model or default_model, quantize, device, dtype, data_dir, models_file)
+    loader = Loader(model or default_model, quantize, device, dtype, data_dir, models_file, Family.cannot_match)
     from blip2.matching import rank_images, rank_texts
 
     lm = loader.load()

@@ -114,21 +114,15 @@ class KindSpec(Generic[InputT]):
 
 
 def _generates(family: Family, _: JobInput) -> str | None:
-    return None if family.generates else f"a {family.value} model is a retrieval model and cannot generate text"
+    return family.cannot_generate()
 
 
 def _embeds(family: Family, job_input: EmbedInput) -> str | None:
-    if job_input.mode != "image" and family is not Family.ITM:
-        return f"{job_input.mode} embeddings need a retrieval model (family itm); this model is {family.value}"
-    if family is Family.INSTRUCT:
-        return "InstructBLIP's Q-Former reads the instruction; use a BLIP-2 model for embeddings"
-    return None
+    return family.cannot_embed(job_input.mode)
 
 
 def _matches(family: Family, _: JobInput) -> str | None:
-    return (
-        None if family is Family.ITM else f"matching needs a retrieval model (family itm); this model is {family.value}"
-    )
+    return family.cannot_match()
 
 
 def _trains_task(family: Family, job_input: TrainInput | EvaluateInput) -> str | None:

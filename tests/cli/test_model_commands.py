@@ -90,14 +90,23 @@ def test_models_lists_what_is_present(tiny_data_dir: Path) -> None:
         (["caption", "{image}", "--model", "blip2-opt-2.7b"], "error: checkpoint_unavailable: model 'blip2-opt-2.7b'"),
         (["caption", "{image}", "--max-new-tokens", "5000000"], "error: invalid_argument: max_new_tokens"),
         (["caption", "{image}", "--quantize", "int3"], "error: invalid_argument: unknown quantization 'int3'"),
-        (["match", "{image}", "--text", "a cat", "--model", "tiny-opt"], "error: unsupported_operation: matching"),
+        (["match", "{image}", "--text", "a cat", "--model", "tiny-opt"],
+         "error: unsupported_operation: model 'tiny-opt': matching needs a retrieval model"),
+        (["embed", "--text", "a cat", "--mode", "text", "--model", "shapes-blip2"],
+         "error: unsupported_operation: model 'shapes-blip2': text embeddings need a retrieval model"),
     ],
-)
-def test_bad_input_is_one_line_on_stderr(
-    tiny_data_dir: Path, photo_files: dict[str, Path], args: list[str], expected: str
+)  # fmt: skip
+def test_bad_input_is_one_line_on_stderr_before_torch_is_imported(
+    tiny_data_dir: Path, photo_files: dict[str, Path], args: list[str], expected: str, tmp_path: Path
 ) -> None:
+    """What can be refused without the model is refused before torch is imported, in a fraction of
+    a second instead of the seconds that importing torch and transformers takes: here a `torch` that
+    cannot be imported stands first on the path, and none of these commands reaches it."""
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "__init__.py").write_text("raise ImportError('torch was imported')\n")
     args = [a.replace("{image}", str(photo_files["coffee"])) for a in args]
-    done = run(args, tiny_data_dir)
+    python_path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    done = run(args, tiny_data_dir, PYTHONPATH=python_path)
     assert done.returncode == 2
     assert done.stdout == ""
     error_lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
