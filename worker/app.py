@@ -21,7 +21,7 @@ from celery import Celery
 from celery.signals import worker_process_init, worker_process_shutdown
 
 from jobs.broker import Dispatcher, create_celery
-from jobs.queues import queue_for_model, queue_for_trained
+from jobs.queues import TRAIN_QUEUE, queue_for_model, queue_for_trained
 from jobs.settings import Settings
 from worker import metrics as worker_metrics
 from worker.ended_here import EndedHere
@@ -87,6 +87,7 @@ def create_worker_app(settings: Settings, options: WorkerOptions) -> Celery:
         batch=options.batch,
         tenant=options.tenant,
         announced=[options.own_queue] if serves_own and options.tenant else [],
+        trains=TRAIN_QUEUE in options.consumed_queues(),
         ended_here=EndedHere(),
         dispatcher=Dispatcher(app),
     )

@@ -8,9 +8,10 @@ A training job writes two directories of its own, named by its job id (worker/lo
 A job that succeeds removes both. One that ends any other way (failed, canceled, or its worker lost
 for the last time) can leave them behind, each as large as the model (and the checkpoint its
 optimizer's state too): tens of gigabytes at BLIP-2's real sizes. An ended job never runs again (no
-state leads back to queued), so after each long job a worker of the training queue removes the
-directories of every job that has ended, whichever worker ran it. A job still queued or running
-keeps its files: a worker that died mid-run left them for the next attempt.
+state leads back to queued), so a worker of the training queue removes the directories of every job
+that has ended, whichever worker ran it: when its job process starts (what a job lost with a worker
+that never came back left), and after each training job. A job still queued or running keeps its
+files: a worker that died mid-run left them for the next attempt.
 """
 
 import logging
@@ -47,6 +48,14 @@ def remove_ended_training_files(data_dir: Path, sessions: SessionFactory) -> lis
                 removed.append(path)
                 log.info("removed %s: its training job %s has ended", path, job_id)
     return removed
+
+
+def sweep_ended_training_files(data_dir: Path, sessions: SessionFactory) -> None:
+    """`remove_ended_training_files`, its failure a warning: what it leaves is removed by the next sweep."""
+    try:
+        remove_ended_training_files(data_dir, sessions)
+    except Exception as exc:
+        log.warning("training files of ended jobs not removed: %s: %s", type(exc).__name__, exc)
 
 
 def _training_directories(data_dir: Path) -> Iterator[tuple[UUID, Path]]:

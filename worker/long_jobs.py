@@ -64,7 +64,7 @@ from jobs.repository import fail_job, find_job, succeed_job
 from worker import soft_limit
 from worker.batches import is_out_of_memory
 from worker.db_retry import retry_transaction
-from worker.leftovers import remove_ended_training_files
+from worker.leftovers import sweep_ended_training_files
 from worker.progress import JobProgress, heartbeating
 from worker.runtime import WorkerRuntime
 
@@ -136,17 +136,9 @@ def run_long_job(
         with heartbeating([job.attempt], runtime.sessions, runtime.settings.HEARTBEAT_INTERVAL_S):
             _run_to_an_end(LongJob(job, job_input, runtime, progress))
     ended = _transaction(runtime, f"reading job {job.id}", lambda s: find_job(s, job.id))
-    if job.kind is JobKind.TRAIN:
-        _remove_ended_training_files(runtime)
+    if job.kind is JobKind.TRAIN:  # its files if it did not succeed, and those of any other that ended
+        sweep_ended_training_files(runtime.settings.BLIP2_DATA_DIR, runtime.sessions)
     return ended
-
-
-def _remove_ended_training_files(runtime: WorkerRuntime) -> None:
-    """This job's training files if it did not succeed, and those of any other that ended (worker/leftovers.py)."""
-    try:
-        remove_ended_training_files(runtime.settings.BLIP2_DATA_DIR, runtime.sessions)
-    except Exception as exc:  # they are removed after the next training job instead
-        log.warning("training files of ended jobs not removed: %s: %s", type(exc).__name__, exc)
 
 
 def _rules(runtime: WorkerRuntime) -> BatchRules:

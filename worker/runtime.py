@@ -12,6 +12,7 @@ from jobs.db import SessionFactory, create_db_engine, create_session_factory
 from jobs.settings import Settings
 from worker.decoded_images import DecodedImages
 from worker.ended_here import EndedHere
+from worker.leftovers import sweep_ended_training_files
 from worker.model_holder import ModelHolder, ModelLoadOptions
 from worker.presence import Presence
 
@@ -69,6 +70,7 @@ class WorkerRuntime:
     batch: BatchOptions = field(default_factory=BatchOptions)
     tenant: str = ""  # whose trained model `preload` is ("": a registry model, shared by every tenant)
     announced: list[str] = field(default_factory=list)  # queues only this worker's kind serves (jobs/presence.py)
+    trains: bool = False  # consumes the training queue: removes ended jobs' training files at start (leftovers)
     last_pass_s: dict[tuple[str, str], float] = field(default_factory=dict)  # (model, kind): its last batch's time
     # Opened in the worker's main process before its pool forks: the jobs that ended in the child, told
     # to the main process, which drops their messages (worker/ended_here.py). None: nobody to tell.
@@ -98,6 +100,8 @@ class WorkerRuntime:
         if self.announced:
             self._presence = Presence(self._sessions, self.announced, self.settings)
             self._presence.start()
+        if self.trains:
+            sweep_ended_training_files(self.settings.BLIP2_DATA_DIR, self._sessions)
         log.info(
             "worker process ready (model %s, batches of up to %d, %d CPU threads)",
             self.preload, self.batch.size, threads,

@@ -95,3 +95,22 @@ def test_a_training_job_that_fails_leaves_no_files_and_takes_ended_jobs_files_wi
     assert ended is not None and ended.id == job
     assert ended.status is JobStatus.FAILED, ended.result
     assert not any(path.exists() for path in own_files + earlier_files), "a failed training job left its files"
+
+
+@pytest.mark.parametrize("trains", [True, False])
+def test_a_training_worker_removes_ended_jobs_files_as_its_job_process_starts(
+    worker_settings: Settings, tmp_path: Path, trains: bool
+) -> None:
+    """A job lost with a worker that never came back left its files; the next worker of the training
+    queue removes them as it starts, before any training job ends there. Other workers leave them."""
+    settings = worker_settings.model_copy(update={"BLIP2_DATA_DIR": tmp_path})
+    setup = WorkerRuntime(settings=settings, preload=None)
+    lost = train_job(setup.sessions, queue=f"test-leftovers-{uuid4().hex[:8]}")
+    with session_scope(setup.sessions) as session:
+        assert claim_job(session, lost, "b-gone") is not None
+        assert fail_unfinished_job(session, lost, "worker_lost", "its worker died 3 times") is not None
+    paths = files_of(tmp_path, lost)
+
+    WorkerRuntime(settings=settings, preload=None, trains=trains).start()
+
+    assert [path.exists() for path in paths] == [not trains] * len(paths)
