@@ -789,9 +789,9 @@ def move_trained_model(saved: Path, output_dir: Path) -> None:
     replacing whatever is there: a caller that saves each run under a name of its own moves the model
     under its public name only once that name is its to take.
 
-    What it replaces is moved aside first and removed last, as `.NAME.old`: `NAME.old` may be another model.
+    What it replaces is moved aside first and removed last (`_aside`).
     """
-    _swap_in(saved, output_dir, aside=output_dir.with_name(f".{output_dir.name}.old"))
+    _swap_in(saved, output_dir, aside=_aside(output_dir))
 
 
 def plot_loss_curve(losses: list[float], path: Path) -> None:
@@ -848,12 +848,15 @@ def _swap_in(source: Path, target: Path, *, aside: Path) -> None:
 
 
 def _aside(target: Path) -> Path:
-    return target.with_name(f"{target.name}.old")
+    """Where `target` waits while its replacement is renamed onto it: `.NAME.old`, hidden, because
+    `NAME.old` may be a model of its own (no model's name starts with ".")."""
+    return target.with_name(f".{target.name}.old")
 
 
 def _existing(directory: Path) -> Path | None:
-    """The checkpoint directory, or the copy moved aside by a swap that did not finish."""
-    for candidate in (directory, _aside(directory)):
+    """The checkpoint directory, or the copy moved aside by a swap that did not finish (as `NAME.old`
+    by versions before 2026-12-01)."""
+    for candidate in (directory, _aside(directory), directory.with_name(f"{directory.name}.old")):
         if (candidate / "state.pt").is_file():
             return candidate
     return None
