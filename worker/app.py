@@ -14,11 +14,19 @@ time limit, so a job that is still running is never handed to a second worker. A
 hard time limit is failed by the main process (worker/time_limits.py), not run again.
 """
 
+import logging
+import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 import billiard.pool
 from celery import Celery
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.signals import (
+    worker_before_create_process,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+)
 
 from jobs.broker import Dispatcher, create_celery
 from jobs.queues import TRAIN_QUEUE, queue_for_model, queue_for_trained
@@ -59,6 +67,8 @@ class WorkerOptions:
 # deploy's `docker stop` would have killed it first. An unread result costs nothing here: the job's
 # outcome is in Postgres, and its message, restored to the queue, finds the job ended (worker/batches.py).
 _EXIT_WAIT_FOR_RESULT_READ = 10  # x 0.1 s
+
+log = logging.getLogger(__name__)
 
 
 def create_worker_app(settings: Settings, options: WorkerOptions) -> Celery:
@@ -115,17 +125,43 @@ def worker_argv(options: WorkerOptions) -> list[str]:
 def run_worker(settings: Settings, options: WorkerOptions) -> None:
     """Run a worker in this process until it is stopped (SIGTERM: finish the current job, then exit)."""
     app = create_worker_app(settings, options)
-    import_model_libraries()
+    libraries = ModelLibraries()
+    worker_before_create_process.connect(libraries.before_fork, weak=False)
+    worker_ready.connect(libraries.import_in_background, weak=False)
     app.worker_main(worker_argv(options))
 
 
-def import_model_libraries() -> None:
-    """Import torch and transformers' BLIP-2 code here, in the main process, before the pool forks.
+class ModelLibraries:
+    """torch and transformers' BLIP-2 code, imported in the worker's main process once it is ready,
+    so that a job process that replaces another (after a hard time limit, a crash or an out-of-memory
+    kill) inherits them and loads only its model: 1 s instead of 7.5 s on a 2-core machine
+    (`python -m bench.recovery`).
 
-    Every job process inherits them instead of importing them itself: 7 of the 8 s a new job process
-    took to be ready on a 2-core machine, with a tiny model. A worker's first process is ready no
-    sooner, but one that replaces it (after a hard time limit, a crash or an out-of-memory kill) is,
-    by those 7 s. Importing starts no threads and touches no GPU, so forking afterwards is safe; the
-    model itself is still loaded in the job process, after the fork.
+    The first job process imports them itself, as before: importing them in the main process first
+    made a new worker 3 s slower to be ready, its own start-up no longer side by side with the
+    import. In the background, the import never holds up the main process's work, and every fork
+    waits for it to finish (`before_fork`): a process forked in the middle of an import would inherit
+    the import's lock, held by a thread it does not have. The import starts only where the pool says
+    when it forks, as Celery's prefork pool on an event loop (Redis) does.
     """
-    import blip2.loading  # noqa: F401  (torch, transformers' models and processors)
+
+    def __init__(self) -> None:
+        self._forks_announced = False
+        self._thread: threading.Thread | None = None
+
+    def before_fork(self, **_signal: Any) -> None:
+        self._forks_announced = True
+        if self._thread is not None:
+            self._thread.join()
+
+    def import_in_background(self, **_signal: Any) -> None:
+        if self._forks_announced and self._thread is None:
+            self._thread = threading.Thread(target=_import_model_libraries, name="import-model-libraries", daemon=True)
+            self._thread.start()
+
+
+def _import_model_libraries() -> None:
+    try:
+        import blip2.loading  # noqa: F401  (torch, transformers' models and processors)
+    except Exception as exc:  # each job process imports them itself, as it would without this
+        log.warning("torch and transformers not imported ahead of job processes: %s: %s", type(exc).__name__, exc)

@@ -328,8 +328,9 @@ def test_a_child_killed_mid_job_runs_it_again_once(ctx: Submission, shared_worke
     [done] = settle(ctx.sessions, [job_id], attempts=2)
     assert done.result and done.result["captions"]
     assert shared_worker.child().pid != child.pid and shared_worker.process.poll() is None
-    # The new child is forked with torch and transformers already imported: the main process imported
-    # them before its pool first forked (worker/app.py), so a replacement loads only its model.
+    # The new child is forked with torch and transformers already imported: the main process imports
+    # them once it is ready, and a fork waits for that import to end (worker/app.py), so a replacement
+    # loads only its model.
     assert "libtorch_cpu" in Path(f"/proc/{shared_worker.process.pid}/maps").read_text()
 
 
