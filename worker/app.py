@@ -137,9 +137,9 @@ class ModelLibraries:
     kill) inherits them and loads only its model: 1 s instead of 7.5 s on a 2-core machine
     (`python -m bench.recovery`).
 
-    The first job process imports them itself, as before: importing them in the main process first
-    made a new worker 3 s slower to be ready, its own start-up no longer side by side with the
-    import. In the background, the import never holds up the main process's work, and every fork
+    The first job process imports them itself, as before: importing them in the main process before
+    the first fork would make a new worker's start serial, its own start-up no longer side by side
+    with the child's import. In the background, the import never holds up the main process's work, and every fork
     waits for it to finish (`before_fork`): a process forked in the middle of an import would inherit
     the import's lock, held by a thread it does not have. The import starts only where the pool says
     when it forks, as Celery's prefork pool on an event loop (Redis) does.
