@@ -14,6 +14,8 @@ import json
 import math
 import random
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -187,3 +189,16 @@ def test_matching_pictures_drawn_elsewhere(
     pairs = [(p > 0.5) == (i == j) for i, row in enumerate(scores.itm) for j, p in enumerate(row)]
     assert sum(pairs) / len(pairs) >= MIN_DRAWN_PAIRS, scores.itm
     assert [max(range(len(row)), key=row.__getitem__) for row in scores.itm] == list(range(len(drawings)))
+
+
+def test_the_probe_script_measures_what_the_evaluation_does() -> None:
+    """scripts/probe_demo_models.py (the README's weak spots) reads the same held-out VQA accuracy as
+    the evaluate job that published results.json, and counts every lone shape once."""
+    script = Path(__file__).resolve().parents[2] / "scripts" / "probe_demo_models.py"
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600, check=True)
+    lone = re.search(r"^lone shapes: (\d+) of (\d+) counted as one, (\d+) captioned exactly$", done.stdout, re.M)
+    assert lone is not None and lone[2] == "120", done.stdout
+    vqa = re.search(r"^held-out VQA (\d\.\d+)$", done.stdout, re.M)
+    assert vqa is not None and float(vqa[1]) == round(RESULTS["models"]["shapes-blip2"]["test"]["vqa_accuracy"], 4)
+    kinds = dict(re.findall(r"^  (.+?) +\d+ of (\d+)$", done.stdout, re.M))
+    assert sum(map(int, kinds.values())) == 1588 and int(kinds["is there: there"]) == 100, done.stdout

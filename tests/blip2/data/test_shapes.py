@@ -1,5 +1,6 @@
 """The shapes generator: deterministic, right-sized splits, and text that says what the pixels show."""
 
+import hashlib
 import re
 import time
 from pathlib import Path
@@ -27,6 +28,13 @@ from blip2.data.shapes import (
 from blip2.errors import InvalidArgument
 
 SMALL = {Split.TRAIN: 40, Split.VAL: 10, Split.TEST: 10}
+# The default held-out splits' captions and questions (seed 0), by the first 16 digits of their sha256.
+HELD_OUT = {
+    "test.jsonl": "7cbcdc809a4f12a2",
+    "test_vqa.jsonl": "a52aeb17c4a21e52",
+    "val.jsonl": "dfb2b1a0d86e9830",
+    "val_vqa.jsonl": "12f7d7d52b2837d7",
+}
 PHRASE = re.compile(r"an? (\w+) (\w+) (?:on|at|in) the (\w+)")
 
 
@@ -72,6 +80,11 @@ def test_default_generation_is_fast_and_sized(tmp_path: Path) -> None:
     assert not set(captions[Split.VAL]) & set(captions[Split.TRAIN])
     assert len(set(captions[Split.TEST])) == 200
     assert len(dataset.questions(Split.TRAIN)) > 4000 * 5
+    # The held-out text is what the demo models' published figures (results.json, the README) were
+    # measured on: a change to the generator that alters it makes those figures incomparable with
+    # any model trained after it, so it must be a deliberate one (new digests, models re-evaluated).
+    digests = {name: hashlib.sha256((tmp_path / "shapes" / name).read_bytes()).hexdigest()[:16] for name in HELD_OUT}
+    assert digests == HELD_OUT
 
 
 def test_vocabulary_is_the_corpus(small: Path) -> None:
