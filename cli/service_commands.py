@@ -341,7 +341,8 @@ def up(
         env = os.environ | {"DATABASE_URL": str(running.DATABASE_URL), "REDIS_URL": str(running.REDIS_URL)}
         served = _served_models(models, running.BLIP2_DEFAULT_MODEL)
         started = up_processes(host, port, flower_port, served, running.FLOWER_USER)
-        _supervise({process.label: (process.args, {}) for process in started}, env)
+        local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        _supervise({process.label: (process.args, {}) for process in started}, env, f"http://{local}:{port}")
 
 
 @dataclass(frozen=True)
@@ -416,9 +417,13 @@ def _self_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-c", "from cli.main import app; app()"]
 
 
-def _supervise(children: dict[str, tuple[list[str], dict[str, str]]], env: dict[str, str]) -> None:
+def _supervise(
+    children: dict[str, tuple[list[str], dict[str, str]]], env: dict[str, str], api: str | None = None
+) -> None:
     """Start the children (each with its arguments and environment over `env`), wait until one exits or
-    we are told to stop, then stop them all."""
+    we are told to stop, then stop them all. With `api`, say once when its /readyz first answers 200:
+    the URLs above are printed at once, seconds before the API listens, and a request sent on seeing
+    them was refused."""
     stop = _stop_on_signals()
     processes = {
         label: subprocess.Popen([*_self_command(), *args], env=env | extra) for label, (args, extra) in children.items()
@@ -426,14 +431,27 @@ def _supervise(children: dict[str, tuple[list[str], dict[str, str]]], env: dict[
     for label in processes:
         typer.echo(f"  {label}")
     typer.echo("Ctrl-C stops everything.")
+    waiting_for = api
     try:
         while not stop() and all(p.poll() is None for p in processes.values()):
+            if waiting_for is not None and _answers(f"{waiting_for}/readyz"):
+                typer.echo(f"ready: the API answers at {waiting_for}")
+                waiting_for = None
             time.sleep(0.5)
     finally:
         _stop_all(list(processes.values()))
     exited = [label for label, p in processes.items() if p.returncode not in (0, -signal.SIGTERM)]
     if exited and not stop():
         _fail(f"stopped because a process exited: {exited[0].split()[0]}")
+
+
+def _answers(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def _stop_on_signals() -> Callable[[], bool]:

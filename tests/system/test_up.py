@@ -14,7 +14,7 @@ from tests.support.auth import bearer
 from tests.support.embedded import blip2_jobs, embedded_env, fresh_data_dir, postgres_of, said_embedded
 from tests.support.images import png_bytes
 from tests.support.jobs import run_job
-from tests.support.processes import CLI, stop, wait_for_http, wait_for_log
+from tests.support.processes import CLI, stop, wait_for_log
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
@@ -38,9 +38,10 @@ def test_up_runs_everything_and_stops_everything(tmp_path: Path, models_dir: Pat
                 stderr=subprocess.STDOUT,
             )
         try:
-            wait_for_log(log, f"http://127.0.0.1:{port}", up, timeout_s=600)
+            # Said once the API answers, so a request sent on seeing it is never refused.
+            wait_for_log(log, f"ready: the API answers at http://127.0.0.1:{port}", up, timeout_s=600)
             api = f"http://127.0.0.1:{port}"
-            wait_for_http(f"{api}/healthz", up)
+            assert httpx.get(f"{api}/readyz").status_code == 200
             banner = log.read_text()
             key = development_key_in(banner)
             before_banner = banner.partition("API key")[0]
