@@ -41,7 +41,7 @@ def test_up_runs_everything_and_stops_everything(tmp_path: Path, models_dir: Pat
             # Said once the API answers, so a request sent on seeing it is never refused.
             wait_for_log(log, f"ready: the API answers at http://127.0.0.1:{port}", up, timeout_s=600)
             api = f"http://127.0.0.1:{port}"
-            assert httpx.get(f"{api}/readyz").status_code == 200
+            assert httpx.get(f"{api}/readyz", timeout=30).status_code == 200  # a loaded machine answers slowly
             banner = log.read_text()
             key = development_key_in(banner)
             before_banner = banner.partition("API key")[0]
