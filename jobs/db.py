@@ -27,7 +27,10 @@ POOL_OVERFLOW = 10
 
 
 def create_db_engine(settings: Settings) -> Engine:
-    """An engine for DATABASE_URL, each connection told the per-tenant limit of unfinished jobs.
+    """An engine for DATABASE_URL, each connection told the per-tenant limit of unfinished jobs, and
+    ended by Postgres once idle in a transaction for DB_IDLE_IN_TRANSACTION_TIMEOUT_S: a frozen
+    process's locks are let go, and when it thaws its statement fails as a lost connection would
+    (a worker's writes are retried on a new one, worker/db_retry.py).
 
     No ping before each checkout (a round trip per request): a connection that died with a restarted
     Postgres fails its first statement instead, and that error empties the pool of every connection
@@ -35,11 +38,13 @@ def create_db_engine(settings: Settings) -> Engine:
     """
     engine = create_engine(settings.sqlalchemy_url, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)
     limit = settings.MAX_UNFINISHED_JOBS_PER_TENANT
+    idle_ms = round(settings.DB_IDLE_IN_TRANSACTION_TIMEOUT_S * 1000)
 
     @event.listens_for(engine, "connect")
-    def _tell_the_limit(connection: Any, _record: Any) -> None:
+    def _configure(connection: Any, _record: Any) -> None:
         with connection.cursor() as cursor:
             cursor.execute(f"SET blip2.max_unfinished_jobs = {int(limit)}")
+            cursor.execute(f"SET idle_in_transaction_session_timeout = {int(idle_ms)}")
         connection.commit()
 
     return engine

@@ -79,6 +79,11 @@ class Settings(BaseSettings):
     # While Postgres is unreachable (a restart, a failover) a worker retries its claim and its final
     # write this long, so a job that finished its model work meanwhile keeps its result.
     DB_RETRY_S: float = Field(default=120.0, ge=0)
+    # Postgres ends a session of ours that sits this long inside a transaction without a statement
+    # (0: never): a process frozen mid-transaction (a paused VM, SIGSTOP) would otherwise hold its row
+    # locks for as long as it is frozen, and the jobs it was finishing hold the tenant's counter, so
+    # every submission of that tenant would wait for it. Our transactions last milliseconds.
+    DB_IDLE_IN_TRANSACTION_TIMEOUT_S: float = Field(default=30.0, ge=0)
 
     # Hosts downloads may reach although they resolve to a non-public address (comma-separated):
     # a private mirror, or 127.0.0.1 in tests. Every other host must resolve to public addresses.

@@ -7,12 +7,14 @@ from dataclasses import replace
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from blip2.errors import InvalidImage, ModelNotFound
 from jobs.db import SessionFactory, create_db_engine, create_session_factory, session_scope
 from jobs.errors import BatchTooLarge, IdempotencyKeyReused, TenantQueueFull, UnknownImage
 from jobs.image_store import store_image
 from jobs.models import Image, Job
+from jobs.repository import claim_job, count_unfinished_jobs, succeed_job
 from jobs.schemas import JOB_CREATE_ADAPTER, JobCreateBase
 from jobs.status import JobStatus
 from jobs.submission import Submission, submit_job
@@ -22,6 +24,7 @@ from tests.support.broker import drain, waiting_job_ids
 from tests.support.db import statements
 from tests.support.file_server import serving_files
 from tests.support.images import png_base64
+from worker.db_retry import retry_transaction
 
 pytestmark = pytest.mark.usefixtures("empty_tables")
 QUEUE = "infer.tiny-opt"
@@ -112,6 +115,56 @@ def test_the_tenant_limit_is_exact_under_concurrent_submissions(ctx: Submission,
     with session_scope(ctx.sessions) as session:
         rows = session.scalar(select(func.count()).select_from(Job).where(Job.tenant == "concurrent"))
     assert rows == 5
+    drain(key_prefix, QUEUE)
+
+
+def test_a_write_frozen_in_its_transaction_holds_up_the_tenant_only_until_postgres_ends_it(
+    ctx: Submission, key_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker frozen (a paused VM, SIGSTOP) between recording a result and committing it holds the
+    tenant's counter row, which every submission of that tenant locks. Postgres ends the frozen
+    session after DB_IDLE_IN_TRANSACTION_TIMEOUT_S, so the submission goes on while the writer is
+    still frozen; the writer's commit, once it thaws, fails as a lost connection and is retried."""
+    tenant = "frozen-mid-write"
+    frozen = ctx.settings.model_copy(update={"DB_IDLE_IN_TRANSACTION_TIMEOUT_S": 1.0})
+    engine = create_db_engine(frozen)
+    job = submit_job(ctx, tenant, caption_request(cache=False)).job
+    with session_scope(ctx.sessions) as session:
+        claimed = claim_job(session, job.id)
+    assert claimed is not None
+    recorded, submitted = threading.Event(), threading.Event()
+    tries = []
+
+    def record_the_result(session: Session) -> Job | None:
+        tries.append(len(tries) + 1)
+        finished = succeed_job(session, claimed.attempt, {"captions": ["a red square"]})
+        if len(tries) == 1:
+            recorded.set()
+            submitted.wait(timeout=120)  # frozen until the submission it holds up gets through
+        return finished
+
+    def submit_another() -> Job:
+        assert recorded.wait(timeout=120)
+        another = submit_job(ctx, tenant, caption_request(cache=False)).job
+        submitted.set()
+        return another
+
+    try:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            writing = pool.submit(
+                retry_transaction, create_session_factory(engine), record_the_result, what="recording", limit_s=60
+            )
+            another = pool.submit(submit_another).result(timeout=180)
+            finished = writing.result(timeout=180)
+    finally:
+        engine.dispose()
+    assert tries == [1, 2], "the frozen write was not retried on a new connection"
+    assert finished is not None and finished.status is JobStatus.SUCCEEDED
+    assert "recording: database unreachable" in caplog.text
+    with session_scope(ctx.sessions) as session:
+        assert session.get_one(Job, job.id).result == {"captions": ["a red square"]}
+        assert session.get_one(Job, another.id).status is JobStatus.QUEUED
+        assert count_unfinished_jobs(session, tenant) == 1
     drain(key_prefix, QUEUE)
 
 
