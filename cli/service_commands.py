@@ -341,8 +341,17 @@ def up(
         env = os.environ | {"DATABASE_URL": str(running.DATABASE_URL), "REDIS_URL": str(running.REDIS_URL)}
         served = _served_models(models, running.BLIP2_DEFAULT_MODEL)
         started = up_processes(host, port, flower_port, served, running.FLOWER_USER)
-        local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-        _supervise({process.label: (process.args, {}) for process in started}, env, f"http://{local}:{port}")
+        _supervise({process.label: (process.args, {}) for process in started}, env, http_url(reachable(host), port))
+
+
+def http_url(host: str, port: int) -> str:
+    """`http://host:port`, an IPv6 address in brackets (RFC 3986)."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def reachable(host: str) -> str:
+    """An address on this machine that reaches a server listening on `host`: loopback for a wildcard."""
+    return {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
 
 
 @dataclass(frozen=True)
@@ -361,12 +370,12 @@ def up_processes(host: str, port: int, flower_port: int, served: list[str], flow
 
     queues = ",".join(queue_for_model(m) for m in served)
     return [
-        UpProcess("api", f"API      http://{host}:{port} (docs: /docs)", ["api", f"--host={host}", f"--port={port}"]),
+        UpProcess("api", f"API      {http_url(host, port)} (docs: /docs)", ["api", f"--host={host}", f"--port={port}"]),
         UpProcess("worker", f"worker   models {', '.join(served)}",
                   ["worker", f"--model={served[0]}", f"--queues={queues}"]),
         UpProcess("trainer", "worker   queues train, download (training, evaluation, datasets)",
                   ["worker", "--queues=train,download"]),
-        UpProcess("flower", f"Flower   http://{host}:{flower_port} (user {flower_user})",
+        UpProcess("flower", f"Flower   {http_url(host, flower_port)} (user {flower_user})",
                   ["flower", f"--address={host}", f"--port={flower_port}"]),
     ]  # fmt: skip
 
@@ -434,7 +443,7 @@ def _supervise(
     waiting_for = api
     try:
         while not stop() and all(p.poll() is None for p in processes.values()):
-            if waiting_for is not None and _answers(f"{waiting_for}/readyz"):
+            if waiting_for is not None and answers_ok(f"{waiting_for}/readyz"):
                 typer.echo(f"ready: the API answers at {waiting_for}")
                 waiting_for = None
             time.sleep(0.5)
@@ -445,7 +454,8 @@ def _supervise(
         _fail(f"stopped because a process exited: {exited[0].split()[0]}")
 
 
-def _answers(url: str) -> bool:
+def answers_ok(url: str) -> bool:
+    """Whether a GET of `url` answers 200 within two seconds."""
     import httpx
 
     try:
