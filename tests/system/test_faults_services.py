@@ -4,9 +4,10 @@ Redis losing all its data, PostgreSQL restarted while a job runs. Every job must
 
 The API and a worker run against a private Redis and a private PostgreSQL that this module owns
 (tests/support/private_services.py), so stopping them disturbs no other test. The API sweeps every
-second and re-sends jobs queued over two seconds; a running job's lease is five seconds. To keep
-messages waiting in Redis, the worker's job-running child is paused (SIGSTOP) while its main
-process, which holds the broker connection, lives through the fault.
+second and re-sends jobs queued over two seconds; a running job's lease is fifteen seconds, and
+Postgres ends a worker's session idle in a transaction after one. To keep messages waiting in
+Redis, the worker's job-running child is paused (SIGSTOP) while its main process, which holds the
+broker connection, lives through the fault.
 """
 
 import os
@@ -14,8 +15,10 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -23,9 +26,9 @@ from uuid import UUID
 import httpx
 import psutil
 import pytest
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import create_engine, func, select, text
 
-from jobs.db import SessionFactory, create_session_factory
+from jobs.db import SessionFactory, create_session_factory, session_scope
 from jobs.models import Job
 from jobs.repository import get_job
 from jobs.schema_migrations import upgrade
@@ -37,13 +40,18 @@ from tests.support.images import png_bytes
 from tests.support.private_services import PrivatePostgres, PrivateRedis, private_postgres, private_redis
 from tests.support.processes import running_worker, wait_for_cpu_work, wait_for_log
 from tests.support.services import make_settings
-from tests.support.waiting import wait_terminal, wait_until
+from tests.support.waiting import wait_for_value, wait_terminal, wait_until
 from tests.system.conftest import serving
 
 pytestmark = pytest.mark.slow
 
 QUEUE = "infer.tiny-opt"
 QUICK = {"num_beams": 1, "max_new_tokens": 3}
+# The jobs whose result the test's trigger writes slowly (`slowed_result_writes`), and no others.
+SLOWED = {"num_beams": 1, "max_new_tokens": 4}
+# The worker's DB_IDLE_IN_TRANSACTION_TIMEOUT_S: far under the lease, so a worker frozen mid-write
+# has its session ended long before its job could be taken for lost.
+WORKER_IDLE_TIMEOUT_S = 1.0
 # About a second of model work on a 2-core CPU: long enough to be caught running and paused.
 SLOW = {"num_beams": 16, "max_new_tokens": 120, "min_new_tokens": 120}
 
@@ -66,8 +74,9 @@ class Stack:
 def stack(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     directory = tmp_path_factory.mktemp("private-services")
     with private_redis(directory) as broker, private_postgres() as database:
-        overrides = {"REDIS_URL": broker.url, "SWEEP_INTERVAL_S": 1.0, "QUEUED_TOO_LONG_S": 2.0}
+        overrides = {"REDIS_URL": broker.url, "SWEEP_INTERVAL_S": 1.0, "QUEUED_TOO_LONG_S": 2.0, "JOB_LEASE_S": 15.0}
         settings = make_settings(database.url(), "", models_dir, **overrides)
+        worker_settings = settings.model_copy(update={"DB_IDLE_IN_TRANSACTION_TIMEOUT_S": WORKER_IDLE_TIMEOUT_S})
         upgrade(settings)
         # The test's own reader pings before each use, so a restart costs it nothing (the API and the
         # worker don't ping: their first statement after a restart fails and empties their pools).
@@ -76,7 +85,7 @@ def stack(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         worker_log = directory / "worker.log"
         with (
             serving("api", settings, tmp_path_factory) as api_url,
-            running_worker(settings, worker_log) as worker,
+            running_worker(worker_settings, worker_log) as worker,
             httpx.Client(base_url=api_url, timeout=30, headers=bearer(new_key(sessions, TENANT))) as http,
         ):
             uploaded = http.post("/v1/images", files={"file": ("x.png", png_bytes())})
@@ -239,3 +248,83 @@ def assert_database_unavailable(stack: Stack, job_id: UUID) -> None:
         assert response.status_code == 503, response.text
         assert response.json()["error"]["code"] == "database_unavailable"
         assert int(response.headers["Retry-After"]) > 0
+
+
+def test_a_worker_frozen_mid_write_holds_its_tenant_up_only_until_postgres_ends_its_session(stack: Stack) -> None:
+    """A worker frozen (SIGSTOP, as a paused VM) between writing a result and committing it holds the
+    job's row and its tenant's counter, which every submission of the tenant takes. Postgres ends the
+    frozen session after the worker's DB_IDLE_IN_TRANSACTION_TIMEOUT_S, while it is still frozen; a
+    submission sent meanwhile is accepted; thawed, the worker writes its result again, on a new
+    connection, and the job succeeds once."""
+    with slowed_result_writes(stack), ThreadPoolExecutor(max_workers=1) as pool:
+        job_id, backend, child = frozen_in_its_result_write(stack)
+        tally.fault("frozen_mid_write")
+        try:
+            submitting = pool.submit(submit, stack, 1)
+            wait_until(lambda: not backend_alive(stack, backend), "Postgres ending the frozen session", timeout_s=60)
+        finally:
+            os.kill(child.pid, signal.SIGCONT)
+        queued = submitting.result(timeout=60)
+    jobs = outcomes(stack, [job_id, *queued])
+    assert_each_succeeded_once(jobs)
+    wait_for_log(stack.worker_log, f"recording job {job_id}'s result: database unreachable", stack.worker, 60)
+    assert stack.worker.poll() is None
+
+
+@contextmanager
+def slowed_result_writes(stack: Stack) -> Iterator[None]:
+    """Each write of a SLOWED job's result sleeps 0.3 s inside its transaction, a trigger in this
+    module's own database: long enough to catch the worker there, however fast the machine."""
+    with session_scope(stack.sessions) as session:
+        session.execute(text(_SLOW_RESULT_FUNCTION))
+        session.execute(text(_SLOW_RESULT_TRIGGER))
+    try:
+        yield
+    finally:
+        with session_scope(stack.sessions) as session:
+            session.execute(text("DROP TRIGGER test_slow_result ON jobs"))
+            session.execute(text("DROP FUNCTION test_slow_result()"))
+
+
+_SLOW_RESULT_FUNCTION = f"""
+CREATE FUNCTION test_slow_result() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.status = 'succeeded' AND NEW.input -> 'decoding' ->> 'max_new_tokens' = '{SLOWED["max_new_tokens"]}' THEN
+        PERFORM pg_sleep(0.3);
+    END IF;
+    RETURN NEW;
+END $$
+"""
+_SLOW_RESULT_TRIGGER = (
+    "CREATE TRIGGER test_slow_result BEFORE UPDATE OF status ON jobs FOR EACH ROW EXECUTE FUNCTION test_slow_result()"
+)
+
+
+def frozen_in_its_result_write(stack: Stack) -> tuple[UUID, int, psutil.Process]:
+    """A SLOWED job whose worker's child is frozen (SIGSTOP) inside the transaction that writes its
+    result; returns the job, the Postgres backend of that transaction, and the frozen process.
+
+    The child is frozen once its backend is seen sleeping in the trigger; one that committed before
+    the signal landed (a loaded machine may delay the test that long) is let go and another tried."""
+    for _ in range(3):
+        [job_id] = submit(stack, 1, SLOWED)
+        [child] = psutil.Process(stack.worker.pid).children()
+        backend = wait_for_value(partial(sleeping_backend, stack, child), "the result write", timeout_s=120)
+        os.kill(child.pid, signal.SIGSTOP)
+        if in_a_transaction(child, stack.sessions) and status_of(stack, job_id) == "running":
+            return job_id, backend, child
+        os.kill(child.pid, signal.SIGCONT)
+    raise AssertionError("three result writes in a row committed before the worker could be frozen")
+
+
+def sleeping_backend(stack: Stack, process: psutil.Process) -> int | None:
+    """The Postgres backend of `process` that is sleeping in a statement (the trigger's pg_sleep)."""
+    ports = [c.laddr.port for c in process.net_connections(kind="tcp") if c.raddr]
+    with stack.sessions() as session:
+        query = text("SELECT pid FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND client_port = ANY(:ports)")
+        return session.scalar(query, {"ports": ports}) if ports else None
+
+
+def backend_alive(stack: Stack, backend: int) -> bool:
+    with stack.sessions() as session:
+        return bool(session.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"), {"pid": backend}))
